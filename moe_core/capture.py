@@ -1,0 +1,154 @@
+"""Record routing during one ordinary forward pass, with hooks that never outlive the call.
+
+For each MoE block: a forward hook on the router keeps its logits, and a forward pre-hook on the
+routed-experts module keeps the expert indices and combine weights the experts actually consume.
+Those are what the model used, which for bias- or group-limited routers is not top-k of the logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
+from moe_core.tokens import tokenize
+from moe_core.trace import ModelInfo, RoutingTrace
+
+
+@dataclass
+class _LayerRecord:
+    logits: list[torch.Tensor] = field(default_factory=list)
+    experts: list[torch.Tensor] = field(default_factory=list)
+    weights: list[torch.Tensor] = field(default_factory=list)
+
+
+def _first_tensor(output: Any, index: int) -> torch.Tensor:
+    return output[index] if isinstance(output, tuple | list) else output
+
+
+def _experts_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top_k_index, top_k_weights) from an experts(hidden, top_k_index, top_k_weights) call."""
+    values = list(args[1:3])
+    for name in ("top_k_index", "top_k_weights"):
+        if name in kwargs:
+            values.append(kwargs[name])
+    if len(values) < 2:
+        raise RuntimeError("the experts module was not called as experts(hidden, top_k_index, top_k_weights)")
+    return values[0], values[1]
+
+
+@contextlib.contextmanager
+def recording(blocks: Sequence[MoeBlock], logits_index: int) -> Iterator[list[_LayerRecord]]:
+    """Hooks on every block for the duration of the `with`; removed in `finally`, even on error."""
+    records = [_LayerRecord() for _ in blocks]
+    handles = []
+    try:
+        for block, record in zip(blocks, records, strict=True):
+
+            def keep_logits(_module: nn.Module, _inputs: Any, output: Any, record: _LayerRecord = record) -> None:
+                logits = _first_tensor(output, logits_index)
+                record.logits.append(logits.detach().reshape(-1, logits.shape[-1]))
+
+            def keep_choice(
+                _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], record: _LayerRecord = record
+            ) -> None:
+                index, weights = _experts_call(args, kwargs)
+                record.experts.append(index.detach().reshape(-1, index.shape[-1]))
+                record.weights.append(weights.detach().reshape(-1, weights.shape[-1]))
+
+            handles.append(block.router.register_forward_hook(keep_logits))
+            handles.append(block.experts.register_forward_pre_hook(keep_choice, with_kwargs=True))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _stack(chunks: list[torch.Tensor], keep: torch.Tensor, dtype: type) -> np.ndarray:
+    """One forward's rows for one layer, padding dropped, as a CPU numpy array."""
+    if len(chunks) != 1:
+        raise RuntimeError(f"expected one router call per layer in one forward, got {len(chunks)}")
+    rows = chunks[0][keep.to(chunks[0].device)]
+    return (rows.float() if rows.is_floating_point() else rows).cpu().numpy().astype(dtype)
+
+
+def model_info(model: nn.Module, blocks: Sequence[MoeBlock], name: str, num_experts: int, top_k: int) -> ModelInfo:
+    config = model.config
+    adapter = adapter_for(config.model_type)
+    shared = 1 if any(hasattr(b.block, a) for b in blocks for a in ("shared_expert", "shared_experts")) else 0
+    shared = getattr(config, "n_shared_experts", None) or getattr(config, "num_shared_experts", None) or shared
+    parameter = next(model.parameters())
+    return ModelInfo(
+        name=name,
+        architecture=config.model_type,
+        num_experts=num_experts,
+        top_k=top_k,
+        scoring=adapter.scoring,
+        num_layers=getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", 0),
+        moe_layers=tuple(b.layer for b in blocks),
+        num_shared_experts=int(shared),
+        context_length=context_length(model),
+        device=str(parameter.device),
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        notes=adapter.notes,
+    )
+
+
+def context_length(model: nn.Module) -> int | None:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@torch.inference_mode()
+def trace(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: str | Sequence[str],
+    *,
+    name: str | None = None,
+    max_tokens: int | None = None,
+) -> RoutingTrace:
+    """Run `texts` through `model` once and return how every token was routed at every MoE layer.
+
+    Texts longer than the model's context (or `max_tokens`) are truncated; `trace.truncated` says which.
+    """
+    texts = (texts,) if isinstance(texts, str) else tuple(texts)
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("empty text: give at least one non-blank text to trace")
+    limit = min(x for x in (max_tokens, context_length(model)) if x) if (max_tokens or context_length(model)) else None
+    tokens, batch, truncated = tokenize(tokenizer, texts, limit)
+    blocks, logits_index = find_moe_blocks(model, model.config.model_type)
+    device = next(model.parameters()).device
+    inputs = {key: value.to(device) for key, value in batch.items()}
+    with recording(blocks, logits_index) as records:
+        if getattr(model.config, "is_encoder_decoder", False):
+            model.get_encoder()(**inputs)
+        else:
+            model(**inputs, use_cache=False)
+    keep = batch["attention_mask"].reshape(-1).bool()
+    logits = np.stack([_stack(r.logits, keep, np.float32) for r in records])
+    experts = np.stack([_stack(r.experts, keep, np.int64) for r in records])
+    weights = np.stack([_stack(r.weights, keep, np.float32) for r in records])
+    scoring = SCORINGS[adapter_for(model.config.model_type).scoring]
+    probs = scoring(torch.from_numpy(logits)).numpy()
+    info = model_info(model, blocks, name or model.config.name_or_path or model.config.model_type, logits.shape[-1], experts.shape[-1])
+    return RoutingTrace(
+        model=info,
+        texts=texts,
+        tokens=tokens,
+        logits=logits,
+        probs=probs,
+        experts=experts,
+        weights=weights,
+        truncated=truncated,
+    )

@@ -1,0 +1,145 @@
+"""`python -m moe_core`: trace routing, simulate capacity, check architecture support, from the shell.
+
+The JSON printed here is a stable contract for scripts. Bad input ends with one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moe_core.capacity import (
+    CAPACITY_FACTOR_MAX,
+    GROUPS,
+    POLICIES,
+    simulate_capacity,
+)
+from moe_core.capture import trace
+from moe_core.devices import DEVICE_CHOICES
+from moe_core.models import DEMO_MODEL, load_model
+from moe_core.trace import RoutingTrace
+from moe_core.trace_io import save_trace, to_json_dict
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A problem with what the user asked for; printed as one line."""
+
+
+def _capacity_factor(value: str) -> float:
+    try:
+        factor = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (math.isfinite(factor) and 0 < factor <= CAPACITY_FACTOR_MAX):
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use 0 < factor <= {CAPACITY_FACTOR_MAX:g}")
+    return factor
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEMO_MODEL, help=f"bundled name, local folder or hub id ({DEMO_MODEL})")
+    parser.add_argument("--text", action="append", required=True, help="a text to trace; repeat for a batch")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off)")
+    parser.add_argument("--refuse-long", action="store_true", help="fail on text longer than the context")
+    parser.add_argument("--format", choices=("json",), default="json")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end in one line too (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m moe_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    trace_parser = commands.add_parser("trace", help="print or save the routing of every token")
+    _model_arguments(trace_parser)
+    trace_parser.add_argument("--out", type=Path, help="write the trace to FILE.json or FILE.parquet instead")
+    capacity_parser = commands.add_parser("capacity", help="simulate expert capacity and drops")
+    _model_arguments(capacity_parser)
+    capacity_parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    capacity_parser.add_argument("--policy", choices=POLICIES, default="position")
+    capacity_parser.add_argument("--group", choices=GROUPS, default="sequence")
+    commands.add_parser("architectures", help="check capture on a tiny model of every MoE family (Markdown table)")
+    return parser
+
+
+def _trace(args: argparse.Namespace) -> RoutingTrace:
+    texts = list(args.text)
+    if any(not text.strip() for text in texts):
+        raise CliError("empty text: every --text needs some non-blank text")
+    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code, progress=_progress)
+    routing = trace(loaded.model, loaded.tokenizer, texts, name=args.model)
+    for number, cut in enumerate(routing.truncated):
+        if cut and args.refuse_long:
+            raise CliError(f"text {number + 1} is longer than the model's context ({routing.model.context_length})")
+        if cut:
+            print(f"warning: text {number + 1} truncated to {routing.model.context_length} tokens", file=sys.stderr)
+    return routing
+
+
+def _progress(stage: str, fraction: float) -> None:
+    if sys.stderr.isatty():
+        print(f"[{fraction:4.0%}] {stage}", file=sys.stderr)
+
+
+def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str) -> dict[str, Any]:
+    result = simulate_capacity(routing, factor, policy=policy, group=group)
+    return {
+        "capacity_factor": factor,
+        "policy": policy,
+        "group": group,
+        "layers": [
+            {
+                "layer": layer,
+                "capacity": result.capacity[row].tolist(),
+                "kept": result.kept[row].tolist(),
+                "fill": result.fill[row].tolist(),
+                "drop_rate_by_position": result.drop_rate_by_position[row].round(6).tolist(),
+            }
+            for row, layer in enumerate(routing.model.moe_layers)
+        ],
+        "drop_rate_by_position": result.drop_rate_by_position.mean(axis=0).round(6).tolist(),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "architectures":
+        from transformers import AutoTokenizer
+
+        from moe_core.models import BUNDLED_MODELS
+        from moe_core.verification import support_table, verify_all
+
+        print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))
+        return
+    routing = _trace(args)
+    if args.command == "trace":
+        if args.out is not None:
+            save_trace(routing, args.out)
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            json.dump(to_json_dict(routing), sys.stdout)
+            print()
+    else:
+        json.dump(capacity_json(routing, args.capacity_factor, args.policy, args.group), sys.stdout)
+        print()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (CliError, ValueError, OSError) as error:
+        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0

@@ -1,0 +1,152 @@
+"""Loading an MoE model by bundled name, local folder or hub id, with progress and plain-language errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from moe_core.devices import Placement, choose_placement
+from moe_core.routers import NoRoutersError, find_moe_blocks
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEMO_MODEL = "demo-mixtral"
+BUNDLED_MODELS: dict[str, Path] = {DEMO_MODEL: ASSETS / "models" / DEMO_MODEL}
+ALLOWED_MODELS_ENV = "MOE_EXPLORER_ALLOWED_MODELS"  # comma-separated; set on a public deployment
+
+Progress = Callable[[str, float], None]  # (what is happening, fraction done)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what to do next."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    placement: Placement
+
+
+def allowed_models() -> tuple[str, ...] | None:
+    """The operator's allow-list (None: any model may be loaded)."""
+    names = tuple(m.strip() for m in os.environ.get(ALLOWED_MODELS_ENV, "").split(",") if m.strip())
+    return names or None
+
+
+def resolve(model_id: str) -> str:
+    """The folder or hub id to load for `model_id`; raises ModelLoadError for what cannot be loaded."""
+    model_id = model_id.strip()
+    if not model_id:
+        raise ModelLoadError("no model given: pass a bundled name, a local folder or a hub id")
+    allowed = allowed_models()
+    if allowed is not None and model_id not in allowed:
+        raise ModelLoadError(f"model {model_id!r} is not allowed here; this deployment offers: {', '.join(allowed)}")
+    if model_id in BUNDLED_MODELS:
+        return str(BUNDLED_MODELS[model_id])
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{model_id} has no config.json: not a transformers model folder")
+        return str(path)
+    if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
+        raise ModelLoadError(f"no model folder at {model_id}: check the path")
+    return model_id
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the hub? Fails fast where DNS or the network is missing."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_config(source: str, local_only: bool, trust_remote_code: bool) -> Any:
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if local_only and not Path(source).exists():
+            raise ModelLoadError(
+                f"cannot reach the Hugging Face hub to fetch {source!r}, and it is not in the local cache: "
+                "connect to the network, or download it elsewhere and pass its local folder"
+            ) from error
+        raise ModelLoadError(f"cannot load {source!r}: {str(error).splitlines()[0]}") from error
+    except ValueError as error:
+        raise ModelLoadError(
+            f"{source!r}: {str(error).splitlines()[0]} (a newer transformers may support it; custom code needs "
+            "trust_remote_code, which the operator must turn on)"
+        ) from error
+
+
+def _model_class(config: Any) -> type:
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def check_is_moe(config: Any, name: str, trust_remote_code: bool = False) -> None:
+    """Build the model on the meta device (no memory, no weights) and look for routers before loading."""
+    with torch.device("meta"):
+        skeleton = _model_class(config).from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        find_moe_blocks(skeleton, config.model_type)
+    except NoRoutersError:
+        raise ModelLoadError(f"{name} is a dense model: no routers found") from None
+
+
+def load_model(
+    model_id: str = DEMO_MODEL,
+    *,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> LoadedModel:
+    """Load model and tokenizer, ready to trace. `progress(stage, fraction)` is told as it goes."""
+    report = progress or (lambda _stage, _fraction: None)
+    report(f"finding {model_id}", 0.0)
+    source = resolve(model_id)
+    local_only = Path(source).exists() or not hub_reachable()
+    report("reading the config", 0.1)
+    config = _load_config(source, local_only, trust_remote_code)
+    check_is_moe(config, model_id, trust_remote_code)
+    report("loading the tokenizer", 0.2)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, local_files_only=local_only, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {model_id}: {str(error).splitlines()[0]}") from error
+    placement = choose_placement(device)
+    report(f"loading the weights onto {placement.device} ({str(placement.dtype).removeprefix('torch.')})", 0.3)
+    try:
+        model, info = _model_class(config).from_pretrained(
+            source,
+            config=config,
+            local_files_only=local_only,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **placement.from_pretrained_kwargs(),
+        )
+    except Exception as error:  # safetensors, torch and OS errors all mean a broken checkpoint here
+        raise ModelLoadError(
+            f"the checkpoint of {model_id} is corrupt or incomplete: {str(error).splitlines()[0]}"
+        ) from error
+    missing = [key for key in info.get("missing_keys", []) if key]
+    if missing:
+        raise ModelLoadError(
+            f"the checkpoint of {model_id} is incomplete: {len(missing)} weights missing (e.g. {missing[0]})"
+        )
+    report("ready", 1.0)
+    return LoadedModel(model_id, model.eval(), tokenizer, placement)

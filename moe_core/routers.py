@@ -1,0 +1,122 @@
+"""Finding a model's MoE layers, and the per-architecture adapter table for their quirks.
+
+Discovery reads the model's own declaration (`_can_record_outputs["router_logits"]`), falling back to
+any `gate`/`router` module that has an `experts` sibling. Everything that differs between families
+lives in `ADAPTERS`, one row per transformers `model_type`; the capture code has no per-family branches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Scoring = Callable[[torch.Tensor], torch.Tensor]
+
+SCORINGS: dict[str, Scoring] = {
+    "softmax": lambda logits: logits.float().softmax(dim=-1),
+    "sigmoid": lambda logits: logits.float().sigmoid(),
+}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one architecture routes, where capture cannot read it off the modules.
+
+    scoring:          the function that turns router logits into the model's own probabilities.
+    logits_index:     which element of the router's output tuple holds the logits.
+    router_names:     attribute names a router may have inside its MoE block.
+    experts_name:     attribute name of the routed-experts module beside the router.
+    encoder_only:     for encoder-decoder models, trace the encoder's layers (the input text).
+    notes:            quirks a reader of the trace should see.
+    """
+
+    scoring: str = "softmax"
+    logits_index: int | None = None  # None: the index the model declares for router_logits
+    router_names: tuple[str, ...] = ("gate", "router")
+    experts_name: str = "experts"
+    encoder_only: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+DEFAULT_ADAPTER = Adapter()
+
+SIGMOID_BIAS_NOTE = "experts chosen with a bias and/or group limit; weights from unbiased sigmoid scores"
+
+ADAPTERS: dict[str, Adapter] = {
+    "deepseek_v3": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
+    "glm4_moe": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
+}
+
+
+def adapter_for(model_type: str) -> Adapter:
+    return ADAPTERS.get(model_type, DEFAULT_ADAPTER)
+
+
+@dataclass(frozen=True)
+class MoeBlock:
+    """One MoE layer: its router and routed-experts modules, and the model's layer index."""
+
+    name: str  # module path of the block, e.g. "model.layers.3.mlp"
+    layer: int
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+
+
+class NoRoutersError(ValueError):
+    """The model has no MoE layers this tool can trace."""
+
+
+_LAYER_NUMBER = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def layer_number(module_name: str) -> int:
+    """The layer index in a module path: 'model.layers.12.mlp.gate' -> 12."""
+    match = _LAYER_NUMBER.search(module_name)
+    if match is None:
+        raise ValueError(f"cannot find a layer number in module name {module_name!r}")
+    return int(match.group(1))
+
+
+def declared_router_classes(model: nn.Module) -> tuple[list[type[nn.Module]], int]:
+    """Router classes (and the logits' tuple index) the model declares for `output_router_logits`."""
+    declared = getattr(model, "_can_record_outputs", None) or {}
+    classes: list[type[nn.Module]] = []
+    index = 0
+    for key, value in declared.items():
+        if "router_logits" not in key:
+            continue
+        for recorder in value if isinstance(value, list | tuple) else [value]:
+            target = getattr(recorder, "target_class", recorder)
+            if isinstance(target, type):
+                classes.append(target)
+                index = getattr(recorder, "index", 0) or 0
+    return classes, index
+
+
+def find_moe_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], int]:
+    """All traceable MoE blocks in layer order, and the router output index that holds the logits."""
+    adapter = adapter_for(model_type)
+    classes, declared_index = declared_router_classes(model)
+    modules = dict(model.named_modules())
+    blocks: list[MoeBlock] = []
+    for name, module in modules.items():
+        if "." not in name:
+            continue
+        parent_name, attribute = name.rsplit(".", 1)
+        parent = modules[parent_name]
+        is_router = isinstance(module, tuple(classes)) if classes else attribute in adapter.router_names
+        experts = getattr(parent, adapter.experts_name, None)
+        if not is_router or not isinstance(experts, nn.Module):
+            continue
+        if adapter.encoder_only and "decoder" in name:
+            continue
+        blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, module, experts))
+    if not blocks:
+        raise NoRoutersError(f"{model_type} is a dense model: no routers found")
+    index = adapter.logits_index if adapter.logits_index is not None else declared_index
+    return sorted(blocks, key=lambda b: b.layer), index

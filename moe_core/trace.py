@@ -1,0 +1,95 @@
+"""RoutingTrace: the one immutable record every analysis, chart, export and CLI command reads.
+
+Pure data (numpy arrays and plain metadata, no reference to the model), so it can be cached,
+pickled, saved and loaded back. Shapes: T tokens (all sequences flattened in order), L MoE layers,
+E routed experts, k experts per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DROPPED = -1  # value in `experts` where the model itself dropped a slot (real capacity, e.g. Switch)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a reader of a trace needs to know about the model that produced it."""
+
+    name: str
+    architecture: str  # transformers model_type, e.g. "mixtral"
+    num_experts: int  # routed experts E
+    top_k: int  # k
+    scoring: str  # how `probs` came from `logits`: "softmax", "sigmoid", ...
+    num_layers: int  # all decoder layers, dense ones included
+    moe_layers: tuple[int, ...]  # the model's layer index of each traced MoE layer
+    num_shared_experts: int = 0
+    context_length: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    notes: tuple[str, ...] = ()  # quirks worth showing a reader (e.g. weights that do not sum to 1)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The traced tokens. `text` is raw (escape it when rendering).
+
+    Tokens that share one character span (bytes of one multi-byte character) carry the character
+    on the first of them and "" on the rest, so joining `text` per sequence gives back the input.
+    """
+
+    ids: np.ndarray  # [T] int
+    text: tuple[str, ...]  # [T]
+    offsets: np.ndarray  # [T, 2] character offsets into texts[sequence]
+    sequence: np.ndarray  # [T] which input text
+    position: np.ndarray  # [T] position within its sequence
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class RoutingTrace:
+    """Routing of every token at every MoE layer, as the model computed it.
+
+    logits  [L, T, E] float: the router's raw scores
+    probs   [L, T, E] float: the model's own scoring of them (softmax, sigmoid, ...)
+    experts [L, T, k] int:   the experts each token was actually sent to (DROPPED where the model dropped it)
+    weights [L, T, k] float: the combine weights actually applied to those experts' outputs
+    """
+
+    model: ModelInfo
+    texts: tuple[str, ...]
+    tokens: Tokens
+    logits: np.ndarray
+    probs: np.ndarray
+    experts: np.ndarray
+    weights: np.ndarray
+    truncated: tuple[bool, ...] = field(default=())  # per text: was it cut to the context length?
+
+    def __post_init__(self) -> None:
+        num_layers, num_tokens = len(self.model.moe_layers), len(self.tokens)
+        expected = {
+            "logits": (num_layers, num_tokens, self.model.num_experts),
+            "probs": (num_layers, num_tokens, self.model.num_experts),
+            "experts": (num_layers, num_tokens, self.model.top_k),
+            "weights": (num_layers, num_tokens, self.model.top_k),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"RoutingTrace.{name} has shape {getattr(self, name).shape}, expected {shape}")
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.texts)
+
+    def layer_index(self, model_layer: int) -> int:
+        """Row in the [L, ...] arrays of the model's layer `model_layer`."""
+        try:
+            return self.model.moe_layers.index(model_layer)
+        except ValueError:
+            raise ValueError(
+                f"layer {model_layer} is not an MoE layer; MoE layers are {list(self.model.moe_layers)}"
+            ) from None

@@ -1,0 +1,1 @@
+"""Training and evaluating the bundled demo model (see `python -m moe_core.train --help`)."""

@@ -1,0 +1,119 @@
+"""trace(): one ordinary forward, hooks removed afterwards, routing consistent with the Mixtral formula."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from moe_core.capture import trace
+from moe_core.routers import NoRoutersError, find_moe_blocks, layer_number
+from moe_core.tiny_models import build_tiny_model
+from moe_core.tokens import tokenize
+
+TEXTS = ("Routing is where tokens meet experts.", "for i in range(3): print(i)")
+
+
+@pytest.fixture(scope="module")
+def mixtral() -> torch.nn.Module:
+    return build_tiny_model("mixtral")
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_mixtral_weights_are_renormalised_top2_of_softmax(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """Mixtral's combine weights are the two largest softmax probabilities, renormalised (paper §2.1)."""
+    routing = trace(mixtral, demo_tokenizer, TEXTS)
+    probs = torch.from_numpy(routing.logits).softmax(dim=-1).numpy()
+    np.testing.assert_allclose(routing.probs, probs, atol=1e-6)
+    top = np.sort(probs, axis=-1)[..., ::-1][..., :2]
+    np.testing.assert_allclose(
+        np.sort(routing.weights, axis=-1)[..., ::-1], top / top.sum(-1, keepdims=True), atol=1e-5
+    )
+    np.testing.assert_array_equal(np.sort(routing.experts, -1), np.sort(np.argsort(-probs, -1)[..., :2], -1))
+
+
+def test_trace_shapes_and_model_info(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """One row per real token (padding dropped); E, k and MoE layers read from the model."""
+    routing = trace(mixtral, demo_tokenizer, TEXTS)
+    tokens, batch, _ = tokenize(demo_tokenizer, TEXTS, None)
+    assert len(routing.tokens) == int(batch["attention_mask"].sum()) == len(tokens)
+    assert routing.logits.shape == (2, len(tokens), 8) and routing.experts.shape == (2, len(tokens), 2)
+    assert routing.model.moe_layers == (0, 1) and routing.model.architecture == "mixtral"
+    assert routing.model.num_experts == 8 and routing.model.top_k == 2 and routing.model.scoring == "softmax"
+
+
+def test_padding_does_not_change_routing(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """A text traced alone routes exactly as it does inside a padded batch."""
+    batch = trace(mixtral, demo_tokenizer, TEXTS)
+    alone = trace(mixtral, demo_tokenizer, TEXTS[1])
+    rows = batch.tokens.sequence == 1
+    np.testing.assert_array_equal(batch.experts[:, rows], alone.experts)
+    np.testing.assert_allclose(batch.logits[:, rows], alone.logits, atol=1e-5)
+
+
+def test_hooks_are_removed_and_outputs_unchanged(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """After trace() the model has no hooks left, and its output is what it was without capture."""
+    before = _hook_count(mixtral)
+    ids = demo_tokenizer(TEXTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = mixtral(ids).logits
+    trace(mixtral, demo_tokenizer, TEXTS[0])
+    with torch.no_grad():
+        again = mixtral(ids).logits
+    assert _hook_count(mixtral) == before
+    torch.testing.assert_close(plain, again, rtol=0, atol=0)
+
+
+def test_hooks_are_removed_when_forward_fails(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """An error inside the forward still leaves no hooks behind."""
+    before = _hook_count(mixtral)
+    with pytest.raises(IndexError):
+        trace(mixtral, _OutOfVocabTokenizer(demo_tokenizer), "boom")
+    assert _hook_count(mixtral) == before
+
+
+class _OutOfVocabTokenizer:
+    """Wraps a tokenizer and returns an id beyond the vocabulary, to make the forward fail."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.is_fast, self.pad_token_id, self.eos_token_id = inner, True, 0, 0
+
+    def __call__(self, text: str, **kwargs: Any) -> dict[str, Any]:
+        return {"input_ids": [10**6], "offset_mapping": [(0, len(text))]}
+
+
+def test_blank_text_is_refused(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """Empty or whitespace-only text is a ValueError with a plain message."""
+    with pytest.raises(ValueError, match="empty text"):
+        trace(mixtral, demo_tokenizer, ["ok", "   \n"])
+
+
+def test_dense_model_has_no_routers() -> None:
+    """find_moe_blocks names the dense model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dense = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    with pytest.raises(NoRoutersError, match="llama is a dense model: no routers found"):
+        find_moe_blocks(dense, "llama")
+
+
+def test_layer_number_parses_module_paths() -> None:
+    """The layer index is the first number in a module path."""
+    assert layer_number("model.layers.12.mlp.gate") == 12
+    assert layer_number("encoder.block.3.layer.1.mlp") == 3
+    with pytest.raises(ValueError):
+        layer_number("model.norm")
