@@ -84,7 +84,7 @@ def expert_capacity(
     The factor is read as the decimal it prints as, so 1.1 · 1 · 50 / 5 is exactly 11. Float arithmetic
     gives 11.000000000000002 there, which a plain ceil would turn into 12.
     """
-    _check_capacity_factor(capacity_factor)
+    check_capacity_factor(capacity_factor)
     _check_min_capacity(min_capacity)
     factor = Fraction(repr(float(capacity_factor)))
     return max(min_capacity, math.ceil(factor * top_k * num_tokens / num_experts))
@@ -102,7 +102,8 @@ def simulate_capacity(
     Lay each layer's slots out in serving order (rank by rank, tokens in policy order) and give each slot
     the key (layer, group, expert). A stable sort by key then puts each expert's slots of one group and layer
     together, still in serving order, so a slot's arrival number is its index minus where its key's block
-    starts, and it is kept if that is below C. The keys are small, so the sort is a radix sort: O(slots).
+    starts, and it is kept if that is below C. With up to 65,536 keys (L · G · (E + 1)) the keys fit in 16
+    bits and numpy sorts them by radix, in O(slots); beyond that it falls back to a stable merge sort.
     """
     _validate(trace, capacity_factor, policy, group, min_capacity)
     experts = np.asarray(trace.experts)
@@ -130,12 +131,13 @@ def simulate_capacity(
     key_capacity[:, :, :num_experts] = group_capacity[:, None]
 
     order = np.argsort(key, kind="stable")  # stable: within a block, slots stay in serving order
-    per_key = np.bincount(key, minlength=num_keys)
-    block_end = np.cumsum(per_key)
+    sorted_key = key[order]
+    block_start = np.append(np.searchsorted(sorted_key, np.arange(num_keys, dtype=key_type)), len(key))
+    per_key = np.diff(block_start)
     # The slot at sorted index i is its block's (i - block start)-th arrival: kept while that is below C.
-    keep_until = block_end - per_key + key_capacity.ravel()  # block start + C
+    keep_until = block_start[:-1] + key_capacity.ravel()
     keep = np.empty(len(key), dtype=bool)
-    keep[order] = np.arange(len(key)) < keep_until[key[order]]
+    keep[order] = np.arange(len(key)) < keep_until[sorted_key]
     keep = keep.reshape(slots.shape).transpose(0, 2, 1)  # [L, T, k] in serving order
     if policy == "position":
         kept = np.ascontiguousarray(keep)
@@ -179,7 +181,9 @@ def simulate_capacity_reference(
     for g, tokens in enumerate(groups):
         for t in tokens:
             group_of[t] = g
-    group_capacity = [expert_capacity(capacity_factor, top_k, len(tokens), num_experts, min_capacity) for tokens in groups]
+    group_capacity = [
+        expert_capacity(capacity_factor, top_k, len(tokens), num_experts, min_capacity) for tokens in groups
+    ]
 
     kept = [[[False] * top_k for _ in range(num_tokens)] for _ in range(num_layers)]
     for layer in range(num_layers):
@@ -223,7 +227,9 @@ def simulate_capacity_reference(
                     fully_at[layer][p] += 1
 
     def rate(part: list[list[int]], whole: list[list[int]]) -> np.ndarray:
-        rows = [[a / b if b else math.nan for a, b in zip(pr, wr, strict=True)] for pr, wr in zip(part, whole, strict=True)]
+        rows = [
+            [a / b if b else math.nan for a, b in zip(pr, wr, strict=True)] for pr, wr in zip(part, whole, strict=True)
+        ]
         return np.array(rows, dtype=np.float64).reshape(num_layers, num_positions)
 
     return CapacityResult(
@@ -325,10 +331,15 @@ def _score_order(weights: np.ndarray) -> np.ndarray:
     """[L, T] the tokens of each layer by top-1 weight, highest first, ties by position, NaN last."""
     key = -np.asarray(weights[:, :, 0], dtype=np.float64)
     key[np.isnan(key)] = np.inf
-    return np.argsort(key, axis=1, kind="stable")  # stable: equal weights keep token order
+    # Rank the values (equal values, -0.0 and 0.0 included, share a rank), then break ties by position in
+    # one unique integer key: a plain argsort of that is several times faster than a stable float sort.
+    _, value_rank = np.unique(key, return_inverse=True)
+    num_tokens = key.shape[1]
+    return np.argsort(value_rank.reshape(key.shape) * num_tokens + np.arange(num_tokens), axis=1)
 
 
-def _check_capacity_factor(capacity_factor: float) -> None:
+def check_capacity_factor(capacity_factor: float) -> None:
+    """Raise ValueError unless 0 < capacity_factor <= CAPACITY_FACTOR_MAX (shared with the CLI and the app)."""
     valid = isinstance(capacity_factor, numbers.Real) and not isinstance(capacity_factor, bool)
     if not (valid and CAPACITY_FACTOR_MIN < float(capacity_factor) <= CAPACITY_FACTOR_MAX):
         raise ValueError(
@@ -345,7 +356,7 @@ def _check_min_capacity(min_capacity: int) -> None:
 
 def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: str, min_capacity: int) -> None:
     """Reject settings and traces the simulation cannot give a meaningful answer for, saying what is valid."""
-    _check_capacity_factor(capacity_factor)
+    check_capacity_factor(capacity_factor)
     _check_min_capacity(min_capacity)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_core.capacity import (
-    CAPACITY_FACTOR_MAX,
-    GROUPS,
-    POLICIES,
-    simulate_capacity,
-)
+from moe_core.capacity import GROUPS, POLICIES, check_capacity_factor, simulate_capacity
 from moe_core.capture import trace
 from moe_core.devices import DEVICE_CHOICES
 from moe_core.models import DEMO_MODEL, load_model
@@ -36,10 +30,10 @@ class CliError(Exception):
 def _capacity_factor(value: str) -> float:
     try:
         factor = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not (math.isfinite(factor) and 0 < factor <= CAPACITY_FACTOR_MAX):
-        raise argparse.ArgumentTypeError(f"{value} is out of range: use 0 < factor <= {CAPACITY_FACTOR_MAX:g}")
+        check_capacity_factor(factor)
+    except ValueError as error:
+        message = f"{value!r} is not a number" if "could not convert" in str(error) else str(error).split(";")[0]
+        raise argparse.ArgumentTypeError(message) from None
     return factor
 
 

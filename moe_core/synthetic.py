@@ -8,6 +8,7 @@ Token i is "t{i}" (its index in the batch), and each text is its tokens joined, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def _trace(
     end = np.cumsum(widths)
     sequence_start = np.concatenate([[0], end])[bounds[:-1]]  # where each text starts in the joined batch
     start = end - widths - np.repeat(sequence_start, lengths)
-    texts = tuple("".join(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    texts = tuple("".join(text[a:b]) for a, b in pairwise(bounds))
     tokens = Tokens(
         ids=np.arange(len(sequence), dtype=np.int64),
         text=text,

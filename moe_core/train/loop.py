@@ -145,10 +145,13 @@ def training_losses(model: MixtralForCausalLM, ids: torch.Tensor, top_k: int) ->
     return lm, layer_balance_loss(out.router_logits, top_k)
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def _save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seconds: float
+) -> None:
     """Atomic: a run killed mid-write leaves the previous checkpoint intact."""
     partial = path.with_suffix(".partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, partial)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds}
+    torch.save(state, partial)
     partial.replace(path)
 
 
@@ -167,12 +170,13 @@ def train(config: TrainConfig, work: Path, out: Path) -> None:
         betas=(0.9, 0.95),
     )
     checkpoint = work / "checkpoint.pt"
-    step = 0
+    step, seconds_before = 0, 0.0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        seconds_before = state.get("seconds", 0.0)
         print(f"resumed at step {step}", flush=True)
     (work / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     model.train()
@@ -197,8 +201,9 @@ def train(config: TrainConfig, work: Path, out: Path) -> None:
                 flush=True,
             )
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(checkpoint, model, optimizer, step)
-    record = {**asdict(config), "tokens_seen": step * tokens_per_step}
+            _save_checkpoint(checkpoint, model, optimizer, step, seconds_before + time.time() - started)
+    seconds = round(seconds_before + time.time() - started)
+    record = {**asdict(config), "tokens_seen": step * tokens_per_step, "train_seconds": seconds}
     (work / "train_record.json").write_text(json.dumps(record, indent=2))
     export(model, tokenizer, out)
 

@@ -33,7 +33,7 @@ def assert_same_result(actual: CapacityResult, expected: CapacityResult) -> None
     for name in CapacityResult.__dataclass_fields__:
         a, b = getattr(actual, name), getattr(expected, name)
         if isinstance(b, np.ndarray):
-            assert a.shape == b.shape, name
+            assert (a.shape, a.dtype) == (b.shape, b.dtype), name
             np.testing.assert_array_equal(a, b, err_msg=name)  # NaN == NaN here
         else:
             assert a == b, name
@@ -192,6 +192,16 @@ def test_vectorised_matches_reference_for_every_setting(policy, group):
     assert_same_result(simulate_capacity(trace, **settings), simulate_capacity_reference(trace, **settings))
 
 
+@pytest.mark.parametrize("policy", ["position", "score"])
+def test_vectorised_matches_reference_with_more_keys_than_16_bits(policy):
+    """Past 65,536 (layer, group, expert) keys the vectorised path switches sort; it still matches the reference."""
+    trace = random_trace([3, 5, 2] * 100, num_experts=255, top_k=2, seed=1)  # 1 · 300 · 256 = 76,800 keys
+    settings = {"capacity_factor": 0.5, "policy": policy}
+    result = simulate_capacity(trace, **settings)
+    assert not result.kept.all()
+    assert_same_result(result, simulate_capacity_reference(trace, **settings))
+
+
 def test_vectorised_matches_reference_on_nan_top1_weights():
     """NaN top-1 weights are served last under the score policy, in both implementations."""
     trace = trace_from_choices([[0], [0], [0]], weights=[[np.nan], [0.2], [0.1]], num_experts=3)
@@ -204,7 +214,7 @@ def test_empty_trace_gives_empty_result():
     """A trace with no tokens yields empty arrays rather than an error."""
     trace = random_trace([0], num_experts=4, top_k=2)
     for simulate in (simulate_capacity, simulate_capacity_reference):
-        result = simulate(trace, 1.0)
+        result = simulate(trace, 1.0, policy="score")
         assert result.kept.shape == (1, 0, 2)
         assert result.drop_rate_by_position.shape == (1, 0)
         assert result.capacity_per_layer.tolist() == [1]

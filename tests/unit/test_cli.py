@@ -79,8 +79,8 @@ def test_capacity_json(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path)
     [
         (["trace", "--text", "   "], "empty text"),
         (["trace", "--model", "/no/such/model", "--text", "hi"], "no model folder"),
-        (["capacity", "--text", "hi", "--capacity-factor", "0"], "out of range"),
-        (["capacity", "--text", "hi", "--capacity-factor", "nan"], "out of range"),
+        (["capacity", "--text", "hi", "--capacity-factor", "0"], "must be a number in (0, 64]"),
+        (["capacity", "--text", "hi", "--capacity-factor", "nan"], "must be a number in (0, 64]"),
         (["capacity", "--text", "hi", "--capacity-factor", "abc"], "not a number"),
         (["trace", "--model", "not-a-bundled-model", "--text", "hi"], "error:"),
     ],
