@@ -1,0 +1,1 @@
+"""The Streamlit shell of MoE Routing Explorer: views render what moe_core computes."""

@@ -1,0 +1,29 @@
+"""Encodings every chart shares, so colours and labels match across views and exports."""
+
+from __future__ import annotations
+
+import altair as alt
+
+from app.palette import expert_colors
+
+FONT_SIZE = 14
+CHART_HEIGHT = 320
+
+
+def expert_color(field: str, num_experts: int, title: str = "expert", legend: bool = True) -> alt.Color:
+    """Nominal colour by expert index with the app's fixed palette (expert i is always the same colour)."""
+    return alt.Color(
+        f"{field}:N",
+        title=title,
+        scale=alt.Scale(domain=list(range(num_experts)), range=list(expert_colors(num_experts))),
+        legend=alt.Legend(orient="right", columns=1 if num_experts <= 16 else 4) if legend else None,
+    )
+
+
+def styled(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    """Readable on a projector: larger labels and titles."""
+    return (
+        chart.configure_axis(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
+        .configure_legend(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
+        .configure_title(fontSize=FONT_SIZE + 2)
+    )

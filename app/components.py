@@ -1,0 +1,108 @@
+"""Small rendering pieces shared by the views: coloured token text, expert legend, charts with downloads.
+
+Token text is user input: it is always HTML-escaped here, and control characters are shown as symbols.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import altair as alt
+import streamlit as st
+
+from app.export import chart_png, chart_svg
+from app.palette import expert_colors, text_color_on
+
+_VISIBLE_CONTROLS = {i: chr(0x2400 + i) for i in range(32) if chr(i) not in "\n\t"} | {0x7F: "\u2421"}
+
+
+def visible_text(text: str) -> str:
+    """HTML-escaped token text; control characters become their Unicode 'symbol for' glyphs."""
+    return html.escape(text.translate(_VISIBLE_CONTROLS)).replace("\n", "↵<br>")
+
+
+def token_spans(
+    texts: Sequence[str], experts: Sequence[int], titles: Sequence[str], num_experts: int, marks: Sequence[str] = ()
+) -> str:
+    """Tokens as coloured spans (background = expert), with a tooltip each. `marks` adds a CSS class per token."""
+    colors = expert_colors(num_experts)
+    parts = []
+    for index, (text, expert, title) in enumerate(zip(texts, experts, titles, strict=True)):
+        if not text:
+            continue
+        css = marks[index] if marks else ""
+        if expert < 0:
+            style = "background:#FFFFFF;color:#000;outline:1px dashed #555"
+        else:
+            style = f"background:{colors[expert]};color:{text_color_on(colors[expert])}"
+        parts.append(
+            f'<span class="tok {css}" style="{style}" title="{html.escape(title)}">{visible_text(text)}</span>'
+        )
+    return '<div class="tokens">' + "".join(parts) + "</div>"
+
+
+def legend(num_experts: int, label: str = "Expert") -> str:
+    colors = expert_colors(num_experts)
+    chips = "".join(
+        f'<span class="chip" style="background:{c};color:{text_color_on(c)}">{label[0]}{i}</span>'
+        for i, c in enumerate(colors)
+    )
+    return f'<div class="legend">{chips}</div>'
+
+
+def html_block(markup: str) -> None:
+    st.markdown(markup, unsafe_allow_html=True)
+
+
+def explainer(text: str) -> None:
+    """The 'What am I looking at?' note every view opens with."""
+    with st.expander("What am I looking at?"):
+        st.markdown(text)
+
+
+def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
+    """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked)."""
+    st.altair_chart(chart, width="stretch")
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button(
+        "Download PNG",
+        data=lambda: chart_png(chart),
+        file_name=f"{name}.png",
+        mime="image/png",
+        key=f"png-{name}",
+        on_click="ignore",
+    )
+    right.download_button(
+        "Download SVG",
+        data=lambda: chart_svg(chart),
+        file_name=f"{name}.svg",
+        mime="image/svg+xml",
+        key=f"svg-{name}",
+        on_click="ignore",
+    )
+
+
+PAGE_CSS = """
+<style>
+.tokens {line-height: 2.1; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 1.0rem;
+         white-space: pre-wrap; word-break: break-word;}
+.tok {padding: 2px 1px; margin: 0 1px 0 0; border-radius: 3px;}
+.tok.drop1 {text-decoration: line-through 2px #B00020;}
+.tok.drop2 {text-decoration: underline wavy 2px #B00020;}
+.tok.dropall {outline: 3px solid #B00020; opacity: 0.55;}
+.legend {margin: 0.2rem 0 0.6rem 0;}
+.chip {display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 10px;
+       font-size: 0.85rem; font-weight: 600;}
+</style>
+"""
+
+PRESENTATION_CSS = """
+<style>
+header, [data-testid="stSidebar"], [data-testid="stToolbar"], footer {display: none !important;}
+.block-container {padding-top: 1rem; max-width: 96vw;}
+html, body, [data-testid="stMarkdownContainer"] p {font-size: 1.3rem;}
+.tokens {font-size: 1.6rem; line-height: 2.3;}
+h1, h2, h3 {font-size: 2.0rem !important;}
+</style>
+"""

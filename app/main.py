@@ -1,0 +1,192 @@
+"""MoE Routing Explorer: type text, see how a Mixture-of-Experts model routes every token, layer by layer.
+
+Run from the repository root: `python -m streamlit run app/main.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
+from app.loading import domain_batch, get_model, get_trace, presets  # noqa: E402
+from app.state import URL_KEYS, VIEWS, Settings, from_query, to_query  # noqa: E402
+from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
+from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
+from moe_core.models import ModelLoadError, allowed_models  # noqa: E402
+from moe_core.trace import RoutingTrace  # noqa: E402
+from moe_core.trace_io import TraceFormatError, load_trace_bytes, to_json_dict, to_parquet_bytes  # noqa: E402
+
+VIEW_MODULES = {
+    "routing": token_routing,
+    "gates": gate_weights,
+    "load": expert_load,
+    "capacity": capacity,
+    "flow": layer_flow,
+}
+MAX_PROMPT_CHARS = 200_000
+
+
+def _seed_session_from_url() -> None:
+    """On a session's first run, fill every widget from the link (bad values -> defaults + notices)."""
+    if "seeded" in st.session_state:
+        return
+    settings, notices = from_query(st.query_params.to_dict())
+    if not settings.prompt:
+        settings = Settings(**{**settings.__dict__, "prompt": next(iter(presets().values()))})
+    for name, value in settings.__dict__.items():
+        st.session_state[name] = value
+    st.session_state.notices = notices
+    st.session_state.seeded = True
+
+
+def _apply_preset() -> None:
+    st.session_state.prompt = presets()[st.session_state.preset]
+
+
+def _sidebar_inputs() -> bytes | None:
+    """Model, prompt and trace-upload widgets; returns the uploaded trace's bytes, if any."""
+    sidebar = st.sidebar
+    sidebar.header("Input")
+    allowed = allowed_models()
+    if allowed:
+        sidebar.selectbox("Model", allowed, key="model", help="This deployment offers these models.")
+    else:
+        sidebar.text_input("Model", key="model", help="Bundled name, local folder, or Hugging Face hub id.")
+    sidebar.selectbox(
+        "Teaching presets",
+        list(presets()),
+        key="preset",
+        index=None,
+        on_change=_apply_preset,
+        placeholder="Choose a preset …",
+    )
+    sidebar.text_area("Text", key="prompt", height=180, max_chars=MAX_PROMPT_CHARS)
+    upload = sidebar.file_uploader("…or view a saved trace", type=["json", "parquet"], key="upload")
+    return None if upload is None else upload.getvalue()
+
+
+def _sidebar_settings(routing: RoutingTrace) -> None:
+    sidebar = st.sidebar
+    sidebar.header("View")
+    layers = list(routing.model.moe_layers)
+    if st.session_state.layer not in layers:
+        if "layer" in st.query_params and "layer_notice" not in st.session_state:
+            st.session_state.notices.append(f"Layer {st.session_state.layer} is not an MoE layer; showing {layers[0]}.")
+            st.session_state.layer_notice = True
+        st.session_state.layer = layers[0]
+    sidebar.select_slider("Layer", options=layers, key="layer")
+    sidebar.header("Capacity")
+    sidebar.slider(
+        "Capacity factor",
+        0.25,
+        4.0,
+        step=0.05,
+        key="capacity_factor",
+        help="C = ceil(factor · k · tokens / experts) slots per expert and sequence.",
+    )
+    sidebar.radio(
+        "Slot order",
+        POLICIES,
+        key="policy",
+        horizontal=True,
+        help="position: first come, first served (GShard, OpenMoE). score: most confident first.",
+    )
+    sidebar.radio("Capacity group", GROUPS, key="group", horizontal=True)
+    sidebar.toggle("Presentation mode", key="present", help="Hide the chrome, large type: for projectors.")
+
+
+def _current_settings() -> Settings:
+    return Settings(**{name: st.session_state[name] for name in URL_KEYS})
+
+
+def _routing(upload: bytes | None) -> tuple[RoutingTrace, bool]:
+    """The trace to show, and whether a model is behind it (False for an uploaded trace)."""
+    if upload is not None:
+        try:
+            return load_trace_bytes(upload, st.session_state.upload.name), False
+        except TraceFormatError as error:
+            st.error(f"That file is not a routing trace this app can read: {error}")
+            st.stop()
+    prompt = st.session_state.prompt
+    if not prompt.strip():
+        st.info("Type some text in the sidebar (or pick a preset) to see how it is routed.")
+        st.stop()
+    try:
+        get_model(st.session_state.model.strip())
+        return get_trace(st.session_state.model.strip(), (prompt,)), True
+    except ModelLoadError as error:
+        st.error(f"Cannot use this model: {error}")
+        st.stop()
+
+
+def _trace_downloads(routing: RoutingTrace) -> None:
+    import json
+
+    st.sidebar.header("Trace")
+    st.sidebar.download_button(
+        "Download trace (JSON)",
+        data=lambda: json.dumps(to_json_dict(routing)),
+        file_name="routing-trace.json",
+        mime="application/json",
+        on_click="ignore",
+    )
+    st.sidebar.download_button(
+        "Download trace (Parquet)",
+        data=lambda: to_parquet_bytes(routing),
+        file_name="routing-trace.parquet",
+        mime="application/octet-stream",
+        on_click="ignore",
+    )
+
+
+def main() -> None:
+    st.set_page_config(page_title="MoE Routing Explorer", page_icon="🔀", layout="wide")
+    html_block(PAGE_CSS)
+    _seed_session_from_url()
+    upload = _sidebar_inputs()
+    routing, has_model = _routing(upload)
+    _sidebar_settings(routing)
+    settings = _current_settings()
+    if settings.present:
+        html_block(PRESENTATION_CSS)
+    info = routing.model
+    st.title("MoE Routing Explorer")
+    st.caption(
+        f"**{info.name}** · {info.architecture} · {info.num_experts} experts, top-{info.top_k} ({info.scoring}) · "
+        f"{len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens"
+        + (" · uploaded trace" if not has_model else "")
+    )
+    for notice in st.session_state.notices:
+        st.warning(notice)
+    if any(routing.truncated):
+        st.warning(
+            f"The text is longer than the model's context: only the first {info.context_length} tokens are shown."
+        )
+    st.segmented_control(
+        "View",
+        VIEWS,
+        key="view",
+        format_func=lambda v: VIEW_MODULES[v].TITLE,
+        required=True,
+        label_visibility="collapsed",
+    )
+    settings = _current_settings()
+    context = ViewContext(
+        trace=routing,
+        settings=settings,
+        layer_row=routing.layer_index(settings.layer),
+        domain_batch=(lambda: get_trace(settings.model.strip(), domain_batch())) if has_model else (lambda: None),
+    )
+    VIEW_MODULES[settings.view].draw(context)
+    _trace_downloads(routing)
+    st.query_params.from_dict(to_query(settings))
+
+
+main()

@@ -1,0 +1,41 @@
+"""Expert colours: stable across views and exports, colour-blind safe for 8 experts."""
+
+from __future__ import annotations
+
+import colorsys
+from functools import lru_cache
+
+# Okabe & Ito (2008), colour-blind safe; black replaced by a grey so dark text stays readable on it.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999")
+TABLEAU_20 = (
+    "#4E79A7", "#A0CBE8", "#F28E2B", "#FFBE7D", "#59A14F", "#8CD17D", "#B6992D", "#F1CE63", "#499894", "#86BCB6",
+    "#E15759", "#FF9D9A", "#79706E", "#BAB0AC", "#D37295", "#FABFD2", "#B07AA1", "#D4A6C8", "#9D7660", "#D7B5A6",
+)  # fmt: skip
+DROPPED_COLOR = "#FFFFFF"
+
+
+@lru_cache(maxsize=32)
+def expert_colors(num_experts: int) -> tuple[str, ...]:
+    """One colour per expert. ≤8: Okabe-Ito; ≤20: Tableau 20; more: golden-angle hues in 3 lightness bands.
+
+    With 64+ experts no palette is tellable apart by eye, so the views also label experts by number.
+    """
+    if num_experts <= len(OKABE_ITO):
+        return OKABE_ITO[:num_experts]
+    if num_experts <= len(TABLEAU_20):
+        return TABLEAU_20[:num_experts]
+    colors = []
+    for expert in range(num_experts):
+        hue = (expert * 0.381966) % 1.0
+        lightness = (0.45, 0.62, 0.75)[expert % 3]
+        red, green, blue = colorsys.hls_to_rgb(hue, lightness, 0.65)
+        colors.append(f"#{round(red * 255):02X}{round(green * 255):02X}{round(blue * 255):02X}")
+    return tuple(colors)
+
+
+def text_color_on(background: str) -> str:
+    """Black or white, whichever reads better on `background` (WCAG relative luminance)."""
+    channels = [int(background[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "#000000" if luminance > 0.179 else "#FFFFFF"

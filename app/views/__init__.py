@@ -1,0 +1,20 @@
+"""One module per view. Each exposes TITLE, EXPLAINER and draw(context)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.state import Settings
+from moe_core.trace import RoutingTrace
+
+
+@dataclass(frozen=True)
+class ViewContext:
+    """Everything a view reads. `domain_batch` traces the built-in multi-domain batch on demand (None when
+    no model is loaded, e.g. when viewing an uploaded trace)."""
+
+    trace: RoutingTrace
+    settings: Settings
+    layer_row: int  # row of settings.layer in the trace's [L, ...] arrays
+    domain_batch: Callable[[], RoutingTrace | None]

@@ -1,0 +1,13 @@
+"""Placeholder: being built."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.views import ViewContext
+
+TITLE = "Layer flow"
+
+
+def draw(context: ViewContext) -> None:
+    st.info("This view is being built.")

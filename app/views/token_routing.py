@@ -1,0 +1,35 @@
+"""View 1: the text coloured by each token's top-1 expert, and the token × layer grid."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.charts.routing import token_layer_grid_chart
+from app.components import explainer, html_block, legend, show_chart, token_spans
+from app.views import ViewContext
+from moe_core.analyses.routing import token_frame, token_layer_grid
+
+TITLE = "Token routing"
+EXPLAINER = """
+Each token of your text is coloured by the expert the router ranked **first** at the chosen layer (hover a token
+for all its experts and their gate weights). The grid below shows the same for **every** MoE layer: colour is the
+top-1 expert, shade is its gate weight (pale = the router hesitated). Compare with Mixtral's Fig. 8 (arXiv
+2401.04088): consecutive tokens and tokens of the same kind often share an expert.
+"""
+GRID_WINDOW = 256  # tokens per grid window: wider grids are unreadable and slow to draw
+
+
+def draw(context: ViewContext) -> None:
+    routing, row = context.trace, context.layer_row
+    explainer(EXPLAINER)
+    frame = token_frame(routing, row)
+    layer = routing.model.moe_layers[row]
+    st.subheader(f"Top-1 expert of each token at layer {layer}")
+    html_block(legend(routing.model.num_experts))
+    titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
+    html_block(token_spans(frame["text"].tolist(), frame["top1"].tolist(), titles, routing.model.num_experts))
+    start = 0
+    if len(frame) > GRID_WINDOW:
+        start = st.slider("Grid window start (token)", 0, len(frame) - GRID_WINDOW, 0, step=16, key="grid_start")
+    grid = token_layer_grid(routing, start, start + GRID_WINDOW)
+    show_chart(token_layer_grid_chart(grid, routing.model.num_experts), "token-layer-grid")
