@@ -1,0 +1,148 @@
+"""The page as a whole: default view, share links, uploads, and every kind of bad input (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+
+import pytest
+
+from app.state import encode_prompt
+from moe_core.capture import trace
+from moe_core.models import load_model
+from moe_core.trace_io import to_json_dict
+from tests.app.conftest import page_html, run_app
+
+pytestmark = pytest.mark.slow
+
+
+def _assert_clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_opens_on_the_demo_model_with_a_preset_traced() -> None:
+    """No input at all: the demo model routes the first preset and the routing view draws its chart."""
+    at = run_app()
+    _assert_clean(at)
+    assert "demo-mixtral" in at.caption[0].value and "8 experts, top-2" in at.caption[0].value
+    assert 'class="tok' in page_html(at)
+    assert len(at.get("vega_lite_chart")) >= 1
+    assert "text" in at.query_params
+
+
+def test_share_link_restores_the_view() -> None:
+    """Prompt, layer, capacity settings and view from the URL are what the widgets show, and are written back."""
+    params = {"text": "Share this routing, please.", "layer": "2", "cf": "1.5", "policy": "score", "view": "routing"}
+    at = run_app(params)
+    _assert_clean(at)
+    assert at.text_area(key="prompt").value == params["text"]
+    assert at.select_slider(key="layer").value == 2
+    assert at.slider(key="capacity_factor").value == 1.5 and at.radio(key="policy").value == "score"
+    assert {k: at.query_params[k] for k in params if k != "view"} == {k: v for k, v in params.items() if k != "view"}
+    assert not at.warning
+
+
+def test_long_prompt_link_is_compressed_and_restored() -> None:
+    """A long prompt travels compressed in the link and comes back exactly."""
+    prompt = "for i in range(10):\n    print(i * i)\n" * 20
+    at = run_app({"text": encode_prompt(prompt)})
+    _assert_clean(at)
+    assert at.text_area(key="prompt").value == prompt
+
+
+def test_bad_link_values_fall_back_with_notices() -> None:
+    """Unknown layer, garbage capacity factor and an unknown view: defaults, each with a visible notice."""
+    at = run_app({"text": "hello", "layer": "99", "cf": "lots", "view": "nope"})
+    _assert_clean(at)
+    notices = " ".join(w.value for w in at.warning)
+    assert "Layer 99 is not an MoE layer" in notices and "`cf=lots`" in notices and "`view=nope`" in notices
+    assert at.select_slider(key="layer").value == 0
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t "])
+def test_empty_prompt_asks_for_text(prompt: str) -> None:
+    """Empty or blank text: a friendly prompt to type something, no chart, no error."""
+    at = run_app({"text": "ok"}, setup=lambda at: at.text_area(key="prompt").set_value(prompt))
+    _assert_clean(at)
+    assert any("Type some text" in i.value for i in at.info)
+    assert not at.get("vega_lite_chart") and not at.error
+
+
+def test_huge_prompt_is_truncated_with_a_notice() -> None:
+    """100,000 characters: routed up to the model's context, with a visible notice."""
+    at = run_app({"text": "ok"}, setup=lambda at: at.text_area(key="prompt").set_value("tokens and experts " * 5300))
+    _assert_clean(at)
+    assert any("longer than the model's context" in w.value for w in at.warning)
+
+
+def test_emoji_cjk_rtl_and_controls_render_as_text() -> None:
+    """Emoji, CJK, right-to-left text and control characters come through; controls as visible symbols."""
+    text = "Hi 🚀 東京 שלום مرحبا a\x00b\x07c"
+    at = run_app({"text": "ok"}, setup=lambda at: at.text_area(key="prompt").set_value(text))
+    _assert_clean(at)
+    html = page_html(at)
+    for piece in ("🚀", "東", "京", "ש", "م"):
+        assert piece in html
+    assert "\u2400" in html and "\u2407" in html and "\x00" not in html
+
+
+def test_html_and_script_render_as_text() -> None:
+    """Markup in the prompt is escaped: it shows as text and never becomes an element."""
+    text = '<script>alert("x")</script><b>bold</b><img src=x onerror=alert(1)>'
+    at = run_app({"text": "ok"}, setup=lambda at: at.text_area(key="prompt").set_value(text))
+    _assert_clean(at)
+    html = page_html(at)
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    shown = "".join(re.findall(r'<span class="tok [^"]*"[^>]*>(.*?)</span>', html))
+    assert unescape(shown) == text
+
+
+def test_unknown_model_gets_a_message() -> None:
+    """A hub id that cannot be loaded here: a plain error in the page."""
+    at = run_app({"text": "hello", "model": "someone/unknown-moe"})
+    _assert_clean(at)
+    assert at.error and "Cannot use this model" in at.error[0].value
+
+
+def test_dense_model_gets_a_message(tmp_path) -> None:
+    """A dense model folder: 'is a dense model: no routers found'."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    at = run_app({"text": "hello", "model": str(tmp_path)})
+    _assert_clean(at)
+    assert at.error and "dense model: no routers found" in at.error[0].value
+
+
+def test_corrupt_uploaded_trace_gets_a_message() -> None:
+    """A file that is not a trace: a plain error, nothing else drawn."""
+    at = run_app(
+        {"text": "hello"},
+        setup=lambda at: at.file_uploader(key="upload").set_value(("trace.json", b"{broken", "application/json")),
+    )
+    _assert_clean(at)
+    assert at.error and "not a routing trace" in at.error[0].value
+
+
+def test_uploaded_trace_is_viewed_without_a_model() -> None:
+    """A trace recorded elsewhere (e.g. by the CLI on a GPU server) renders as if traced here."""
+    loaded = load_model()
+    routing = trace(loaded.model, loaded.tokenizer, "A trace from another machine.", name="gpu-server-model")
+    payload = json.dumps(to_json_dict(routing)).encode()
+    at = run_app(
+        {"text": "hello"},
+        setup=lambda at: at.file_uploader(key="upload").set_value(("t.json", payload, "application/json")),
+    )
+    _assert_clean(at)
+    assert "gpu-server-model" in at.caption[0].value and "uploaded trace" in at.caption[0].value
+    assert "another" in page_html(at)
+
+
+def test_presentation_mode_hides_chrome() -> None:
+    """present=1 adds the presentation stylesheet (no sidebar, large type)."""
+    at = run_app({"text": "hello", "present": "1"})
+    _assert_clean(at)
+    assert '[data-testid="stSidebar"]' in page_html(at)
