@@ -61,9 +61,25 @@ def explainer(text: str) -> None:
         st.markdown(text)
 
 
+CHART_CHROME_PX = 190  # title, subtitle, top legend and axes around a chart's plot height
+
+
+def frame_height(chart: alt.TopLevelMixin) -> int | None:
+    """Pixel height for the chart's frame: its plot height plus room for title, legend and axes.
+
+    Streamlit otherwise fits the whole chart, legend included, into the plot height and squeezes the plot.
+    """
+    height = getattr(chart, "height", alt.Undefined)
+    return int(height) + CHART_CHROME_PX if isinstance(height, int | float) else None
+
+
 def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
-    """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked)."""
-    st.altair_chart(chart, width="stretch")
+    """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked).
+
+    theme=None: the chart looks exactly like its exported PNG/SVG, with the large projector-friendly fonts.
+    """
+    height = frame_height(chart)
+    st.altair_chart(chart, width="stretch", theme=None, **({"height": height} if height else {}))
     left, right, _ = st.columns([1, 1, 4])
     left.download_button(
         "Download PNG",
@@ -86,7 +102,7 @@ def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
 PAGE_CSS = """
 <style>
 .tokens {line-height: 2.1; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 1.0rem;
-         white-space: pre-wrap; word-break: break-word;}
+         white-space: pre-wrap; word-break: break-word; padding: 4px 0 18px 0;}
 .tok {padding: 2px 1px; margin: 0 1px 0 0; border-radius: 3px;}
 .tok.drop1 {text-decoration: line-through 2px #B00020;}
 .tok.drop2 {text-decoration: underline wavy 2px #B00020;}

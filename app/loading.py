@@ -8,6 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.operator import operator_options
 from moe_core.capture import trace
 from moe_core.models import ASSETS, BUNDLED_MODELS, DEMO_MODEL, LoadedModel, load_model
 from moe_core.trace import RoutingTrace
@@ -18,22 +19,28 @@ HELD_OUT_MARKER = "@held_out"  # a preset made of the demo model's held-out exce
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def get_model(model_id: str) -> LoadedModel:
-    """Load with a visible status; cached per process, so every session shares one copy."""
-    with st.status(f"Loading {model_id} …", expanded=True) as status:
+    """Load with a visible status; cached per process, so every session shares one copy.
+
+    Device and remote code are the operator's choice (app/operator.py), never a visitor's.
+    """
+    options = operator_options()
+    with st.sidebar.status(f"Loading {model_id} …", expanded=True) as status:
         bar = st.progress(0.0)
 
         def report(stage: str, fraction: float) -> None:
             bar.progress(fraction, text=stage)
 
-        loaded = load_model(model_id, progress=report)
+        loaded = load_model(
+            model_id, device=options.device, trust_remote_code=options.trust_remote_code, progress=report
+        )
         status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
     return loaded
 
 
 @st.cache_data(show_spinner="Routing the text …", max_entries=64)
-def get_trace(model_id: str, texts: tuple[str, ...]) -> RoutingTrace:
-    loaded = get_model(model_id)
-    return trace(loaded.model, loaded.tokenizer, texts, name=model_id)
+def get_trace(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]) -> RoutingTrace:
+    """Cached by (model_id, texts); the model itself is not hashed (leading underscore)."""
+    return trace(_loaded.model, _loaded.tokenizer, texts, name=model_id)
 
 
 def held_out_folder() -> Path:

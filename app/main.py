@@ -6,6 +6,7 @@ Run from the repository root: `python -m streamlit run app/main.py`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,7 @@ import streamlit as st  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
 from app.loading import domain_batch, get_model, get_trace, presets  # noqa: E402
+from app.operator import operator_options  # noqa: E402
 from app.state import URL_KEYS, VIEWS, Settings, from_query, to_query  # noqa: E402
 from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
@@ -37,7 +39,7 @@ def _seed_session_from_url() -> None:
     """On a session's first run, fill every widget from the link (bad values -> defaults + notices)."""
     if "seeded" in st.session_state:
         return
-    settings, notices = from_query(st.query_params.to_dict())
+    settings, notices = from_query(st.query_params.to_dict(), Settings(model=operator_options().model))
     if not settings.prompt:
         settings = Settings(**{**settings.__dict__, "prompt": next(iter(presets().values()))})
     for name, value in settings.__dict__.items():
@@ -119,11 +121,16 @@ def _routing(upload: bytes | None) -> tuple[RoutingTrace, bool]:
         st.info("Type some text in the sidebar (or pick a preset) to see how it is routed.")
         st.stop()
     try:
-        get_model(st.session_state.model.strip())
-        return get_trace(st.session_state.model.strip(), (prompt,)), True
+        model_id = st.session_state.model.strip()
+        return get_trace(get_model(model_id), model_id, (prompt,)), True
     except ModelLoadError as error:
         st.error(f"Cannot use this model: {error}")
         st.stop()
+
+
+def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
+    """The built-in multi-domain batch, traced only when a view asks for it."""
+    return lambda: get_trace(get_model(model_id), model_id, domain_batch())
 
 
 def _trace_downloads(routing: RoutingTrace) -> None:
@@ -182,7 +189,7 @@ def main() -> None:
         trace=routing,
         settings=settings,
         layer_row=routing.layer_index(settings.layer),
-        domain_batch=(lambda: get_trace(settings.model.strip(), domain_batch())) if has_model else (lambda: None),
+        domain_batch=_domain_batch_trace(settings.model.strip()) if has_model else (lambda: None),
     )
     VIEW_MODULES[settings.view].draw(context)
     _trace_downloads(routing)

@@ -16,7 +16,7 @@ def expert_color(field: str, num_experts: int, title: str = "expert", legend: bo
         f"{field}:N",
         title=title,
         scale=alt.Scale(domain=list(range(num_experts)), range=list(expert_colors(num_experts))),
-        legend=alt.Legend(orient="right", columns=1 if num_experts <= 16 else 4) if legend else None,
+        legend=alt.Legend(orient="top", direction="horizontal", columns=min(num_experts, 16)) if legend else None,
     )
 
 

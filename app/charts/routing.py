@@ -18,7 +18,7 @@ def token_layer_grid_chart(grid: pd.DataFrame, num_experts: int) -> alt.TopLevel
             x=alt.X("token:O", title="token position", axis=alt.Axis(labelOverlap=True, labelAngle=0)),
             y=alt.Y("layer:O", title="MoE layer", sort="descending"),
             color=expert_color("top1", num_experts, "top-1 expert"),
-            opacity=alt.Opacity("top1_weight:Q", title="gate weight", scale=alt.Scale(domain=[0, 1], range=[0.25, 1])),
+            opacity=alt.Opacity("top1_weight:Q", scale=alt.Scale(domain=[0, 1], range=[0.25, 1]), legend=None),
             tooltip=[
                 alt.Tooltip("token:O", title="token #"),
                 alt.Tooltip("text:N", title="text"),
@@ -27,6 +27,11 @@ def token_layer_grid_chart(grid: pd.DataFrame, num_experts: int) -> alt.TopLevel
                 alt.Tooltip("top1_weight:Q", title="weight", format=".2f"),
             ],
         )
-        .properties(height=max(120, 36 * grid["layer"].nunique()), title="Top-1 expert of every token at every layer")
+        .properties(
+            height=max(120, 36 * grid["layer"].nunique()),
+            title=alt.Title(
+                "Top-1 expert of every token at every layer", subtitle="shade: gate weight (pale = unsure)"
+            ),
+        )
     )
     return styled(chart)

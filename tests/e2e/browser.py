@@ -1,0 +1,90 @@
+"""Running the app for real and driving Debian's chromium with playwright (never `playwright install`).
+
+Shared by the browser tests, the browser benchmark and the README screenshot script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHART = '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
+IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+VIEWPORT = {"width": 1440, "height": 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def app_server(timeout: float = 60.0) -> Iterator[str]:
+    """Start `streamlit run app/main.py` on a free loopback port; always stopped on exit."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.read() == b"ok":
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the app did not start: {process.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: `apt-get install -y chromium` (scripts/test.sh does this)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--disable-background-networking", "--disable-component-update", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def wait_for_charts(page: Page, timeout_ms: float = 60_000) -> None:
+    """Until the script has finished and at least one chart has been drawn."""
+    page.wait_for_function(IDLE, timeout=timeout_ms)
+    page.wait_for_selector(CHART, timeout=timeout_ms)
+    page.wait_for_function(IDLE, timeout=timeout_ms)
+
+
+def submit_prompt(page: Page, text: str) -> None:
+    """Type into the sidebar text area and submit it (Ctrl+Enter), as a person would."""
+    area = page.get_by_label("Text")
+    area.fill(text)
+    area.press("Control+Enter")
