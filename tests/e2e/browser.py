@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHART = '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
 IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+PROMPT = "[data-testid=\"stSidebar\"] textarea"
 VIEWPORT = {"width": 1440, "height": 1000}
 
 
@@ -85,6 +86,6 @@ def wait_for_charts(page: Page, timeout_ms: float = 60_000) -> None:
 
 def submit_prompt(page: Page, text: str) -> None:
     """Type into the sidebar text area and submit it (Ctrl+Enter), as a person would."""
-    area = page.get_by_label("Text")
+    area = page.locator(PROMPT)
     area.fill(text)
     area.press("Control+Enter")

@@ -1,0 +1,86 @@
+"""Time from submitting a prompt to all charts drawn, in a real browser, on the bundled demo model.
+
+    python -m benchmarks.bench_browser [--repeats 3]
+
+Starts the app on a free loopback port and drives Debian's chromium (playwright). For 512 and 4096 tokens:
+type the prompt in the sidebar, press Ctrl+Enter (the click), and stop the clock when the page shows the
+new token count, the script is idle and every chart of the view is drawn. Then the same for switching to
+each other view. Prints medians; targets: 512 tokens < 2 s, 4096 tokens < 5 s (routing view).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from playwright.sync_api import Page
+
+from app.loading import domain_batch
+from app.state import VIEWS
+from moe_core.models import load_model
+from tests.e2e.browser import CHART, IDLE, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
+
+TARGETS = {512: 2.0, 4096: 5.0}
+
+
+def prompt_of(tokenizer: object, tokens: int) -> str:
+    """Held-out text of all domains, cut to exactly `tokens` tokens."""
+    text = "\n".join(domain_batch()) * 4
+    ids = tokenizer(text)["input_ids"][:tokens]  # type: ignore[operator]
+    return tokenizer.decode(ids)  # type: ignore[attr-defined]
+
+
+def charts_drawn(page: Page, count_text: str) -> None:
+    page.wait_for_function(f"() => document.body.innerText.includes({count_text!r})", timeout=120_000)
+    page.wait_for_function(IDLE, timeout=120_000)
+    page.wait_for_selector(CHART, timeout=120_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')]"
+        ".every(c => c.querySelector('canvas, svg.marks'))",
+        timeout=120_000,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    tokenizer = load_model().tokenizer
+    prompts = {n: prompt_of(tokenizer, n) for n in TARGETS}
+    results: dict[tuple[int, str], list[float]] = {}
+    with app_server() as url, chromium() as browser:
+        for repeat in range(args.repeats):
+            for tokens, prompt in prompts.items():
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(f"{url}/?text=warm-up%20{repeat}")
+                wait_for_charts(page)
+                # A fresh suffix each repeat so the trace is computed, not served from the cache.
+                text = f"{prompt[:-12]} run {repeat}"
+                count = len(tokenizer(text)["input_ids"])
+                start = time.perf_counter()
+                submit_prompt(page, text)
+                charts_drawn(page, f"{count} tokens")
+                results.setdefault((tokens, "routing"), []).append(time.perf_counter() - start)
+                for view in VIEWS[1:]:
+                    label = page.locator('[data-testid="stButtonGroup"] button').nth(VIEWS.index(view))
+                    start = time.perf_counter()
+                    label.click()
+                    page.wait_for_function(f"() => location.search.includes('view={view}')", timeout=120_000)
+                    charts_drawn(page, f"{count} tokens")
+                    results.setdefault((tokens, view), []).append(time.perf_counter() - start)
+                page.close()
+    print(f"click to all charts drawn, median of {args.repeats} (seconds)")
+    print(f"{'view':<10}" + "".join(f"{n:>12} tok" for n in TARGETS))
+    for view in VIEWS:
+        print(f"{view:<10}" + "".join(f"{statistics.median(results[(n, view)]):>16.2f}" for n in TARGETS))
+    for tokens, target in TARGETS.items():
+        value = statistics.median(results[(tokens, "routing")])
+        print(
+            f"{tokens} tokens, prompt to routing view: {value:.2f} s (target < {target} s) "
+            f"{'PASS' if value < target else 'ABOVE TARGET'}"
+        )
+
+
+if __name__ == "__main__":
+    main()

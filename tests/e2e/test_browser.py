@@ -1,0 +1,86 @@
+"""The app in a real browser (Debian chromium via playwright): type, share, download, every view drawn."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from app.state import VIEWS
+from tests.e2e.browser import PROMPT, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with app_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def _shown_tokens(page: Page) -> str:
+    return "".join(page.locator(".tokens .tok").all_inner_texts())
+
+
+def test_type_a_prompt_and_see_it_routed(server: str, page: Page) -> None:
+    """A person opens the page, types text, submits: the tokens appear coloured and the URL holds the text."""
+    page.goto(server)
+    wait_for_charts(page)
+    submit_prompt(page, "Experts route tokens: 12 + 30 = 42")
+    page.wait_for_function("() => document.body.innerText.includes('12 + 30')", timeout=60_000)
+    wait_for_charts(page)
+    assert "12 + 30 = 42" in _shown_tokens(page).replace("\n", "")
+    page.wait_for_function("() => location.search.includes('text=')", timeout=10_000)
+    assert "12" in page.url and "text=" in page.url
+
+
+def test_share_link_restores_the_view(server: str, page: Page) -> None:
+    """Opening a share link shows the same prompt, view, layer and capacity factor."""
+    page.goto(f"{server}/?text={quote('Share this view')}&view=capacity&layer=2&cf=0.5")
+    wait_for_charts(page)
+    assert page.locator(PROMPT).input_value() == "Share this view"
+    selected = page.locator('[data-testid="stButtonGroup"] button[aria-checked="true"]').inner_text()
+    assert selected.strip() == "Capacity and drops"
+    sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+    assert "0.50" in sidebar and "Layer\n2" in sidebar
+
+
+def test_download_png(server: str, page: Page, tmp_path: Path) -> None:
+    """'Download PNG' delivers a real PNG file of the chart."""
+    page.goto(f"{server}/?text={quote('Download me as a picture')}")
+    wait_for_charts(page)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Download PNG").first.click()
+    target = tmp_path / download.value.suggested_filename
+    download.value.save_as(target)
+    assert target.suffix == ".png" and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_every_view_draws(server: str, page: Page, view: str, tmp_path: Path) -> None:
+    """Each view renders its charts without an error box, and a screenshot of it is saved."""
+    page.goto(f"{server}/?view={view}&cf=0.75")
+    wait_for_charts(page)
+    assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
+    folder = Path(os.environ.get("MOE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{view}.png", full_page=True)
+    assert (folder / f"{view}.png").stat().st_size > 10_000
