@@ -80,23 +80,12 @@ def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
     """
     height = frame_height(chart)
     st.altair_chart(chart, width="stretch", theme=None, **({"height": height} if height else {}))
-    left, right, _ = st.columns([1, 1, 4])
-    left.download_button(
-        "Download PNG",
-        data=lambda: chart_png(chart),
-        file_name=f"{name}.png",
-        mime="image/png",
-        key=f"png-{name}",
-        on_click="ignore",
-    )
-    right.download_button(
-        "Download SVG",
-        data=lambda: chart_svg(chart),
-        file_name=f"{name}.svg",
-        mime="image/svg+xml",
-        key=f"svg-{name}",
-        on_click="ignore",
-    )
+    exports = (("PNG", chart_png, "image/png"), ("SVG", chart_svg, "image/svg+xml"))
+    for column, (kind, render, mime) in zip(st.columns([1, 1, 4])[:2], exports, strict=True):
+        column.download_button(
+            f"Download {kind}", data=lambda render=render: render(chart), file_name=f"{name}.{kind.lower()}",
+            mime=mime, key=f"{kind.lower()}-{name}", on_click="ignore",
+        )  # fmt: skip
 
 
 PAGE_CSS = """

@@ -26,3 +26,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_tokenizer: Any
     build_tiny_model("mixtral").save_pretrained(folder)
     demo_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def dense_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny dense Llama (no routers) saved in a local folder: what 'not an MoE model' looks like."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder

@@ -105,14 +105,9 @@ def test_unknown_model_gets_a_message() -> None:
     assert at.error and "Cannot use this model" in at.error[0].value
 
 
-def test_dense_model_gets_a_message(tmp_path) -> None:
+def test_dense_model_gets_a_message(dense_model_dir) -> None:
     """A dense model folder: 'is a dense model: no routers found'."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    at = run_app({"text": "hello", "model": str(tmp_path)})
+    at = run_app({"text": "hello", "model": str(dense_model_dir)})
     _assert_clean(at)
     assert at.error and "dense model: no routers found" in at.error[0].value
 

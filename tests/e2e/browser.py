@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHART = '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
 IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-PROMPT = "[data-testid=\"stSidebar\"] textarea"
+PROMPT = '[data-testid="stSidebar"] textarea'
 VIEWPORT = {"width": 1440, "height": 1000}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,22 +94,12 @@ def test_blank_text_is_refused(mixtral: torch.nn.Module, demo_tokenizer: Any) ->
         trace(mixtral, demo_tokenizer, ["ok", "   \n"])
 
 
-def test_dense_model_has_no_routers() -> None:
+def test_dense_model_has_no_routers(dense_model_dir: Path) -> None:
     """find_moe_blocks names the dense model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    dense = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
     with pytest.raises(NoRoutersError, match="llama is a dense model: no routers found"):
-        find_moe_blocks(dense, "llama")
+        find_moe_blocks(AutoModelForCausalLM.from_pretrained(dense_model_dir), "llama")
 
 
 def test_layer_number_parses_module_paths() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import moe_core.models as models
 from moe_core.models import ModelLoadError, load_model, resolve
@@ -53,19 +52,10 @@ def test_offline_flag_means_hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> 
     assert models.hub_reachable() is False
 
 
-def test_dense_model_is_refused(tmp_path: Path, demo_tokenizer: object) -> None:
+def test_dense_model_is_refused(dense_model_dir: Path) -> None:
     """A model without routers: 'X is a dense model: no routers found'."""
-    config = LlamaConfig(
-        vocab_size=4096,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match=r"is a dense model: no routers found"):
-        load_model(str(tmp_path))
+        load_model(str(dense_model_dir))
 
 
 def _copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
