@@ -1,6 +1,6 @@
 """Capture overhead: trace() against a plain forward of the same text, on the bundled demo model.
 
-    python -m benchmarks.bench_capture [--tokens 512] [--repeats 30]
+    python -m benchmarks.bench_capture [--tokens 512 2048] [--repeats 30]
 
 Both are measured in one run, interleaved (plain, trace, plain, trace, ...) so machine noise hits both alike;
 the printed figure is the median of the per-pair ratios. `plain` tokenises and runs the model; `trace`
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -24,14 +25,17 @@ TARGET = 1.03
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     loaded = load_model()
-    model, tokenizer = loaded.model, loaded.tokenizer
+    for tokens in args.tokens:
+        measure(loaded.model, loaded.tokenizer, tokens, args.repeats)
+
+
+def measure(model: torch.nn.Module, tokenizer: Any, tokens: int, repeats: int) -> None:
     sentence = "The router sends every token to two of eight experts. def f(x): return x * 2 + 1\n"
-    text = sentence * (args.tokens // 8)
-    ids = tokenizer(text)["input_ids"][: args.tokens]
+    ids = tokenizer(sentence * (tokens // 8))["input_ids"][:tokens]
     text = tokenizer.decode(ids)
 
     def plain() -> None:
@@ -45,7 +49,7 @@ def main() -> None:
     for warm in (plain, captured, plain, captured):
         warm()
     ratios, plain_times, trace_times = [], [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
         plain()
         middle = time.perf_counter()
@@ -55,13 +59,11 @@ def main() -> None:
         trace_times.append(end - middle)
         ratios.append((end - middle) / (middle - start))
     ratio = statistics.median(ratios)
-    print(f"demo model, {len(ids)} tokens, {args.repeats} interleaved pairs, {torch.get_num_threads()} threads")
-    print(f"plain forward  median {statistics.median(plain_times) * 1000:7.2f} ms")
-    print(f"trace()        median {statistics.median(trace_times) * 1000:7.2f} ms")
-    print(
-        f"capture overhead ratio (median of pairs): {ratio:.3f}  target <= {TARGET}  "
-        f"{'PASS' if ratio <= TARGET else 'ABOVE TARGET'}"
-    )
+    print(f"demo model, {len(ids)} tokens, {repeats} interleaved pairs, {torch.get_num_threads()} threads")
+    print(f"  plain forward  median {statistics.median(plain_times) * 1000:7.2f} ms")
+    print(f"  trace()        median {statistics.median(trace_times) * 1000:7.2f} ms")
+    verdict = "PASS" if ratio <= TARGET else "ABOVE TARGET"
+    print(f"  capture overhead ratio (median of pairs): {ratio:.3f}  target <= {TARGET}  {verdict}")
 
 
 if __name__ == "__main__":

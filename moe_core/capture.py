@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -70,12 +69,11 @@ def recording(blocks: Sequence[MoeBlock], logits_index: int) -> Iterator[list[_L
             handle.remove()
 
 
-def _stack(chunks: list[torch.Tensor], keep: torch.Tensor, dtype: type) -> np.ndarray:
-    """One forward's rows for one layer, padding dropped, as a CPU numpy array."""
-    if len(chunks) != 1:
-        raise RuntimeError(f"expected one router call per layer in one forward, got {len(chunks)}")
-    rows = chunks[0][keep.to(chunks[0].device)]
-    return (rows.float() if rows.is_floating_point() else rows).cpu().numpy().astype(dtype)
+def _gather(per_layer: list[list[torch.Tensor]], keep: torch.Tensor) -> torch.Tensor:
+    """[L, real tokens, ...] on the CPU: each layer's one router call, padding rows dropped, in one stack."""
+    if any(len(calls) != 1 for calls in per_layer):
+        raise RuntimeError(f"expected one router call per layer in one forward, got {[len(c) for c in per_layer]}")
+    return torch.stack([calls[0].cpu() for calls in per_layer])[:, keep]
 
 
 def model_info(model: nn.Module, blocks: Sequence[MoeBlock], name: str, num_experts: int, top_k: int) -> ModelInfo:
@@ -125,7 +123,8 @@ def trace(
     texts = (texts,) if isinstance(texts, str) else tuple(texts)
     if not texts or any(not t.strip() for t in texts):
         raise ValueError("empty text: give at least one non-blank text to trace")
-    limit = min(x for x in (max_tokens, context_length(model)) if x) if (max_tokens or context_length(model)) else None
+    limits = [x for x in (max_tokens, context_length(model)) if x]
+    limit = min(limits) if limits else None
     tokens, batch, truncated = tokenize(tokenizer, texts, limit)
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
     device = next(model.parameters()).device
@@ -136,19 +135,19 @@ def trace(
         else:
             model(**inputs, use_cache=False)
     keep = batch["attention_mask"].reshape(-1).bool()
-    logits = np.stack([_stack(r.logits, keep, np.float32) for r in records])
-    experts = np.stack([_stack(r.experts, keep, np.int64) for r in records])
-    weights = np.stack([_stack(r.weights, keep, np.float32) for r in records])
-    scoring = SCORINGS[adapter_for(model.config.model_type).scoring]
-    probs = scoring(torch.from_numpy(logits)).numpy()
-    info = model_info(model, blocks, name or model.config.name_or_path or model.config.model_type, logits.shape[-1], experts.shape[-1])
+    logits = _gather([r.logits for r in records], keep).float()
+    experts = _gather([r.experts for r in records], keep).long()
+    weights = _gather([r.weights for r in records], keep).float()
+    probs = SCORINGS[adapter_for(model.config.model_type).scoring](logits)
+    label = name or model.config.name_or_path or model.config.model_type
+    info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
     return RoutingTrace(
         model=info,
         texts=texts,
         tokens=tokens,
-        logits=logits,
-        probs=probs,
-        experts=experts,
-        weights=weights,
+        logits=logits.numpy(),
+        probs=probs.numpy(),
+        experts=experts.numpy(),
+        weights=weights.numpy(),
         truncated=truncated,
     )

@@ -8,6 +8,7 @@ lives in `ADAPTERS`, one row per transformers `model_type`; the capture code has
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -98,8 +99,20 @@ def declared_router_classes(model: nn.Module) -> tuple[list[type[nn.Module]], in
     return classes, index
 
 
+_BLOCKS_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[MoeBlock], int]] = weakref.WeakKeyDictionary()
+
+
 def find_moe_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], int]:
-    """All traceable MoE blocks in layer order, and the router output index that holds the logits."""
+    """All traceable MoE blocks in layer order, and the router output index that holds the logits.
+
+    Remembered per model object (walking every module costs more than the hooks themselves).
+    """
+    if model not in _BLOCKS_CACHE:
+        _BLOCKS_CACHE[model] = _discover_blocks(model, model_type)
+    return _BLOCKS_CACHE[model]
+
+
+def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], int]:
     adapter = adapter_for(model_type)
     classes, declared_index = declared_router_classes(model)
     modules = dict(model.named_modules())
