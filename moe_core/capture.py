@@ -8,7 +8,7 @@ Those are what the model used, which for bias- or group-limited routers is not t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
-from moe_core.trace import ModelInfo, RoutingTrace
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace
 
 
 @dataclass
@@ -31,38 +31,73 @@ def _first_tensor(output: Any, index: int) -> torch.Tensor:
     return output[index] if isinstance(output, tuple | list) else output
 
 
-def _experts_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top_k_index, top_k_weights) from an experts(hidden, top_k_index, top_k_weights) call."""
-    values = list(args[1:3])
-    for name in ("top_k_index", "top_k_weights"):
-        if name in kwargs:
-            values.append(kwargs[name])
+Choice = tuple[torch.Tensor, torch.Tensor]  # (expert indices [T, k], combine weights [T, k])
+
+
+def _experts_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
+    """experts(hidden, top_k_index, top_k_weights): read the two tensors as passed."""
+    values = [*args[1:3], *(kwargs[name] for name in ("top_k_index", "top_k_weights") if name in kwargs)]
     if len(values) < 2:
         raise RuntimeError("the experts module was not called as experts(hidden, top_k_index, top_k_weights)")
-    return values[0], values[1]
+    index, weights = values[0], values[1]
+    return index.reshape(-1, index.shape[-1]), weights.reshape(-1, weights.shape[-1])
+
+
+def _one_hot_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
+    """experts(hidden, one-hot [T, 1, E], weights [T, 1]) (Switch): an all-zero row is a capacity drop."""
+    one_hot, weights = args[1], args[2]
+    mask = one_hot.reshape(-1, one_hot.shape[-1])
+    index = torch.where(mask.any(dim=-1), mask.argmax(dim=-1), DROPPED)
+    return index[:, None], weights.reshape(-1, 1)
+
+
+def _dense_scores(block: MoeBlock, output: Any) -> Choice:
+    """The router's dense [T, E] scores, zero (sigmoid of -inf) off the chosen experts (Llama 4)."""
+    scores = output[0].reshape(-1, output[0].shape[-1])
+    weights, index = scores.topk(block.router.top_k, dim=-1)
+    return index, weights
+
+
+# choice name -> (read from the router's output instead of the experts' input?, reader)
+CHOICE_READERS: dict[str, tuple[bool, Callable[..., Choice]]] = {
+    "experts_call": (False, _experts_call),
+    "one_hot_call": (False, _one_hot_call),
+    "dense_scores": (True, _dense_scores),
+}
 
 
 @contextlib.contextmanager
-def recording(blocks: Sequence[MoeBlock], logits_index: int) -> Iterator[list[_LayerRecord]]:
+def recording(
+    blocks: Sequence[MoeBlock], logits_index: int, choice: str = "experts_call"
+) -> Iterator[list[_LayerRecord]]:
     """Hooks on every block for the duration of the `with`; removed in `finally`, even on error."""
+    on_router, read_choice = CHOICE_READERS[choice]
     records = [_LayerRecord() for _ in blocks]
     handles = []
     try:
         for block, record in zip(blocks, records, strict=True):
 
-            def keep_logits(_module: nn.Module, _inputs: Any, output: Any, record: _LayerRecord = record) -> None:
-                logits = _first_tensor(output, logits_index)
-                record.logits.append(logits.detach().reshape(-1, logits.shape[-1]))
+            def keep(index: torch.Tensor, weights: torch.Tensor, record: _LayerRecord = record) -> None:
+                record.experts.append(index)
+                record.weights.append(weights)
 
-            def keep_choice(
-                _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], record: _LayerRecord = record
+            def after_router(
+                _module: nn.Module, _inputs: Any, output: Any, record: _LayerRecord = record, block: MoeBlock = block
             ) -> None:
-                index, weights = _experts_call(args, kwargs)
-                record.experts.append(index.detach().reshape(-1, index.shape[-1]))
-                record.weights.append(weights.detach().reshape(-1, weights.shape[-1]))
+                logits = _first_tensor(output, logits_index)
+                record.logits.append(logits.reshape(-1, logits.shape[-1]))
+                if on_router:
+                    keep(*read_choice(block, output), record=record)
 
-            handles.append(block.router.register_forward_hook(keep_logits))
-            handles.append(block.experts.register_forward_pre_hook(keep_choice, with_kwargs=True))
+            def before_experts(
+                _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], record: _LayerRecord = record,
+                block: MoeBlock = block,
+            ) -> None:  # fmt: skip
+                keep(*read_choice(block, args, kwargs), record=record)
+
+            handles.append(block.router.register_forward_hook(after_router))
+            if not on_router:
+                handles.append(block.experts.register_forward_pre_hook(before_experts, with_kwargs=True))
         yield records
     finally:
         for handle in handles:
@@ -129,7 +164,7 @@ def trace(
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
-    with recording(blocks, logits_index) as records:
+    with recording(blocks, logits_index, adapter_for(model.config.model_type).choice) as records:
         if getattr(model.config, "is_encoder_decoder", False):
             model.get_encoder()(**inputs)
         else:

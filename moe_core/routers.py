@@ -31,6 +31,10 @@ class Adapter:
     logits_index:     which element of the router's output tuple holds the logits.
     router_names:     attribute names a router may have inside its MoE block.
     experts_name:     attribute name of the routed-experts module beside the router.
+    choice:           where the consumed experts and weights are read (a key of capture.CHOICE_READERS):
+                      "experts_call"  experts(hidden, top_k_index, top_k_weights), the common case;
+                      "one_hot_call"  experts(hidden, one-hot [T, 1, E] with capacity drops zeroed, weights [T, 1]);
+                      "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4).
     encoder_only:     for encoder-decoder models, trace the encoder's layers (the input text).
     notes:            quirks a reader of the trace should see.
     """
@@ -39,6 +43,7 @@ class Adapter:
     logits_index: int | None = None  # None: the index the model declares for router_logits
     router_names: tuple[str, ...] = ("gate", "router")
     experts_name: str = "experts"
+    choice: str = "experts_call"
     encoder_only: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -50,6 +55,19 @@ SIGMOID_BIAS_NOTE = "experts chosen with a bias and/or group limit; weights from
 ADAPTERS: dict[str, Adapter] = {
     "deepseek_v3": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
     "glm4_moe": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
+    "llama4_text": Adapter(
+        scoring="sigmoid",
+        choice="dense_scores",
+        notes=("weights are sigmoid of the top-k logits and scale each expert's input",),
+    ),
+    "switch_transformers": Adapter(
+        choice="one_hot_call",
+        encoder_only=True,
+        notes=("real expert capacity: tokens over capacity are DROPPED (-1); encoder layers traced",),
+    ),
+    "phimoe": Adapter(notes=("sparsemixer top-2: combine weights do not sum to 1",)),
+    "gpt_oss": Adapter(notes=("weights: softmax over the top-k logits only",)),
+    "granitemoe": Adapter(notes=("weights: softmax over the top-k logits only",)),
 }
 
 
@@ -83,20 +101,22 @@ def layer_number(module_name: str) -> int:
     return int(match.group(1))
 
 
-def declared_router_classes(model: nn.Module) -> tuple[list[type[nn.Module]], int]:
-    """Router classes (and the logits' tuple index) the model declares for `output_router_logits`."""
-    declared = getattr(model, "_can_record_outputs", None) or {}
-    classes: list[type[nn.Module]] = []
-    index = 0
-    for key, value in declared.items():
-        if "router_logits" not in key:
-            continue
-        for recorder in value if isinstance(value, list | tuple) else [value]:
-            target = getattr(recorder, "target_class", recorder)
-            if isinstance(target, type):
-                classes.append(target)
-                index = getattr(recorder, "index", 0) or 0
-    return classes, index
+def declared_router_classes(model: nn.Module) -> dict[type[nn.Module], int]:
+    """Router class -> index of the logits in its output, as declared for `output_router_logits`.
+
+    Read from every submodule's class: wrappers (Llama4ForCausalLM, Switch's encoder/decoder stacks)
+    often declare it only on an inner model.
+    """
+    declared: dict[type[nn.Module], int] = {}
+    for module in model.modules():
+        for key, value in (getattr(type(module), "_can_record_outputs", None) or {}).items():
+            if "router_logits" not in key:
+                continue
+            for recorder in value if isinstance(value, list | tuple) else [value]:
+                target = getattr(recorder, "target_class", recorder)
+                if isinstance(target, type):
+                    declared.setdefault(target, getattr(recorder, "index", 0) or 0)
+    return declared
 
 
 _BLOCKS_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[MoeBlock], int]] = weakref.WeakKeyDictionary()
@@ -114,7 +134,8 @@ def find_moe_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], 
 
 def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], int]:
     adapter = adapter_for(model_type)
-    classes, declared_index = declared_router_classes(model)
+    declared = declared_router_classes(model)
+    classes = tuple(declared)
     modules = dict(model.named_modules())
     blocks: list[MoeBlock] = []
     for name, module in modules.items():
@@ -122,7 +143,7 @@ def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock],
             continue
         parent_name, attribute = name.rsplit(".", 1)
         parent = modules[parent_name]
-        is_router = isinstance(module, tuple(classes)) if classes else attribute in adapter.router_names
+        is_router = isinstance(module, classes) if classes else attribute in adapter.router_names
         experts = getattr(parent, adapter.experts_name, None)
         if not is_router or not isinstance(experts, nn.Module):
             continue
@@ -131,5 +152,6 @@ def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock],
         blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, module, experts))
     if not blocks:
         raise NoRoutersError(f"{model_type} is a dense model: no routers found")
+    declared_index = next((i for cls, i in declared.items() if isinstance(blocks[0].router, cls)), 0)
     index = adapter.logits_index if adapter.logits_index is not None else declared_index
     return sorted(blocks, key=lambda b: b.layer), index

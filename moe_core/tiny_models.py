@@ -34,9 +34,75 @@ class TinyModel:
     note: str = ""
 
 
+MLA = {  # DeepSeek-style multi-head latent attention, tiny
+    "q_lora_rank": 16,
+    "kv_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "head_dim": 8,
+    "num_key_value_heads": 4,  # MLA has no grouped-query attention
+}
+SIGMOID_NOTE = "sigmoid, bias + group-limited selection: captured experts differ from top-k of the logits"
+
 TINY_MODELS: dict[str, TinyModel] = {
     "mixtral": TinyModel({"num_local_experts": 8, "num_experts_per_tok": 2}),
+    "qwen2_moe": TinyModel(
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+            "num_hidden_layers": 3,
+            "mlp_only_layers": [1],
+        },
+        note="shared expert with a sigmoid gate; layer 1 dense (mlp_only_layers)",
+    ),
+    "qwen3_moe": TinyModel(
+        {
+            "num_local_experts": 8,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "norm_topk_prob": True,
+            "num_hidden_layers": 3,
+            "mlp_only_layers": [0],
+            "head_dim": 16,
+        },
+        note="layer 0 dense (mlp_only_layers)",
+    ),
+    "olmoe": TinyModel({"num_experts": 16, "num_experts_per_tok": 4}, note="16 fine-grained experts, top-4"),
+    "deepseek_v2": TinyModel(
+        {
+            **MLA,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 32,
+            "first_k_dense_replace": 1,
+            "num_hidden_layers": 3,
+            "topk_method": "group_limited_greedy",
+            "n_group": 2,
+            "topk_group": 1,
+            "routed_scaling_factor": 2.0,
+        },
+        note="group-limited greedy selection, shared expert, weights scaled",
+    ),
     "deepseek_v3": TinyModel(
+        {
+            **MLA,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 2,
+            "topk_group": 1,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 32,
+            "first_k_dense_replace": 1,
+            "num_hidden_layers": 3,
+        },
+        note=SIGMOID_NOTE,
+    ),
+    "glm4_moe": TinyModel(
         {
             "n_routed_experts": 8,
             "num_experts_per_tok": 2,
@@ -46,13 +112,86 @@ TINY_MODELS: dict[str, TinyModel] = {
             "moe_intermediate_size": 32,
             "first_k_dense_replace": 1,
             "num_hidden_layers": 3,
-            "q_lora_rank": 16,
-            "kv_lora_rank": 16,
-            "qk_rope_head_dim": 8,
-            "qk_nope_head_dim": 8,
-            "v_head_dim": 16,
+            "head_dim": 16,
         },
-        note="sigmoid, bias + group-limited selection: captured experts differ from top-k of logits",
+        note=SIGMOID_NOTE,
+    ),
+    "gpt_oss": TinyModel(
+        {"num_local_experts": 8, "num_experts_per_tok": 2, "head_dim": 16, "layer_types": None},
+        note="top-k of logits, softmax over the chosen; router and experts have biases",
+    ),
+    "granitemoe": TinyModel({"num_local_experts": 8, "num_experts_per_tok": 2}, note="top-k logits, then softmax"),
+    "dbrx": TinyModel(
+        {
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "max_seq_len": 256,
+            "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+            "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 8, "moe_top_k": 2, "hidden_size": 64},
+        },
+        note="the router returns logits only; softmax, top-k and renormalisation happen in the FFN",
+    ),
+    "phimoe": TinyModel(
+        {"num_local_experts": 8, "num_experts_per_tok": 2, "router_jitter_noise": 0.0},
+        note="sparsemixer top-2: weights do not sum to 1",
+    ),
+    "llama4_text": TinyModel(
+        {
+            "num_local_experts": 8,
+            "num_experts_per_tok": 1,
+            "intermediate_size_mlp": 64,
+            "head_dim": 16,
+            "moe_layers": [1],
+            "layer_types": None,
+            "no_rope_layers": None,
+        },
+        note="sigmoid of the top-k logit scales the expert input; shared expert; layer 0 dense",
+    ),
+    "qwen3_next": TinyModel(
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+            "head_dim": 16,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "layer_types": ["linear_attention", "full_attention"],
+        },
+        note="hybrid linear/full attention; shared expert",
+    ),
+    "hunyuan_v1_moe": TinyModel({"num_experts": 8, "moe_topk": 2, "head_dim": 16}),
+    "ernie4_5_moe": TinyModel(
+        {
+            "moe_num_experts": 8,
+            "moe_k": 2,
+            "moe_intermediate_size": 32,
+            "moe_num_shared_experts": 1,
+            "moe_layer_start_index": 1,
+            "moe_layer_end_index": 2,
+            "num_hidden_layers": 3,
+        },
+        note="layer 0 dense; shared expert",
+    ),
+    "switch_transformers": TinyModel(
+        {
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 64,
+            "num_layers": 2,
+            "num_decoder_layers": 2,
+            "num_heads": 4,
+            "num_experts": 8,
+            "expert_capacity": 4,
+            "encoder_sparse_step": 1,
+            "decoder_sparse_step": 1,
+            "router_jitter_noise": 0.0,
+        },
+        seq2seq=True,
+        note="top-1 with real expert capacity (slots past capacity are DROPPED); encoder layers traced",
     ),
 }
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from moe_core.capture import trace
 from moe_core.routers import MoeBlock, find_moe_blocks
-from moe_core.tokens import tokenize
 from moe_core.tiny_models import TINY_MODELS, build_tiny_model
+from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, RoutingTrace
 
 VERIFY_TEXTS = (
@@ -63,27 +63,39 @@ def _output_rows(output: Any) -> torch.Tensor:
     return tensor.reshape(-1, tensor.shape[-1])
 
 
+def expert_weights(experts: nn.Module, expert: int, num_experts: int) -> list[torch.Tensor]:
+    """Views of every weight of one routed expert, whatever the layout.
+
+    A module per expert (ModuleList/ModuleDict: Switch, older checkpoints); fused tensors with a leading
+    [E, ...] axis (most families); or experts flattened along the first axis, [E·F, ...] (DBRX).
+    """
+    children = list(experts.children())
+    own = list(experts.parameters(recurse=False))
+    if len(children) == num_experts and not own:
+        return list(children[expert].parameters())
+    views = []
+    for parameter in experts.parameters():
+        if parameter.shape[0] == num_experts:
+            views.append(parameter[expert])
+        elif parameter.shape[0] % num_experts == 0:
+            views.append(parameter.view(num_experts, -1, *parameter.shape[1:])[expert])
+    if not views:
+        raise RuntimeError(f"cannot find the weights of expert {expert} in {type(experts).__name__}")
+    return views
+
+
 @contextlib.contextmanager
 def expert_zeroed(experts: nn.Module, expert: int, num_experts: int) -> Iterator[None]:
-    """Temporarily zero every weight of one routed expert (fused [E, ...] tensors or a module list)."""
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            children = list(experts.children())
-            if len(children) == num_experts and not any(p.shape[:1] == (num_experts,) for p in experts.parameters(recurse=False)):
-                targets = [p for p in children[expert].parameters()]
-            else:
-                targets = [p[expert] for p in experts.parameters(recurse=False) if p.shape[:1] == (num_experts,)]
-            if not targets:
-                raise RuntimeError(f"cannot find the weights of expert {expert} in {type(experts).__name__}")
-            for tensor in targets:
-                saved.append((tensor, tensor.clone()))
-                tensor.zero_()
-        yield
-    finally:
-        with torch.no_grad():
-            for tensor, original in saved:
-                tensor.copy_(original)
+    """Temporarily zero every weight of one routed expert."""
+    with torch.no_grad():
+        saved = [(view, view.clone()) for view in expert_weights(experts, expert, num_experts)]
+        try:
+            for view, _ in saved:
+                view.zero_()
+            yield
+        finally:
+            for view, original in saved:
+                view.copy_(original)
 
 
 @torch.inference_mode()
@@ -131,14 +143,18 @@ def verify_family(family: str, tokenizer: Any) -> FamilyResult:
             mismatches.append(f"layer {block.layer}: {wrong}/{len(rows)} tokens differ")
     logits_match = compare_with_router_logits(model, tokenizer, routing, rows)
     passed = not mismatches and logits_match is not False
-    detail = "; ".join(mismatches) or ("router logits differ from output_router_logits" if logits_match is False else "")
+    detail = "; ".join(mismatches) or (
+        "router logits differ from output_router_logits" if logits_match is False else ""
+    )
     return FamilyResult(
         family, passed, len(blocks), routing.model.num_experts, routing.model.top_k, logits_match, detail
     )
 
 
 @torch.inference_mode()
-def compare_with_router_logits(model: nn.Module, tokenizer: Any, routing: RoutingTrace, rows: np.ndarray) -> bool | None:
+def compare_with_router_logits(
+    model: nn.Module, tokenizer: Any, routing: RoutingTrace, rows: np.ndarray
+) -> bool | None:
     """Do the captured logits equal what the model returns with output_router_logits=True?"""
     _, inputs, _ = tokenize(tokenizer, routing.texts, None)
     try:

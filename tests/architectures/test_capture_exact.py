@@ -50,3 +50,18 @@ def test_bias_routed_experts_are_not_top_k_of_probs(demo_tokenizer: Any) -> None
     k = routing.model.top_k
     naive = np.sort(np.argsort(-routing.probs, axis=-1)[..., :k], axis=-1)
     assert (naive != np.sort(routing.experts, axis=-1)).any()
+
+
+def test_switch_capacity_drops_are_captured(demo_tokenizer: Any) -> None:
+    """Switch's real capacity (4 slots per expert here) drops tokens; capture marks them DROPPED, and the
+    ablation test above confirms no expert served them."""
+    from moe_core.trace import DROPPED
+
+    routing = trace(build_tiny_model("switch_transformers"), demo_tokenizer, VERIFY_TEXTS)
+    dropped = routing.experts == DROPPED
+    assert dropped.any()
+    per_sequence = [routing.tokens.sequence == s for s in range(2)]
+    for layer in range(routing.experts.shape[0]):
+        for rows in per_sequence:
+            served = np.bincount(routing.experts[layer, rows, 0][~dropped[layer, rows, 0]], minlength=8)
+            assert served.max() <= 4  # expert_capacity in the tiny config
