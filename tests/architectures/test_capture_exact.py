@@ -9,7 +9,7 @@ import pytest
 
 from moe_core.capture import trace
 from moe_core.routers import find_moe_blocks
-from moe_core.tiny_models import TINY_MODELS, build_tiny_model
+from moe_core.tiny_models import all_families, build_tiny_model
 from moe_core.verification import (
     VERIFY_TEXTS,
     ablation_experts,
@@ -20,7 +20,7 @@ from moe_core.verification import (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", all_families())
 def test_captured_experts_equal_ablation(family: str, demo_tokenizer: Any) -> None:
     """Every MoE layer's captured experts are exactly the experts whose ablation changes the token's output."""
     result = verify_family(family, demo_tokenizer)
