@@ -118,7 +118,7 @@ def simulate_capacity(
         served_token = np.broadcast_to(np.arange(num_tokens), (num_layers, num_tokens))
         served = experts
     else:
-        served_token = _score_order(trace.weights)  # [L, T]: the token each layer serves n-th
+        served_token = score_order(trace.weights)  # [L, T]: the token each layer serves n-th
         served = experts[layers, served_token]
     slots = served.transpose(0, 2, 1)  # [L, k, T]: each layer's slots in serving order
     # Key (layer, group, expert) of each slot. Model-dropped slots go to a spare expert E with capacity 0.
@@ -327,7 +327,7 @@ def _group_capacities(
     return np.array(per_size, dtype=np.int64)[inverse].reshape(len(group_sizes))
 
 
-def _score_order(weights: np.ndarray) -> np.ndarray:
+def score_order(weights: np.ndarray) -> np.ndarray:
     """[L, T] the tokens of each layer by top-1 weight, highest first, ties by position, NaN last."""
     key = -np.asarray(weights[:, :, 0], dtype=np.float64)
     key[np.isnan(key)] = np.inf

@@ -1,13 +1,38 @@
-"""Placeholder: being built."""
+"""View 2: the router's scores for every expert, one token's full distribution, and entropy per token."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart
+from app.components import explainer, show_chart
 from app.views import ViewContext
+from moe_core.analyses.gates import entropy_frame, gate_heatmap, token_distribution
 
 TITLE = "Gate weights"
+EXPLAINER = """
+The router scores **every** expert for every token; the model keeps the top-k and mixes their outputs with
+the combine weights. The heatmap shows the scores (darker = higher) and marks the chosen experts with their rank.
+Pick a token to see its whole distribution. **Entropy** says how undecided the router is: 0 bits means one expert
+takes everything, log2(E) means all experts score the same. Softmax routers (Mixtral, OLMoE) give probabilities
+that sum to 1; sigmoid routers (DeepSeek-V3, Llama 4) score each expert independently, so entropy is computed on
+the scores normalised to sum to 1.
+"""
+WINDOW = 96  # tokens per heatmap window
 
 
 def draw(context: ViewContext) -> None:
-    st.info("This view is being built.")
+    routing, row = context.trace, context.layer_row
+    info = routing.model
+    explainer(EXPLAINER)
+    num_tokens = len(routing.tokens)
+    start = 0
+    if num_tokens > WINDOW:
+        start = st.slider("Heatmap window start (token)", 0, num_tokens - WINDOW, 0, step=8, key="gate_start")
+    show_chart(gate_heatmap_chart(gate_heatmap(routing, row, start, start + WINDOW), info.scoring), "gate-heatmap")
+    if st.session_state.get("token", 0) >= num_tokens:
+        st.session_state.token = 0
+    token = st.number_input("Token # for the full distribution", 0, num_tokens - 1, key="token", step=1)
+    label = f"#{token} “{routing.tokens.text[token]}”"
+    show_chart(distribution_chart(token_distribution(routing, row, token), info.scoring, label), "gate-token")
+    show_chart(entropy_chart(entropy_frame(routing, row), info.num_experts), "gate-entropy")

@@ -1,0 +1,47 @@
+"""Expert-load charts: tokens per expert per layer against the uniform line, and balance per layer."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from app.charts.common import expert_color, styled
+
+
+def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLevelMixin:
+    """Bars per expert, one row of small multiples per layer; dashed rule at the uniform load."""
+    label = "top-1 tokens" if count == "top1" else "top-k slots"
+    bars = (
+        alt.Chart()
+        .mark_bar()
+        .encode(
+            x=alt.X("expert:O", title="expert"),
+            y=alt.Y(f"{count}:Q", title=label),
+            color=expert_color("expert", num_experts, legend=False),
+            tooltip=["layer:O", "expert:O", f"{count}:Q"],
+        )
+    )
+    uniform = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(y=f"mean({count}_uniform):Q")
+    chart = (
+        alt.layer(bars, uniform, data=frame)
+        .properties(height=110, width=260)
+        .facet(facet=alt.Facet("layer:O", title="MoE layer"), columns=4)
+    )
+    return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
+
+
+def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
+    """Max/mean load and the Switch auxiliary loss per layer (1.0 = perfectly balanced for both)."""
+    long = frame.melt(id_vars="layer", value_vars=["max_over_mean", "aux_loss"], var_name="figure")
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", title="MoE layer"),
+            y=alt.Y("value:Q", title="value (1 = balanced)", scale=alt.Scale(zero=False)),
+            color=alt.Color("figure:N", title=None),
+            tooltip=["layer:O", "figure:N", alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(height=220, title="Balance per layer")
+    )
+    return styled(chart)

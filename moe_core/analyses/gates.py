@@ -1,0 +1,68 @@
+"""Gate weights: the router's scores over all experts, per token, at one layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moe_core.trace import RoutingTrace
+
+
+def gate_heatmap(trace: RoutingTrace, layer_row: int, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Long table for tokens [start, stop) × experts: prob, and the rank (1..k) where the expert was chosen.
+
+    Columns: token, text, expert, prob, rank (0 = not chosen).
+    """
+    stop = len(trace.tokens) if stop is None else min(stop, len(trace.tokens))
+    window = np.arange(start, stop)
+    num_experts = trace.model.num_experts
+    rank = np.zeros((len(window), num_experts), dtype=np.int64)
+    chosen = trace.experts[layer_row, window]
+    rows, slots = np.nonzero(chosen >= 0)
+    rank[rows, chosen[rows, slots]] = slots + 1
+    return pd.DataFrame(
+        {
+            "token": np.repeat(window, num_experts),
+            "text": np.repeat(np.asarray(trace.tokens.text, dtype=object)[window], num_experts),
+            "expert": np.tile(np.arange(num_experts), len(window)),
+            "prob": trace.probs[layer_row, window].reshape(-1),
+            "rank": rank.reshape(-1),
+        }
+    )
+
+
+def token_distribution(trace: RoutingTrace, layer_row: int, token: int) -> pd.DataFrame:
+    """One token's scores over all experts. Columns: expert, prob, rank (0 = not chosen), weight (combine weight)."""
+    frame = gate_heatmap(trace, layer_row, token, token + 1)[["expert", "prob", "rank"]].reset_index(drop=True)
+    weights = np.zeros(trace.model.num_experts)
+    for expert, weight in zip(trace.experts[layer_row, token], trace.weights[layer_row, token], strict=True):
+        if expert >= 0:
+            weights[expert] = weight
+    frame["weight"] = weights
+    return frame
+
+
+def routing_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy in bits of each row of [..., E] scores, normalised to sum to 1 first.
+
+    Softmax probabilities already sum to 1; sigmoid scores do not, so they are normalised: the entropy then
+    says how evenly the router spreads its scores, 0 (one expert) to log2(E) (all equal).
+    """
+    p = probs / np.clip(probs.sum(axis=-1, keepdims=True), 1e-30, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log2(p), 0.0)
+    return terms.sum(axis=-1)
+
+
+def entropy_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
+    """Columns: token, position, sequence, text, entropy (bits)."""
+    tokens = trace.tokens
+    return pd.DataFrame(
+        {
+            "token": np.arange(len(tokens)),
+            "position": tokens.position,
+            "sequence": tokens.sequence,
+            "text": list(tokens.text),
+            "entropy": routing_entropy(trace.probs[layer_row].astype(np.float64)),
+        }
+    )

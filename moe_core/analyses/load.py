@@ -1,0 +1,54 @@
+"""Expert load: how many tokens each expert receives per layer, and how balanced that is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moe_core.metrics import expert_counts, max_over_mean, switch_aux_loss
+from moe_core.trace import RoutingTrace
+
+
+def load_frame(trace: RoutingTrace) -> pd.DataFrame:
+    """Per (layer, expert): tokens whose top-1 is the expert, and tokens with the expert anywhere in their top-k.
+
+    Columns: layer, expert, top1, topk, top1_uniform (T/E), topk_uniform (k·T/E).
+    """
+    num_experts, top_k = trace.model.num_experts, trace.model.top_k
+    num_tokens = len(trace.tokens)
+    rows = []
+    for row, layer in enumerate(trace.model.moe_layers):
+        top1 = expert_counts(trace.experts[row, :, :1], num_experts)
+        topk = expert_counts(trace.experts[row], num_experts)
+        for expert in range(num_experts):
+            rows.append((layer, expert, int(top1[expert]), int(topk[expert])))
+    frame = pd.DataFrame(rows, columns=["layer", "expert", "top1", "topk"])
+    frame["top1_uniform"] = num_tokens / num_experts
+    frame["topk_uniform"] = top_k * num_tokens / num_experts
+    return frame
+
+
+def coefficient_of_variation(counts: np.ndarray) -> float:
+    """Standard deviation over mean of the per-expert counts (0 = perfectly even)."""
+    mean = counts.mean()
+    return float(counts.std() / mean) if mean > 0 else float("nan")
+
+
+def balance_frame(trace: RoutingTrace) -> pd.DataFrame:
+    """Balance figures per layer. Columns: layer, cv, max_over_mean (both over top-k slots), aux_loss.
+
+    aux_loss is Switch's N·Σ f_i·P_i with f_i the share of tokens whose top-1 expert is i and P_i the mean
+    router probability of expert i (Fedus et al. 2021, eq. 4): 1.0 when balanced, up to N when collapsed.
+    """
+    num_experts = trace.model.num_experts
+    rows = []
+    for row, layer in enumerate(trace.model.moe_layers):
+        topk = expert_counts(trace.experts[row], num_experts).astype(np.float64)
+        top1 = expert_counts(trace.experts[row, :, :1], num_experts).astype(np.float64)
+        fraction = top1 / max(top1.sum(), 1.0)
+        probs = trace.probs[row].astype(np.float64)
+        mean_prob = (probs / probs.sum(axis=-1, keepdims=True)).mean(axis=0)
+        rows.append(
+            (layer, coefficient_of_variation(topk), max_over_mean(topk), float(switch_aux_loss(fraction, mean_prob)))
+        )
+    return pd.DataFrame(rows, columns=["layer", "cv", "max_over_mean", "aux_loss"])
