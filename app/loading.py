@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,24 +18,35 @@ PRESETS_FILE = ASSETS / "presets" / "prompts.json"
 HELD_OUT_MARKER = "@held_out"  # a preset made of the demo model's held-out excerpts, one per domain
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
+_MODELS: dict[str, LoadedModel] = {}  # process-wide: every session shares one copy of each model
+_MODELS_LOCK = threading.Lock()  # one load at a time; a second session waits for the first one's load
+MAX_MODELS = 2
+
+
 def get_model(model_id: str) -> LoadedModel:
-    """Load with a visible status; cached per process, so every session shares one copy.
+    """The loaded model, loading it (with a status and a progress bar in the sidebar) only the first time.
 
-    Device and remote code are the operator's choice (app/operator.py), never a visitor's.
+    A plain process-wide dict rather than st.cache_resource: a status drawn inside a cached function is
+    replayed, half-finished, on every later run. Device and remote code are the operator's choice
+    (app/operator.py), never a visitor's.
     """
-    options = operator_options()
-    with st.sidebar.status(f"Loading {model_id} …", expanded=True) as status:
-        bar = st.progress(0.0)
-
-        def report(stage: str, fraction: float) -> None:
-            bar.progress(fraction, text=stage)
-
-        loaded = load_model(
-            model_id, device=options.device, trust_remote_code=options.trust_remote_code, progress=report
-        )
-        status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
-    return loaded
+    with _MODELS_LOCK:
+        if model_id in _MODELS:
+            return _MODELS[model_id]
+        options = operator_options()
+        with st.sidebar.status(f"Loading {model_id} …", expanded=True) as status:
+            bar = st.progress(0.0)
+            loaded = load_model(
+                model_id,
+                device=options.device,
+                trust_remote_code=options.trust_remote_code,
+                progress=lambda stage, fraction: bar.progress(fraction, text=stage),
+            )
+            status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
+        while len(_MODELS) >= MAX_MODELS:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[model_id] = loaded
+        return loaded
 
 
 @st.cache_data(show_spinner="Routing the text …", max_entries=64)

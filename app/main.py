@@ -167,7 +167,7 @@ def main() -> None:
     st.title("MoE Routing Explorer")
     st.caption(
         f"**{info.name}** · {info.architecture} · {info.num_experts} experts, top-{info.top_k} ({info.scoring}) · "
-        f"{len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens"
+        f"{len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · {info.device}, {info.dtype}"
         + (" · uploaded trace" if not has_model else "")
     )
     for notice in st.session_state.notices:

@@ -19,7 +19,7 @@ def gate_heatmap_chart(frame: pd.DataFrame, scoring: str) -> alt.TopLevelMixin:
         y=alt.Y("expert:O", title="expert"),
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("prob:Q", title=scoring, scale=alt.Scale(scheme=HEAT_SCHEME, domain=[0, 1])),
+        color=alt.Color("prob:Q", title=scoring, scale=alt.Scale(scheme=HEAT_SCHEME, domainMin=0)),
         tooltip=[
             alt.Tooltip("token:O", title="token #"),
             alt.Tooltip("text:N"),

@@ -30,9 +30,13 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
     return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
 
 
+FIGURES = {"max_over_mean": "max / mean load", "aux_loss": "Switch aux loss"}
+
+
 def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
     """Max/mean load and the Switch auxiliary loss per layer (1.0 = perfectly balanced for both)."""
-    long = frame.melt(id_vars="layer", value_vars=["max_over_mean", "aux_loss"], var_name="figure")
+    long = frame.melt(id_vars="layer", value_vars=list(FIGURES), var_name="figure")
+    long["figure"] = long["figure"].map(FIGURES)
     chart = (
         alt.Chart(long)
         .mark_line(point=True)

@@ -18,7 +18,7 @@ takes everything, log2(E) means all experts score the same. Softmax routers (Mix
 that sum to 1; sigmoid routers (DeepSeek-V3, Llama 4) score each expert independently, so entropy is computed on
 the scores normalised to sum to 1.
 """
-WINDOW = 96  # tokens per heatmap window
+WINDOW = 64  # tokens per heatmap window: the rank labels stay legible
 
 
 def draw(context: ViewContext) -> None:
