@@ -1,0 +1,129 @@
+"""Every view, through AppTest: what its charts encode and the rows they got, against moe_core computed here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.ipc as ipc
+import pytest
+
+from app.loading import presets
+from moe_core.capacity import simulate_capacity
+from moe_core.capture import trace
+from moe_core.models import load_model
+from tests.app.conftest import run_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def routing():
+    """The default page's trace, computed independently of the app."""
+    loaded = load_model()
+    return trace(loaded.model, loaded.tokenizer, next(iter(presets().values())))
+
+
+def charts(at) -> list[tuple[dict, list[pd.DataFrame]]]:
+    """(Vega-Lite spec, its datasets as DataFrames) for every chart on the page."""
+    found = []
+    for element in at.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        frames = [ipc.open_stream(d.data.data).read_pandas() for d in element.proto.datasets]
+        found.append((spec, frames))
+    return found
+
+
+def frame_with(found: list[tuple[dict, list[pd.DataFrame]]], *columns: str) -> pd.DataFrame:
+    for _, frames in found:
+        for frame in frames:
+            if set(columns) <= set(frame.columns):
+                return frame
+    raise AssertionError(f"no chart data with columns {columns}")
+
+
+def _clean(at) -> None:
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+
+
+def test_token_routing_grid_is_the_top1_of_every_layer(routing) -> None:
+    """The grid gets one row per (token, layer) with that token's top-1 expert and weight, colour = expert."""
+    at = run_app({"view": "routing"})
+    _clean(at)
+    found = charts(at)
+    grid = frame_with(found, "token", "layer", "top1", "top1_weight")
+    assert len(grid) == len(routing.tokens) * 4
+    expected = routing.experts[:, :, 0]
+    np.testing.assert_array_equal(grid.sort_values(["layer", "token"])["top1"].to_numpy(), expected.reshape(-1))
+    spec = found[0][0]
+    assert spec["encoding"]["color"]["field"] == "top1" and spec["encoding"]["opacity"]["field"] == "top1_weight"
+
+
+def test_gate_view_shows_probs_and_the_picked_token(routing) -> None:
+    """Heatmap = probs of a 64-token window × 8 experts; distribution = probs of the token from the URL."""
+    at = run_app({"view": "gates", "token": "5", "layer": "2"})
+    _clean(at)
+    found = charts(at)
+    heat = frame_with(found, "token", "expert", "prob", "rank")
+    assert len(heat) == 64 * 8
+    np.testing.assert_allclose(heat["prob"].to_numpy().reshape(64, 8), routing.probs[2, :64], atol=1e-6)
+    picked = next(f for _, frames in found for f in frames if {"expert", "weight"} <= set(f.columns))
+    np.testing.assert_allclose(picked["prob"], routing.probs[2, 5], atol=1e-6)
+    assert sorted(picked.query("rank > 0")["expert"]) == sorted(routing.experts[2, 5])
+    entropy = frame_with(found, "entropy")
+    p = routing.probs[2, 0].astype(np.float64)
+    assert entropy["entropy"].iloc[0] == pytest.approx(-(p * np.log2(p)).sum(), rel=1e-4)
+    assert at.number_input(key="token").value == 5
+
+
+def test_load_view_counts_first_choices(routing) -> None:
+    """Bars = tokens whose first choice is each expert, per layer; the uniform line is T/E."""
+    at = run_app({"view": "load"})
+    _clean(at)
+    load = frame_with(charts(at), "layer", "expert", "top1", "top1_uniform")
+    for layer in range(4):
+        expected = np.bincount(routing.experts[layer, :, 0], minlength=8)
+        np.testing.assert_array_equal(load.query("layer == @layer")["top1"], expected)
+    assert set(load["top1_uniform"]) == {len(routing.tokens) / 8}
+    balance = at.dataframe[0].value
+    counts = np.bincount(routing.experts[0].reshape(-1), minlength=8)
+    assert balance["max / mean"].iloc[0] == pytest.approx(counts.max() / counts.mean())
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.5])
+def test_capacity_view_fill_matches_the_simulation(routing, factor: float) -> None:
+    """Fill bars = simulate_capacity's kept and overflow per expert; the capacity rule sits at C."""
+    at = run_app({"view": "capacity", "cf": str(factor)})
+    _clean(at)
+    found = charts(at)
+    result = simulate_capacity(routing, factor)
+    fill = frame_with(found, "expert", "slots", "count")
+    kept = fill.query("slots == 'kept'").sort_values("expert")["count"].to_numpy()
+    overflow = fill.query("slots == 'overflow'").sort_values("expert")["count"].to_numpy()
+    np.testing.assert_array_equal(kept, result.fill[0])
+    np.testing.assert_array_equal(overflow, result.demand[0] - result.fill[0])
+    capacity = frame_with(found, "capacity")["capacity"].iloc[0]
+    assert capacity == max(1, math.ceil(factor * 2 * len(routing.tokens) / 8))
+    assert len(found) == 4  # fill, prompt curve, batch curve, step-through
+
+
+def test_capacity_view_drop_curve_rises_for_the_batch() -> None:
+    """On the built-in long batch at CF 0.75, drops late in the sequences exceed drops early on."""
+    at = run_app({"view": "capacity", "cf": "0.75"})
+    _clean(at)
+    curves = [f for _, frames in charts(at) for f in frames if {"start", "value", "rate"} <= set(f.columns)]
+    batch = curves[-1].query("rate == 'slots dropped'").sort_values("start")["value"].to_numpy()
+    quarter = len(batch) // 4
+    assert batch[-quarter:].mean() > batch[:quarter].mean() + 0.2
+
+
+def test_flow_view_counts_transitions(routing) -> None:
+    """Cell (a, b) counts tokens with first choice a at layer 0 and b at layer 1."""
+    at = run_app({"view": "flow", "layer": "0"})
+    _clean(at)
+    flow = frame_with(charts(at), "source", "target", "count", "share")
+    expected = np.zeros((8, 8), dtype=int)
+    np.add.at(expected, (routing.experts[0, :, 0], routing.experts[1, :, 0]), 1)
+    np.testing.assert_array_equal(flow.sort_values(["source", "target"])["count"].to_numpy().reshape(8, 8), expected)

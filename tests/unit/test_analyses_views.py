@@ -1,0 +1,168 @@
+"""Gate, load, flow and capacity frames on hand-built traces whose answers are worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from moe_core.analyses.capacity import (
+    capacity_table,
+    drop_curve,
+    drop_marks,
+    fill_after,
+    fill_frame,
+    first_drop,
+    serving_order,
+)
+from moe_core.analyses.flow import flow_pair, transition_counts, transition_frame
+from moe_core.analyses.gates import entropy_frame, gate_heatmap, routing_entropy, token_distribution
+from moe_core.analyses.load import balance_frame, coefficient_of_variation, load_frame
+from moe_core.capacity import simulate_capacity
+from moe_core.synthetic import trace_from_choices
+
+# ---- gates -------------------------------------------------------------------------------------------------
+
+
+def test_entropy_of_known_distributions() -> None:
+    """Uniform over 4 is 2 bits, one-hot is 0, (1/2, 1/4, 1/4) is 1.5 bits; sigmoid scores are normalised."""
+    probs = np.array([[0.25] * 4, [1.0, 0, 0, 0], [0.5, 0.25, 0.25, 0.0], [0.9, 0.9, 0.9, 0.9]])
+    np.testing.assert_allclose(routing_entropy(probs), [2.0, 0.0, 1.5, 2.0])
+
+
+def test_heatmap_marks_chosen_ranks() -> None:
+    """Each token's chosen experts carry rank 1 and 2, all others 0; probs are the trace's."""
+    routing = trace_from_choices([[2, 0], [1, 3]], [[0.7, 0.3], [0.6, 0.4]], num_experts=4)
+    frame = gate_heatmap(routing, 0)
+    ranks = frame.pivot(index="token", columns="expert", values="rank").to_numpy()
+    np.testing.assert_array_equal(ranks, [[2, 0, 1, 0], [0, 1, 0, 2]])
+    np.testing.assert_allclose(frame["prob"].to_numpy().reshape(2, 4), routing.probs[0])
+
+
+def test_token_distribution_has_combine_weights() -> None:
+    """The chosen token's weight column holds its combine weights at its experts and 0 elsewhere."""
+    routing = trace_from_choices([[2, 0], [1, 3]], [[0.7, 0.3], [0.6, 0.4]], num_experts=4)
+    np.testing.assert_allclose(token_distribution(routing, 0, 1)["weight"], [0, 0.6, 0, 0.4])
+
+
+def test_entropy_frame_per_token() -> None:
+    """One entropy per token: a token sure of one expert reads 0 bits, an even split of two reads 1 bit."""
+    routing = trace_from_choices([[0, 1], [2, 3]], [[1.0, 0.0], [0.5, 0.5]], num_experts=4)
+    np.testing.assert_allclose(entropy_frame(routing, 0)["entropy"], [0.0, 1.0])
+
+
+# ---- load --------------------------------------------------------------------------------------------------
+
+
+def _load_trace():
+    # 4 tokens, E=4, k=2. top-1: [0, 0, 1, 0] -> counts (3, 1, 0, 0); all slots: 0x3, 1x2, 2x1, 3x2.
+    return trace_from_choices([[0, 1], [0, 3], [1, 2], [0, 3]], num_experts=4)
+
+
+def test_load_counts_top1_and_topk() -> None:
+    """Counts per expert by hand, against uniform lines T/E = 1 and k·T/E = 2."""
+    frame = load_frame(_load_trace())
+    assert frame["top1"].tolist() == [3, 1, 0, 0] and frame["topk"].tolist() == [3, 2, 1, 2]
+    assert set(frame["top1_uniform"]) == {1.0} and set(frame["topk_uniform"]) == {2.0}
+
+
+def test_balance_figures() -> None:
+    """CV and max/mean of the top-k counts (3, 2, 1, 2); Switch loss from f = (3,1,0,0)/4 and P = mean probs."""
+    routing = _load_trace()
+    row = balance_frame(routing).iloc[0]
+    counts = np.array([3, 2, 1, 2])
+    assert row["cv"] == pytest.approx(counts.std() / 2.0) and row["max_over_mean"] == pytest.approx(1.5)
+    mean_prob = np.array([1.5, 1.0, 0.5, 1.0]) / 4  # each token puts 0.5 on each of its two experts
+    assert row["aux_loss"] == pytest.approx(4 * float((np.array([0.75, 0.25, 0, 0]) * mean_prob).sum()))
+
+
+def test_balanced_router_has_aux_loss_one() -> None:
+    """Perfect balance (every expert first choice once, uniform probs) gives N·Σ f·P = 1 and CV = 0."""
+    routing = trace_from_choices([[0], [1], [2], [3]], num_experts=4)
+    routing = replace(routing, probs=np.full_like(routing.probs, 0.25))
+    row = balance_frame(routing).iloc[0]
+    assert row["aux_loss"] == pytest.approx(1.0) and coefficient_of_variation(np.ones(4)) == 0.0
+
+
+# ---- flow --------------------------------------------------------------------------------------------------
+
+
+def test_transition_counts_by_hand() -> None:
+    """Top-1 at layer 0: (0, 0, 1); at layer 1: (2, 2, 0) -> counts[0, 2] = 2, counts[1, 0] = 1."""
+    routing = trace_from_choices([[[0], [0], [1]], [[2], [2], [0]]], num_experts=3)
+    counts = transition_counts(routing, 0)
+    expected = np.zeros((3, 3), dtype=int)
+    expected[0, 2], expected[1, 0] = 2, 1
+    np.testing.assert_array_equal(counts, expected)
+    frame = transition_frame(routing, 0)
+    assert frame.query("source == 0 and target == 2")["share"].item() == 1.0
+
+
+def test_flow_pair_uses_previous_pair_at_the_end() -> None:
+    """Last layer -> the pair before it; a single MoE layer -> None."""
+    two = trace_from_choices([[[0]], [[1]]], num_experts=2)
+    assert flow_pair(two, 1) == 0 and flow_pair(two, 0) == 0
+    assert flow_pair(trace_from_choices([[0]], num_experts=2), 0) is None
+
+
+# ---- capacity ----------------------------------------------------------------------------------------------
+
+
+def _capacity_case():
+    # 6 tokens, E=2, k=1, all to expert 0 except token 4. CF=1 -> C = ceil(1·1·6/2) = 3.
+    # position order: tokens 0,1,2 take expert 0's three slots; token 3 and 5 are refused; token 4 fits expert 1.
+    routing = trace_from_choices([[0], [0], [0], [0], [1], [0]], num_experts=2)
+    return routing, simulate_capacity(routing, 1.0)
+
+
+def test_capacity_table_and_fill() -> None:
+    """C = 3; expert 0 keeps 3 of 5, expert 1 keeps 1; 2 of 6 slots dropped."""
+    routing, result = _capacity_case()
+    table = capacity_table(routing, result).iloc[0]
+    assert (table["capacity"], table["busiest_demand"], table["dropped_slots"]) == (3, 5, 2)
+    assert table["drop_rate"] == pytest.approx(2 / 6)
+    fill = fill_frame(result, 0)
+    assert fill["kept"].tolist() == [3, 1] and fill["overflow"].tolist() == [2, 0] and set(fill["capacity"]) == {3}
+
+
+def test_drop_marks() -> None:
+    """Tokens 3 and 5 lose their only slot: fully dropped; with k=2, a lost second choice reads 'drop2'."""
+    routing, result = _capacity_case()
+    assert drop_marks(routing, result, 0) == ["", "", "", "dropall", "", "dropall"]
+    # k=2, E=2, T=2, CF=0.5 -> C = 1: token 0 takes e0 and e1 (rank 1 first for both tokens: t0->e0, t1->e0
+    # refused), then rank 2: t0->e1 kept, t1->e1 refused.
+    pair = trace_from_choices([[0, 1], [0, 1]], num_experts=2)
+    assert drop_marks(pair, simulate_capacity(pair, 0.5), 0) == ["", "dropall"]
+    mixed = trace_from_choices([[0, 1], [1, 0]], num_experts=2)  # C = 1: both first choices fit, seconds refused
+    assert drop_marks(mixed, simulate_capacity(mixed, 0.5), 0) == ["drop2", "drop2"]
+
+
+def test_drop_curve_bins() -> None:
+    """With 3 bins of 2 positions: drops at positions 3 and 5 give rates 0, 1/2, 1/2."""
+    routing, result = _capacity_case()
+    curve = drop_curve(routing, result, 0, bins=3)
+    assert curve["start"].tolist() == [0, 2, 4] and curve["tokens"].tolist() == [2, 2, 2]
+    np.testing.assert_allclose(curve["slot_drop_rate"], [0, 0.5, 0.5])
+    np.testing.assert_allclose(curve["token_drop_rate"], [0, 0.5, 0.5])
+
+
+def test_step_through_fills_then_refuses() -> None:
+    """After 3 slots expert 0 is full; the first refusal is slot 4 (token 3); all slots give the final fill."""
+    routing, result = _capacity_case()
+    order = serving_order(routing, result, 0)
+    assert order.token.tolist() == [0, 1, 2, 3, 4, 5] and order.capacity == 3
+    assert fill_after(order, 3, 2)["kept"].tolist() == [3, 0]
+    assert first_drop(order) == 3
+    final = fill_after(order, len(order.token), 2)
+    assert final["kept"].tolist() == result.fill[0].tolist() and final["refused"].tolist() == [2, 0]
+
+
+def test_step_through_score_order() -> None:
+    """Score policy serves the most confident first: the least confident token is the one refused."""
+    routing = trace_from_choices([[0], [0]], [[0.6], [0.9]], num_experts=2)  # C = ceil(0.5·1·2/2) = 1
+    result = simulate_capacity(routing, 0.5, policy="score")
+    order = serving_order(routing, result, 0)
+    assert order.token.tolist() == [1, 0] and order.kept.tolist() == [True, False]
+    assert math.isclose(float(result.capacity[0, 0]), 1.0)
