@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -60,7 +61,7 @@ def test_share_link_restores_the_view(server: str, page: Page) -> None:
     selected = page.locator('[data-testid="stButtonGroup"] button[aria-checked="true"]').inner_text()
     assert selected.strip() == "Capacity and drops"
     sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
-    assert "0.50" in sidebar and "Layer\n2" in sidebar
+    assert re.search(r"Layer\s+2\s", sidebar) and re.search(r"Capacity factor\s+0\.50\s", sidebar), sidebar
 
 
 def test_download_png(server: str, page: Page, tmp_path: Path) -> None:
