@@ -192,6 +192,8 @@ def main() -> None:
         domain_batch=_domain_batch_trace(settings.model.strip()) if has_model else (lambda: None),
     )
     VIEW_MODULES[settings.view].draw(context)
+    if settings.present:
+        st.button("Exit presentation mode", on_click=lambda: st.session_state.update(present=False))
     _trace_downloads(routing)
     st.query_params.from_dict(to_query(settings))
 

@@ -31,8 +31,17 @@ def prompt_of(tokenizer: object, tokens: int) -> str:
     return tokenizer.decode(ids)  # type: ignore[attr-defined]
 
 
-def charts_drawn(page: Page, count_text: str) -> None:
-    page.wait_for_function(f"() => document.body.innerText.includes({count_text!r})", timeout=120_000)
+CAPTION = "document.querySelector('[data-testid=\"stCaptionContainer\"]')?.innerText"
+
+
+def caption(page: Page) -> str:
+    return page.evaluate(f"() => {CAPTION}")
+
+
+def charts_drawn(page: Page, before: str | None = None) -> None:
+    """Until the model caption changed from `before` (a new trace), the script is idle and every chart drawn."""
+    if before is not None:
+        page.wait_for_function(f"() => {CAPTION} !== {before!r}", timeout=120_000)
     page.wait_for_function(IDLE, timeout=120_000)
     page.wait_for_selector(CHART, timeout=120_000)
     page.wait_for_function(
@@ -57,18 +66,19 @@ def main() -> None:
                 wait_for_charts(page)
                 # A fresh suffix each repeat so the trace is computed, not served from the cache.
                 text = f"{prompt[:-12]} run {repeat}"
-                count = len(tokenizer(text)["input_ids"])
+                before = caption(page)
                 start = time.perf_counter()
                 submit_prompt(page, text)
-                charts_drawn(page, f"{count} tokens")
+                charts_drawn(page, before)
                 results.setdefault((tokens, "routing"), []).append(time.perf_counter() - start)
                 for view in VIEWS[1:]:
                     label = page.locator('[data-testid="stButtonGroup"] button').nth(VIEWS.index(view))
                     start = time.perf_counter()
                     label.click()
                     page.wait_for_function(f"() => location.search.includes('view={view}')", timeout=120_000)
-                    charts_drawn(page, f"{count} tokens")
+                    charts_drawn(page)
                     results.setdefault((tokens, view), []).append(time.perf_counter() - start)
+                print(f"{tokens} tokens, repeat {repeat + 1}: {caption(page)}", flush=True)
                 page.close()
     print(f"click to all charts drawn, median of {args.repeats} (seconds)")
     print(f"{'view':<10}" + "".join(f"{n:>12} tok" for n in TARGETS))
