@@ -104,11 +104,13 @@ def recording(
             handle.remove()
 
 
-def _gather(per_layer: list[list[torch.Tensor]], keep: torch.Tensor) -> torch.Tensor:
-    """[L, real tokens, ...] on the CPU: each layer's one router call, padding rows dropped, in one stack."""
+def _gather(per_layer: list[list[torch.Tensor]], keep: torch.Tensor | None) -> torch.Tensor:
+    """[L, real tokens, ...] on the CPU: each layer's one router call, padding rows dropped (`keep`; None when
+    there is no padding), in one stack."""
     if any(len(calls) != 1 for calls in per_layer):
         raise RuntimeError(f"expected one router call per layer in one forward, got {[len(c) for c in per_layer]}")
-    return torch.stack([calls[0].cpu() for calls in per_layer])[:, keep]
+    stacked = torch.stack([calls[0].cpu() for calls in per_layer])  # layers may sit on different devices
+    return stacked if keep is None else stacked[:, keep]
 
 
 def model_info(model: nn.Module, blocks: Sequence[MoeBlock], name: str, num_experts: int, top_k: int) -> ModelInfo:
@@ -169,7 +171,8 @@ def trace(
             model.get_encoder()(**inputs)
         else:
             model(**inputs, use_cache=False)
-    keep = batch["attention_mask"].reshape(-1).bool()
+    mask = batch["attention_mask"].reshape(-1).bool()
+    keep = None if bool(mask.all()) else mask
     logits = _gather([r.logits for r in records], keep).float()
     experts = _gather([r.experts for r in records], keep).long()
     weights = _gather([r.weights for r in records], keep).float()
