@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,12 @@ def _seed_session_from_url() -> None:
         return
     settings, notices = from_query(st.query_params.to_dict(), Settings(model=operator_options().model))
     if not settings.prompt:
-        settings = Settings(**{**settings.__dict__, "prompt": next(iter(presets().values()))})
+        settings = replace(settings, prompt=next(iter(presets().values())))
+    allowed = allowed_models()
+    if allowed and settings.model not in allowed:
+        if "model" in st.query_params:
+            notices.append(f"Model `{settings.model[:60]}` is not offered here; showing {allowed[0]}.")
+        settings = replace(settings, model=allowed[0])
     for name, value in settings.__dict__.items():
         st.session_state[name] = value
     st.session_state.notices = notices

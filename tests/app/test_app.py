@@ -141,3 +141,15 @@ def test_presentation_mode_hides_chrome() -> None:
     at = run_app({"text": "hello", "present": "1"})
     _assert_clean(at)
     assert '[data-testid="stSidebar"]' in page_html(at)
+
+
+def test_operator_allow_list_locks_the_model_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MOE_EXPLORER_ALLOWED_MODELS set, the model is a fixed choice and other ids from a link are refused."""
+    monkeypatch.setenv("MOE_EXPLORER_ALLOWED_MODELS", "demo-mixtral")
+    at = run_app({"text": "hello"})
+    _assert_clean(at)
+    assert at.selectbox(key="model").options == ["demo-mixtral"]
+    locked = run_app({"text": "hello", "model": "someone/other-moe"})
+    _assert_clean(locked)
+    assert any("`someone/other-moe` is not offered here" in w.value for w in locked.warning)
+    assert locked.selectbox(key="model").value == "demo-mixtral" and not locked.error
