@@ -43,6 +43,16 @@ MLA = {  # DeepSeek-style multi-head latent attention, tiny
     "head_dim": 8,
     "num_key_value_heads": 4,  # MLA has no grouped-query attention
 }
+DEEPSEEK_STYLE = {  # fine-grained routed experts in groups, one shared expert, first layer dense
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "n_group": 2,
+    "topk_group": 1,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": 32,
+    "first_k_dense_replace": 1,
+    "num_hidden_layers": 3,
+}
 SIGMOID_NOTE = "sigmoid, bias + group-limited selection: captured experts differ from top-k of the logits"
 
 TINY_MODELS: dict[str, TinyModel] = {
@@ -75,15 +85,8 @@ TINY_MODELS: dict[str, TinyModel] = {
     "deepseek_v2": TinyModel(
         {
             **MLA,
-            "n_routed_experts": 8,
-            "num_experts_per_tok": 2,
-            "n_shared_experts": 1,
-            "moe_intermediate_size": 32,
-            "first_k_dense_replace": 1,
-            "num_hidden_layers": 3,
+            **DEEPSEEK_STYLE,
             "topk_method": "group_limited_greedy",
-            "n_group": 2,
-            "topk_group": 1,
             "routed_scaling_factor": 2.0,
         },
         note="group-limited greedy selection, shared expert, weights scaled",
@@ -91,27 +94,13 @@ TINY_MODELS: dict[str, TinyModel] = {
     "deepseek_v3": TinyModel(
         {
             **MLA,
-            "n_routed_experts": 8,
-            "num_experts_per_tok": 2,
-            "n_group": 2,
-            "topk_group": 1,
-            "n_shared_experts": 1,
-            "moe_intermediate_size": 32,
-            "first_k_dense_replace": 1,
-            "num_hidden_layers": 3,
+            **DEEPSEEK_STYLE,
         },
         note=SIGMOID_NOTE,
     ),
     "glm4_moe": TinyModel(
         {
-            "n_routed_experts": 8,
-            "num_experts_per_tok": 2,
-            "n_group": 2,
-            "topk_group": 1,
-            "n_shared_experts": 1,
-            "moe_intermediate_size": 32,
-            "first_k_dense_replace": 1,
-            "num_hidden_layers": 3,
+            **DEEPSEEK_STYLE,
             "head_dim": 16,
         },
         note=SIGMOID_NOTE,
