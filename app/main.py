@@ -176,6 +176,8 @@ def main() -> None:
         f"{len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · {info.device}, {info.dtype}"
         + (" · uploaded trace" if not has_model else "")
     )
+    for note in info.notes:
+        st.caption(f"ⓘ {note}")
     for notice in st.session_state.notices:
         st.warning(notice)
     if any(routing.truncated):
