@@ -8,8 +8,9 @@ Those are what the model used, which for bias- or group-limited routers is not t
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -113,14 +114,27 @@ def _gather(per_layer: list[list[torch.Tensor]], keep: torch.Tensor | None) -> t
     return stacked if keep is None else stacked[:, keep]
 
 
+_INFO_CACHE: weakref.WeakKeyDictionary[nn.Module, ModelInfo] = weakref.WeakKeyDictionary()
+
+
 def model_info(model: nn.Module, blocks: Sequence[MoeBlock], name: str, num_experts: int, top_k: int) -> ModelInfo:
+    """What the trace records about the model; remembered per model object, only the name varies per call."""
+    cached = _INFO_CACHE.get(model)
+    parameter = next(model.parameters())
+    current = (num_experts, top_k, str(parameter.device), str(parameter.dtype).removeprefix("torch."))
+    if cached is None or (cached.num_experts, cached.top_k, cached.device, cached.dtype) != current:
+        cached = _INFO_CACHE[model] = _describe(model, blocks, num_experts, top_k)
+    return replace(cached, name=name)
+
+
+def _describe(model: nn.Module, blocks: Sequence[MoeBlock], num_experts: int, top_k: int) -> ModelInfo:
     config = model.config
     adapter = adapter_for(config.model_type)
     shared = 1 if any(hasattr(b.block, a) for b in blocks for a in ("shared_expert", "shared_experts")) else 0
     shared = getattr(config, "n_shared_experts", None) or getattr(config, "num_shared_experts", None) or shared
     parameter = next(model.parameters())
     return ModelInfo(
-        name=name,
+        name="",
         architecture=config.model_type,
         num_experts=num_experts,
         top_k=top_k,

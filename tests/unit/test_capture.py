@@ -108,3 +108,11 @@ def test_layer_number_parses_module_paths() -> None:
     assert layer_number("encoder.block.3.layer.1.mlp") == 3
     with pytest.raises(ValueError):
         layer_number("model.norm")
+
+
+def test_model_info_follows_dtype_changes(demo_tokenizer: Any) -> None:
+    """The remembered model description is refreshed when the model's dtype changes."""
+    model = build_tiny_model("mixtral", seed=1)
+    assert trace(model, demo_tokenizer, "hi", name="a").model.dtype == "float32"
+    described = trace(model.to(torch.bfloat16), demo_tokenizer, "hi", name="b").model
+    assert (described.dtype, described.name) == ("bfloat16", "b")
