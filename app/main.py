@@ -24,7 +24,7 @@ from app.views import ViewContext, capacity, expert_load, gate_weights, layer_fl
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models  # noqa: E402
 from moe_core.trace import RoutingTrace  # noqa: E402
-from moe_core.trace_io import TraceFormatError, load_trace_bytes, to_json_dict, to_parquet_bytes  # noqa: E402
+from moe_core.trace_io import TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {
     "routing": token_routing,
@@ -139,24 +139,23 @@ def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
     return lambda: get_trace(get_model(model_id), model_id, domain_batch())
 
 
-def _trace_downloads(routing: RoutingTrace) -> None:
-    import json
+TRACE_DOWNLOADS = (
+    ("JSON", to_json_text, "routing-trace.json", "application/json"),
+    ("Parquet", to_parquet_bytes, "routing-trace.parquet", "application/octet-stream"),
+)
 
+
+def _trace_downloads(routing: RoutingTrace) -> None:
+    """The trace as files, made only when a button is clicked."""
     st.sidebar.header("Trace")
-    st.sidebar.download_button(
-        "Download trace (JSON)",
-        data=lambda: json.dumps(to_json_dict(routing)),
-        file_name="routing-trace.json",
-        mime="application/json",
-        on_click="ignore",
-    )
-    st.sidebar.download_button(
-        "Download trace (Parquet)",
-        data=lambda: to_parquet_bytes(routing),
-        file_name="routing-trace.parquet",
-        mime="application/octet-stream",
-        on_click="ignore",
-    )
+    for kind, render, file_name, mime in TRACE_DOWNLOADS:
+        st.sidebar.download_button(
+            f"Download trace ({kind})",
+            data=lambda render=render: render(routing),
+            file_name=file_name,
+            mime=mime,
+            on_click="ignore",
+        )
 
 
 def main() -> None:

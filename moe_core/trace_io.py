@@ -191,10 +191,14 @@ def from_parquet_bytes(data: bytes) -> RoutingTrace:
     return _build(header, tokens, arrays)
 
 
+def to_json_text(routing: RoutingTrace) -> str:
+    return json.dumps(to_json_dict(routing))
+
+
 def save_trace(routing: RoutingTrace, path: Path) -> None:
     """Write by extension: .json or .parquet."""
     if path.suffix == ".json":
-        path.write_text(json.dumps(to_json_dict(routing)), encoding="utf-8")
+        path.write_text(to_json_text(routing), encoding="utf-8")
     elif path.suffix == ".parquet":
         path.write_bytes(to_parquet_bytes(routing))
     else:

@@ -1,6 +1,6 @@
 """Regenerate the README's screenshots (docs/screenshots/*.png) from the running app in Debian's chromium.
 
-    python scripts/screenshots.py
+python scripts/screenshots.py
 """
 
 from __future__ import annotations

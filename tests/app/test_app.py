@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from html import unescape
 
@@ -11,7 +10,7 @@ import pytest
 from app.state import encode_prompt
 from moe_core.capture import trace
 from moe_core.models import load_model
-from moe_core.trace_io import to_json_dict
+from moe_core.trace_io import to_json_text
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow
@@ -126,7 +125,7 @@ def test_uploaded_trace_is_viewed_without_a_model() -> None:
     """A trace recorded elsewhere (e.g. by the CLI on a GPU server) renders as if traced here."""
     loaded = load_model()
     routing = trace(loaded.model, loaded.tokenizer, "A trace from another machine.", name="gpu-server-model")
-    payload = json.dumps(to_json_dict(routing)).encode()
+    payload = to_json_text(routing).encode()
     at = run_app(
         {"text": "hello"},
         setup=lambda at: at.file_uploader(key="upload").set_value(("t.json", payload, "application/json")),

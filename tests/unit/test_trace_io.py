@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from moe_core.trace_io import (
     from_json_dict,
     load_trace_bytes,
     to_json_dict,
+    to_json_text,
     to_parquet_bytes,
 )
 
@@ -35,7 +34,7 @@ def _assert_same(a: RoutingTrace, b: RoutingTrace) -> None:
 
 def test_json_round_trip(routing: RoutingTrace) -> None:
     """JSON text -> trace gives back the same trace."""
-    _assert_same(routing, load_trace_bytes(json.dumps(to_json_dict(routing)).encode(), "t.json"))
+    _assert_same(routing, load_trace_bytes(to_json_text(routing).encode(), "t.json"))
 
 
 def test_parquet_round_trip(routing: RoutingTrace) -> None:
