@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,11 @@ def _progress(stage: str, fraction: float) -> None:
         print(f"[{fraction:4.0%}] {stage}", file=sys.stderr)
 
 
+def _rates(values: Any) -> list[float | None]:
+    """Rates for JSON: rounded, and null where undefined (a position with no slots), never NaN."""
+    return [None if math.isnan(v) else round(float(v), 6) for v in values]
+
+
 def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str) -> dict[str, Any]:
     result = simulate_capacity(routing, factor, policy=policy, group=group)
     return {
@@ -99,11 +105,11 @@ def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str)
                 "capacity": result.capacity[row].tolist(),
                 "kept": result.kept[row].tolist(),
                 "fill": result.fill[row].tolist(),
-                "drop_rate_by_position": result.drop_rate_by_position[row].round(6).tolist(),
+                "drop_rate_by_position": _rates(result.drop_rate_by_position[row]),
             }
             for row, layer in enumerate(routing.model.moe_layers)
         ],
-        "drop_rate_by_position": result.drop_rate_by_position.mean(axis=0).round(6).tolist(),
+        "drop_rate_by_position": _rates(result.drop_rate_by_position.mean(axis=0)),
     }
 
 
