@@ -127,3 +127,37 @@ def test_flow_view_counts_transitions(routing) -> None:
     expected = np.zeros((8, 8), dtype=int)
     np.add.at(expected, (routing.experts[0, :, 0], routing.experts[1, :, 0]), 1)
     np.testing.assert_array_equal(flow.sort_values(["source", "target"])["count"].to_numpy().reshape(8, 8), expected)
+
+
+def _upload(payload: bytes):
+    return lambda at: at.file_uploader(key="upload").set_value(("trace.json", payload, "application/json"))
+
+
+def test_sigmoid_router_trace_in_every_view(demo_tokenizer) -> None:
+    """A DeepSeek-V3-style (sigmoid, biased) trace renders in all views; the gate view says scores need not sum to 1."""
+    from moe_core.tiny_models import build_tiny_model
+    from moe_core.trace_io import to_json_text
+
+    routing = trace(build_tiny_model("deepseek_v3"), demo_tokenizer, "Sigmoid routers score experts independently.")
+    payload = to_json_text(routing).encode()
+    for view in ("routing", "gates", "load", "capacity", "flow"):
+        at = run_app({"view": view, "layer": "1"}, setup=_upload(payload))
+        _clean(at)
+        assert at.get("vega_lite_chart"), view
+    gates = charts(run_app({"view": "gates", "layer": "1"}, setup=_upload(payload)))
+    titles = json.dumps([spec.get("title") for spec, _ in gates])
+    assert "sigmoid: scores need not sum to 1" in titles
+
+
+def test_many_experts_render(demo_tokenizer) -> None:
+    """A 64-expert, top-8 trace (OLMoE-sized) renders; the routing view gets 64 distinct colours."""
+    from moe_core.synthetic import random_trace
+    from moe_core.trace_io import to_json_text
+
+    payload = to_json_text(random_trace([40, 30], num_experts=64, top_k=8, num_layers=3, seed=3)).encode()
+    at = run_app({"view": "routing"}, setup=_upload(payload))
+    _clean(at)
+    spec = charts(at)[0][0]
+    assert len(set(spec["encoding"]["color"]["scale"]["range"])) == 64
+    for view in ("gates", "load", "capacity", "flow"):
+        _clean(run_app({"view": view}, setup=_upload(payload)))
