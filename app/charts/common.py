@@ -24,6 +24,7 @@ def styled(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
     """Readable on a projector: larger labels and titles."""
     return (
         chart.configure_axis(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
+        .configure_axisX(labelAngle=0)
         .configure_legend(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
         .configure_title(fontSize=FONT_SIZE + 2)
     )

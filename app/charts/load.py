@@ -24,7 +24,7 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
     uniform = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(y=f"mean({count}_uniform):Q")
     chart = (
         alt.layer(bars, uniform, data=frame)
-        .properties(height=110, width=260)
+        .properties(height=110, width=150)
         .facet(facet=alt.Facet("layer:O", title="MoE layer"), columns=4)
     )
     return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
