@@ -215,8 +215,8 @@ NOT_COVERED: dict[str, str] = {
     "doge": "product-key (cdmoe) router, not router -> experts(h, index, weights): not traced",
     "deepseek_v4": "hash-routed layers: no learned router to trace",
     "jetmoe": "mixture of attention heads plus MLP experts under a different layout: not discovered yet",
-    "nllb-moe": "translation model; notes for transformers 5.23 say its experts module ignores the router's "
-    "choice (only experts 0 and 1 run): not yet checked on 5.24",
+    "nllb-moe": "transformers bug, checked on 5.24: NllbMoeSparseMLP passes the router's [T, E] 0/1 mask to "
+    "experts that read it as expert indices, so only experts 0 and 1 ever run, whatever the router chose",
     "longcat_flash": "zero-computation experts: ablation disagrees with the captured choice, under investigation",
     "lfm2_moe": "tiny config does not build (conv layer setup)",
     "bailing_hybrid": "tiny config does not build (expert groups)",
