@@ -186,12 +186,15 @@ def _markdown(card: dict[str, Any]) -> str:
     )
     samples = "\n\n".join(f"**{d}**\n\n```\n{v['sample']}\n```" for d, v in card["domains"].items())
     checks = "\n".join(f"- {text}: {'met' if ok else 'NOT met'};" for text, ok in quality_checks(card))
+    size = (
+        f"{card['parameters'] / 1e6:.1f} M parameters: {t['num_layers']} layers, hidden {t['hidden_size']}, "
+        f"{t['num_experts']} experts of width {t['intermediate_size']}, top-{t['top_k']}"
+    )
     return f"""# demo-mixtral: the bundled demo MoE of MoE Routing Explorer
 
-A small `MixtralForCausalLM` ({card["parameters"] / 1e6:.1f} M parameters: {t["num_layers"]} layers, hidden
-{t["hidden_size"]}, {t["num_experts"]} experts of width {t["intermediate_size"]}, top-{t["top_k"]}) with a
-{t["vocab_size"]}-token byte-level BPE, trained on this machine's CPU so every routing view has something real to
-show. A 512-token forward takes {card["forward_512_seconds"] * 1000:.0f} ms on 2 CPU cores.
+A small `MixtralForCausalLM` ({size}) with a {t["vocab_size"]}-token byte-level BPE,
+trained on this machine's CPU so every routing view has something real to show. A 512-token forward takes
+{card["forward_512_seconds"] * 1000:.0f} ms on 2 CPU cores.
 
 Rebuild it from scratch: `apt-get install -y python3.11-doc fortunes-de man-db`, then
 `python -m moe_core.train --card` (deterministic given `--seed`; re-running resumes from the last checkpoint).
@@ -201,8 +204,8 @@ Rebuild it from scratch: `apt-get install -y python3.11-doc fortunes-de man-db`,
   English prose (the Python 3.11 documentation sources and pydoc topics), Python code (the CPython standard
   library), arithmetic (generated, seeded), German (Debian fortunes-de quotations), markup (section-1 man pages in
   groff). 5% of documents per domain (by a stable hash of their name) are held out.
-- **Steps** {t["steps"]}, **tokens** {t["tokens_seen"] / 1e6:.1f} M, **time** {t["train_seconds"] / 60:.0f} min on
-  2 CPU cores, AdamW (lr {t["learning_rate"]} cosine to {t["min_learning_rate"]}, weight decay
+- **Steps** {t["steps"]}, **tokens** {t["tokens_seen"] / 1e6:.1f} M, **time** {t["train_seconds"] / 60:.0f} min
+  on 2 CPU cores, AdamW (lr {t["learning_rate"]} cosine to {t["min_learning_rate"]}, weight decay
   {t["weight_decay"]}).
 - **Load balancing**: Switch's auxiliary loss N·Σ f_i·P_i, computed for each layer and averaged over layers,
   coefficient {t["balance_coef"]}.
