@@ -121,18 +121,20 @@ def model_info(model: nn.Module, blocks: Sequence[MoeBlock], name: str, num_expe
     """What the trace records about the model; remembered per model object, only the name varies per call."""
     cached = _INFO_CACHE.get(model)
     parameter = next(model.parameters())
-    current = (num_experts, top_k, str(parameter.device), str(parameter.dtype).removeprefix("torch."))
-    if cached is None or (cached.num_experts, cached.top_k, cached.device, cached.dtype) != current:
-        cached = _INFO_CACHE[model] = _describe(model, blocks, num_experts, top_k)
+    device, dtype = str(parameter.device), str(parameter.dtype).removeprefix("torch.")
+    wanted = (num_experts, top_k, device, dtype)
+    if cached is None or (cached.num_experts, cached.top_k, cached.device, cached.dtype) != wanted:
+        cached = _INFO_CACHE[model] = _describe(model, blocks, num_experts, top_k, device, dtype)
     return replace(cached, name=name)
 
 
-def _describe(model: nn.Module, blocks: Sequence[MoeBlock], num_experts: int, top_k: int) -> ModelInfo:
+def _describe(
+    model: nn.Module, blocks: Sequence[MoeBlock], num_experts: int, top_k: int, device: str, dtype: str
+) -> ModelInfo:
     config = model.config
     adapter = adapter_for(config.model_type)
     shared = 1 if any(hasattr(b.block, a) for b in blocks for a in ("shared_expert", "shared_experts")) else 0
     shared = getattr(config, "n_shared_experts", None) or getattr(config, "num_shared_experts", None) or shared
-    parameter = next(model.parameters())
     return ModelInfo(
         name="",
         architecture=config.model_type,
@@ -143,8 +145,8 @@ def _describe(model: nn.Module, blocks: Sequence[MoeBlock], num_experts: int, to
         moe_layers=tuple(b.layer for b in blocks),
         num_shared_experts=int(shared),
         context_length=context_length(model),
-        device=str(parameter.device),
-        dtype=str(parameter.dtype).removeprefix("torch."),
+        device=device,
+        dtype=dtype,
         notes=adapter.notes,
     )
 
@@ -180,7 +182,8 @@ def trace(
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
-    with recording(blocks, logits_index, adapter_for(model.config.model_type).choice) as records:
+    adapter = adapter_for(model.config.model_type)
+    with recording(blocks, logits_index, adapter.choice) as records:
         if getattr(model.config, "is_encoder_decoder", False):
             model.get_encoder()(**inputs)
         else:
@@ -190,7 +193,7 @@ def trace(
     logits = _gather([r.logits for r in records], keep).float()
     experts = _gather([r.experts for r in records], keep).long()
     weights = _gather([r.weights for r in records], keep).float()
-    probs = SCORINGS[adapter_for(model.config.model_type).scoring](logits)
+    probs = SCORINGS[adapter.scoring](logits)
     label = name or model.config.name_or_path or model.config.model_type
     info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
     return RoutingTrace(

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moe_core.capture import recording
 from moe_core.metrics import expert_counts, max_over_mean, vocabulary_specialization
-from moe_core.routers import find_moe_blocks
+from moe_core.routers import adapter_for, find_moe_blocks
 from moe_core.train.corpus import DOMAINS
 
 EVAL_ROWS = 24  # held-out windows per domain
@@ -48,7 +48,7 @@ def held_out_windows(stream: np.ndarray) -> torch.Tensor:
 def route_and_score(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, np.ndarray]:
     """(mean next-token loss, experts [L, rows*len, k]) for a batch of token windows."""
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
-    with recording(blocks, logits_index) as records:
+    with recording(blocks, logits_index, adapter_for(model.config.model_type).choice) as records:
         logits = model(input_ids=ids, use_cache=False).logits
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
     return loss, np.stack([r.experts[0].numpy() for r in records])
