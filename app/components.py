@@ -9,6 +9,7 @@ import html
 from collections.abc import Sequence
 
 import altair as alt
+import pandas as pd
 import streamlit as st
 
 from app.export import chart_png, chart_svg
@@ -40,6 +41,12 @@ def token_spans(
             f'<span class="tok {css}" style="{style}" title="{html.escape(title)}">{visible_text(text)}</span>'
         )
     return '<div class="tokens">' + "".join(parts) + "</div>"
+
+
+def routed_text(frame: pd.DataFrame, num_experts: int, marks: Sequence[str] = ()) -> str:
+    """The text of a token_frame coloured by top-1 expert; each token's tooltip lists its top-k and weights."""
+    titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
+    return token_spans(frame["text"].tolist(), frame["top1"].tolist(), titles, num_experts, marks)
 
 
 def legend(num_experts: int, label: str = "Expert") -> str:

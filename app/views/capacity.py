@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.capacity import drop_curve_chart, fill_chart
-from app.components import explainer, html_block, show_chart, token_spans
+from app.components import explainer, html_block, routed_text, show_chart
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
     capacity_table,
@@ -53,10 +53,7 @@ def draw(context: ViewContext) -> None:
 
     st.subheader("Which tokens lost an expert")
     html_block(MARKS_LEGEND)
-    frame = token_frame(routing, row)
-    marks = drop_marks(routing, result, row)
-    titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
-    html_block(token_spans(frame["text"].tolist(), frame["top1"].tolist(), titles, info.num_experts, marks))
+    html_block(routed_text(token_frame(routing, row), info.num_experts, drop_marks(routing, result, row)))
 
     show_chart(drop_curve_chart(drop_curve(routing, result, row), "Drop rate by position: your text"), "drops-prompt")
     batch = context.domain_batch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
-from app.components import explainer, html_block, legend, show_chart, token_spans
+from app.components import explainer, html_block, legend, routed_text, show_chart
 from app.views import ViewContext
 from moe_core.analyses.routing import token_frame, token_layer_grid
 
@@ -26,8 +26,7 @@ def draw(context: ViewContext) -> None:
     layer = routing.model.moe_layers[row]
     st.subheader(f"Top-1 expert of each token at layer {layer}")
     html_block(legend(routing.model.num_experts))
-    titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
-    html_block(token_spans(frame["text"].tolist(), frame["top1"].tolist(), titles, routing.model.num_experts))
+    html_block(routed_text(frame, routing.model.num_experts))
     start = 0
     if len(frame) > GRID_WINDOW:
         start = st.slider("Grid window start (token)", 0, len(frame) - GRID_WINDOW, 0, step=16, key="grid_start")
