@@ -16,6 +16,7 @@ as plain loops: it is the test oracle and the benchmark baseline, so keep it obv
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -86,8 +87,15 @@ def expert_capacity(
     """
     check_capacity_factor(capacity_factor)
     _check_min_capacity(min_capacity)
-    factor = Fraction(repr(float(capacity_factor)))
-    return max(min_capacity, math.ceil(factor * top_k * num_tokens / num_experts))
+    factor = _decimal_fraction(float(capacity_factor))
+    # ceil(a / b) for positive integers, without a float or a Fraction in between.
+    return max(min_capacity, -(-factor.numerator * top_k * num_tokens // (factor.denominator * num_experts)))
+
+
+@functools.lru_cache(maxsize=256)
+def _decimal_fraction(value: float) -> Fraction:
+    """The exact fraction of the decimal `value` prints as (1.1 -> 11/10); cached, as parsing costs ~10 µs."""
+    return Fraction(repr(value))
 
 
 def simulate_capacity(
@@ -99,11 +107,11 @@ def simulate_capacity(
 ) -> CapacityResult:
     """Apply an expert capacity limit to `trace` (vectorised; same result as `simulate_capacity_reference`).
 
-    Lay each layer's slots out in serving order (rank by rank, tokens in policy order) and give each slot
-    the key (layer, group, expert). A stable sort by key then puts each expert's slots of one group and layer
-    together, still in serving order, so a slot's arrival number is its index minus where its key's block
-    starts, and it is kept if that is below C. With up to 65,536 keys (L · G · (E + 1)) the keys fit in 16
-    bits and numpy sorts them by radix, in O(slots); beyond that it falls back to a stable merge sort.
+    Each slot gets one unsigned integer: its key (layer, group, expert) in the high bits and its serving
+    number in its layer (rank · T + the token's place in policy order) in the low bits. One sort of these
+    puts every key's slots together in serving order, so block boundaries come from a binary search and
+    the slot at a block's start + C is the first one its expert turns away; a slot is kept iff its integer
+    is below that one. The integers are unique, so the sort need not be stable and numpy's SIMD sort serves.
     """
     _validate(trace, capacity_factor, policy, group, min_capacity)
     experts = np.asarray(trace.experts)
@@ -113,42 +121,39 @@ def simulate_capacity(
     num_groups = len(group_sizes)
     group_capacity = _group_capacities(capacity_factor, top_k, group_sizes, num_experts, min_capacity)
 
-    layers = np.arange(num_layers)[:, None]
+    # Bucket 0 holds the slots the model dropped itself (capacity 0); expert e is bucket e + 1.
+    num_buckets = num_experts + 1
+    num_keys = num_layers * num_groups * num_buckets
+    serving_bits = max(top_k * num_tokens - 1, 0).bit_length()
+    packed_type = _packed_type(num_keys, serving_bits)
+    shift = packed_type(serving_bits)
+    layer_group = np.arange(num_layers, dtype=packed_type)[:, None] * num_groups + group_index.astype(packed_type)
     if policy == "position":
-        served_token = np.broadcast_to(np.arange(num_tokens), (num_layers, num_tokens))
-        served = experts
+        serving = np.arange(num_tokens, dtype=packed_type)
     else:
-        served_token = score_order(trace.weights)  # [L, T]: the token each layer serves n-th
-        served = experts[layers, served_token]
-    slots = served.transpose(0, 2, 1)  # [L, k, T]: each layer's slots in serving order
-    # Key (layer, group, expert) of each slot. Model-dropped slots go to a spare expert E with capacity 0.
-    bucket = np.where(slots == DROPPED, num_experts, slots)
-    slot_group = group_index[served_token][:, None, :]  # [L, 1, T]
-    num_keys = num_layers * num_groups * (num_experts + 1)
-    key_type = np.uint16 if num_keys <= 1 << 16 else np.int64  # numpy radix-sorts 16-bit keys
-    key = ((layers[:, :, None] * num_groups + slot_group) * (num_experts + 1) + bucket).astype(key_type).ravel()
-    key_capacity = np.zeros((num_layers, num_groups, num_experts + 1), dtype=np.int64)
-    key_capacity[:, :, :num_experts] = group_capacity[:, None]
+        serving = _serving_place(score_order(trace.weights)).astype(packed_type)
+    # packed = (key << shift) + serving number, built in place: key = layer_group · num_buckets + expert + 1.
+    token_base = ((layer_group * packed_type(num_buckets) + packed_type(1)) << shift) + serving  # [L, T]
+    rank_base = np.arange(top_k, dtype=packed_type) * packed_type(num_tokens)  # rank r is served after ranks < r
+    packed = experts.astype(packed_type)  # DROPPED wraps to the type's max, and + 1 below to bucket 0
+    packed <<= shift
+    for rank in range(top_k):  # one add per rank: numpy broadcasts over a short last axis slowly
+        packed[:, :, rank] += token_base + rank_base[rank]
 
-    order = np.argsort(key, kind="stable")  # stable: within a block, slots stay in serving order
-    sorted_key = key[order]
-    block_start = np.append(np.searchsorted(sorted_key, np.arange(num_keys, dtype=key_type)), len(key))
-    per_key = np.diff(block_start)
-    # The slot at sorted index i is its block's (i - block start)-th arrival: kept while that is below C.
-    keep_until = block_start[:-1] + key_capacity.ravel()
-    keep = np.empty(len(key), dtype=bool)
-    keep[order] = np.arange(len(key)) < keep_until[sorted_key]
-    keep = keep.reshape(slots.shape).transpose(0, 2, 1)  # [L, T, k] in serving order
-    if policy == "position":
-        kept = np.ascontiguousarray(keep)
-    else:
-        kept = np.empty(experts.shape, dtype=bool)
-        kept[layers, served_token] = keep
+    # Keys are layer-major, so sorting each layer's row sorts the whole array (and rows fit the cache better).
+    ordered = np.sort(packed.reshape(num_layers, -1), axis=1).ravel()
+    key_starts = np.arange(num_keys + 1, dtype=packed_type) << shift
+    block = np.searchsorted(ordered, key_starts)  # [num_keys + 1]: where each key's slots start
+    key_capacity = np.zeros((num_layers, num_groups, num_buckets), dtype=np.int64)
+    key_capacity[:, :, 1:] = group_capacity[:, None]
+    key_capacity = key_capacity.ravel()
+    # The first slot each key turns away, or (where nothing is turned away) the next key's first slot.
+    first_refused = np.append(ordered, np.iinfo(packed_type).max)[np.minimum(block[:-1] + key_capacity, block[1:])]
+    kept = packed < first_refused[(packed >> shift).astype(np.intp)]  # intp: numpy indexes fastest with it
 
-    # Each expert keeps min(demand, C) of its slots in each group.
-    per_key = per_key.reshape(key_capacity.shape)[:, :, :num_experts]
+    per_key = np.diff(block).reshape(num_layers, num_groups, num_buckets)[:, :, 1:]
     demand = per_key.sum(axis=1)
-    fill = np.minimum(per_key, key_capacity[:, :, :num_experts]).sum(axis=1)
+    fill = np.minimum(per_key, group_capacity[:, None]).sum(axis=1)
     capacity = np.tile(group_capacity, (num_layers, 1))
     return _summarise(
         trace, capacity_factor, policy, group, min_capacity, group_index, group_sizes, capacity, kept, fill, demand
@@ -264,7 +269,7 @@ def _summarise(
 ) -> CapacityResult:
     """Add the per-token and by-position views of the kept mask (vectorised) and wrap up the result."""
     assigned = np.asarray(trace.experts) != DROPPED
-    num_layers, num_tokens, _ = assigned.shape
+    num_layers, num_tokens, top_k = assigned.shape
     num_assigned, num_kept = _count_over_ranks(assigned), _count_over_ranks(kept)
     has_assignment = num_assigned > 0
     fully_dropped = has_assignment & (num_kept == 0)
@@ -275,6 +280,12 @@ def _summarise(
     def per_position(values: np.ndarray) -> np.ndarray:
         counts = np.bincount(at, weights=values.ravel(), minlength=num_layers * num_positions)
         return counts.reshape(num_layers, num_positions)
+
+    if assigned.all():  # the usual case, no slot dropped by the model: the totals are counts of positions
+        tokens_at = np.broadcast_to(np.bincount(position, minlength=num_positions), (num_layers, num_positions))
+        slots_at, assigned_tokens_at = top_k * tokens_at, tokens_at
+    else:
+        slots_at, assigned_tokens_at = per_position(num_assigned), per_position(has_assignment)
 
     return CapacityResult(
         capacity_factor=float(capacity_factor),
@@ -288,13 +299,23 @@ def _summarise(
         fill=fill,
         demand=demand,
         fully_dropped=fully_dropped,
-        drop_rate_by_position=_ratio(per_position(num_assigned - num_kept), per_position(num_assigned)),
-        dropped_token_rate_by_position=_ratio(per_position(fully_dropped), per_position(has_assignment)),
+        drop_rate_by_position=_ratio(per_position(num_assigned - num_kept), slots_at),
+        dropped_token_rate_by_position=_ratio(per_position(fully_dropped), assigned_tokens_at),
     )
 
 
+_WORD_OF_BYTES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _count_over_ranks(mask: np.ndarray) -> np.ndarray:
-    """[L, T] true entries of an [L, T, k] mask; a loop over the k ranks beats numpy's short-axis reduce 5-20×."""
+    """[L, T] true entries of an [L, T, k] bool mask.
+
+    numpy's reduce over a short last axis is slow. When k bools make one machine word, that word's popcount
+    is the count (a bool is the byte 0 or 1); otherwise a loop over the k ranks is still 5-20× faster.
+    """
+    word = _WORD_OF_BYTES.get(mask.shape[2])
+    if word is not None and mask.flags.c_contiguous:
+        return np.bitwise_count(mask.view(word)[:, :, 0]).astype(np.int64)
     count = mask[:, :, 0].astype(np.int64)
     for rank in range(1, mask.shape[2]):
         count += mask[:, :, rank]
@@ -313,8 +334,13 @@ def _groups(trace: RoutingTrace, group: str) -> tuple[np.ndarray, np.ndarray]:
     num_tokens = len(trace.tokens)
     if group == "batch":
         return np.zeros(num_tokens, dtype=np.int64), np.array([num_tokens], dtype=np.int64)
-    _, group_index = np.unique(np.asarray(trace.tokens.sequence), return_inverse=True)
-    group_index = group_index.astype(np.int64).reshape(num_tokens)
+    sequence = np.asarray(trace.tokens.sequence)
+    if np.all(sequence[1:] >= sequence[:-1]):  # the usual layout, sequence by sequence: no sort needed
+        group_index = np.zeros(num_tokens, dtype=np.int64)
+        np.cumsum(sequence[1:] != sequence[:-1], out=group_index[1:])
+    else:
+        _, group_index = np.unique(sequence, return_inverse=True)
+        group_index = group_index.astype(np.int64).reshape(num_tokens)
     return group_index, np.bincount(group_index).astype(np.int64)
 
 
@@ -322,20 +348,55 @@ def _group_capacities(
     capacity_factor: float, top_k: int, group_sizes: np.ndarray, num_experts: int, min_capacity: int
 ) -> np.ndarray:
     """[G] capacity of each group, computed exactly once per distinct group size."""
-    sizes, inverse = np.unique(group_sizes, return_inverse=True)
-    per_size = [expert_capacity(capacity_factor, top_k, int(size), num_experts, min_capacity) for size in sizes]
-    return np.array(per_size, dtype=np.int64)[inverse].reshape(len(group_sizes))
+    sizes = group_sizes.tolist()
+    per_size = {size: expert_capacity(capacity_factor, top_k, size, num_experts, min_capacity) for size in set(sizes)}
+    return np.array([per_size[size] for size in sizes], dtype=np.int64)
 
 
 def score_order(weights: np.ndarray) -> np.ndarray:
-    """[L, T] the tokens of each layer by top-1 weight, highest first, ties by position, NaN last."""
-    key = -np.asarray(weights[:, :, 0], dtype=np.float64)
-    key[np.isnan(key)] = np.inf
-    # Rank the values (equal values, -0.0 and 0.0 included, share a rank), then break ties by position in
-    # one unique integer key: a plain argsort of that is several times faster than a stable float sort.
-    _, value_rank = np.unique(key, return_inverse=True)
-    num_tokens = key.shape[1]
-    return np.argsort(value_rank.reshape(key.shape) * num_tokens + np.arange(num_tokens), axis=1)
+    """[L, T] the tokens of each layer by top-1 weight, highest first, ties by position, NaN last (with -inf).
+
+    Packs each token's descending-weight key (32 bits) above its position (32 bits): the packed values are
+    unique, so a plain SIMD sort of them gives the tie-broken order without a stable float sort.
+    """
+    top1 = np.asarray(weights)[:, :, 0]
+    position = np.arange(top1.shape[1], dtype=np.uint64)
+    packed = (_descending_key(top1).astype(np.uint64) << np.uint64(32)) | position
+    return (np.sort(packed, axis=1) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _descending_key(values: np.ndarray) -> np.ndarray:
+    """uint32 keys in the reverse order of `values`: equal values (-0.0 and 0.0 too) share a key; NaN ties -inf.
+
+    Floats of 32 bits or fewer map straight to their IEEE bits, flipped so that unsigned order is float order;
+    wider values are ranked (a sort, slower but exact).
+    """
+    if values.dtype.kind == "f" and values.dtype.itemsize <= 4:
+        value = np.where(np.isnan(values), -np.inf, values).astype(np.float32) + np.float32(0)  # -0.0 -> 0.0
+        bits = value.view(np.uint32)
+        ascending = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+        return ~ascending
+    value = np.where(np.isnan(values), -np.inf, values.astype(np.float64))
+    _, rank = np.unique(-value, return_inverse=True)
+    return rank.reshape(values.shape).astype(np.uint32)
+
+
+def _serving_place(order: np.ndarray) -> np.ndarray:
+    """[L, T] each token's place in its layer's serving order: the inverse of the permutation `order`."""
+    num_layers, num_tokens = order.shape
+    place = np.empty(order.size, dtype=np.int64)
+    place[(order + np.arange(num_layers)[:, None] * num_tokens).ravel()] = np.tile(np.arange(num_tokens), num_layers)
+    return place.reshape(order.shape)
+
+
+def _packed_type(num_keys: int, serving_bits: int) -> type[np.unsignedinteger]:
+    """The narrowest unsigned type holding key << serving_bits for every key below num_keys (32 bits sort fastest)."""
+    bits = num_keys.bit_length() + serving_bits
+    if bits <= 32:
+        return np.uint32
+    if bits <= 64:
+        return np.uint64
+    raise ValueError(f"trace too large to simulate: {num_keys} (layer, group, expert) keys need {bits} bits > 64")
 
 
 def check_capacity_factor(capacity_factor: float) -> None:

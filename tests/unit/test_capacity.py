@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from moe_core.capacity import (
     CAPACITY_FACTOR_MAX,
     CapacityResult,
     expert_capacity,
+    score_order,
     simulate_capacity,
     simulate_capacity_reference,
 )
@@ -265,3 +267,36 @@ def test_out_of_range_expert_ids_are_rejected():
     bad = trace.__class__(**{**trace.__dict__, "experts": np.array([[[0], [-2]]])})
     with pytest.raises(ValueError, match=r"trace.experts must be in \[0, 4\)"):
         simulate_capacity(bad, 1.0)
+
+
+def test_vectorised_matches_reference_past_32_bit_packing():
+    """Past 32 bits of (key, serving number) the slots pack into 64 bits; the answer is still the reference's."""
+    trace = random_trace([1] * 20_000, num_experts=3, top_k=2, seed=2)  # 20,000 · 4 keys (17 bits) · 40,000 slots
+    settings = {"capacity_factor": 0.75, "group": "sequence"}
+    assert_same_result(simulate_capacity(trace, **settings), simulate_capacity_reference(trace, **settings))
+
+
+def test_score_policy_on_float64_weights_ties_zero_signs_and_puts_nan_with_minus_inf():
+    """Float64 weights take the ranking path: 0.0 ties -0.0, NaN ties -inf, and both sort after every number."""
+    weights = np.array([[-np.inf], [0.0], [np.nan], [-0.0], [0.3], [0.3]], dtype=np.float64)
+    trace = trace_from_choices([[0]] * 6, num_experts=1)
+    trace = dataclasses.replace(trace, weights=weights[None])
+    # Served: t4, t5 (0.3, ties by position), t1, t3 (0.0 = -0.0), t0, t2 (-inf = NaN). C = 6 keeps all, so
+    # check the order itself, then a C = 3 cut (CF = 0.5): t4, t5, t1 kept.
+    assert score_order(trace.weights).tolist() == [[4, 5, 1, 3, 0, 2]]
+    result = simulate_capacity(trace, 0.5, policy="score")
+    assert result.kept[0, :, 0].tolist() == [F, T, F, F, T, T]
+    assert_same_result(result, simulate_capacity_reference(trace, 0.5, policy="score"))
+    float32 = dataclasses.replace(trace, weights=weights[None].astype(np.float32))
+    assert score_order(float32.weights).tolist() == [[4, 5, 1, 3, 0, 2]]
+
+
+def test_interleaved_sequence_ids_are_grouped_like_the_reference():
+    """Tokens need not come sequence by sequence: each sequence id is still its own capacity group."""
+    trace = random_trace([6, 6], num_experts=2, top_k=1, seed=4)
+    interleaved = dataclasses.replace(trace.tokens, sequence=np.array([1, 0] * 6))
+    trace = dataclasses.replace(trace, tokens=interleaved)
+    result = simulate_capacity(trace, 0.5, group="sequence")  # two groups of 6 tokens: C = ceil(0.5·6/2) = 2
+    assert result.group_sizes.tolist() == [6, 6]
+    assert result.group_index.tolist() == [1, 0] * 6
+    assert_same_result(result, simulate_capacity_reference(trace, 0.5, group="sequence"))
