@@ -196,7 +196,7 @@ def test_vectorised_matches_reference_for_every_setting(policy, group):
 
 @pytest.mark.parametrize("policy", ["position", "score"])
 def test_vectorised_matches_reference_with_more_keys_than_16_bits(policy):
-    """Past 65,536 (layer, group, expert) keys the vectorised path switches sort; it still matches the reference."""
+    """Many (layer, group, expert) keys (76,800: 17 bits of the packed integer) still match the reference."""
     trace = random_trace([3, 5, 2] * 100, num_experts=255, top_k=2, seed=1)  # 1 · 300 · 256 = 76,800 keys
     settings = {"capacity_factor": 0.5, "policy": policy}
     result = simulate_capacity(trace, **settings)
