@@ -59,10 +59,21 @@ def _dense_scores(block: MoeBlock, output: Any) -> Choice:
     return index, weights
 
 
+def _skip_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
+    """experts(hidden, top_k_index, top_k_weights) where the router's last class means "no expert" (Zaya).
+
+    The model hands the experts (expert 0, weight 0) for a skip, so a zero weight is reported as the skip
+    class (index num_experts) rather than as expert 0, which does not run for it.
+    """
+    index, weights = _experts_call(block, args, kwargs)
+    return torch.where(weights == 0, block.experts.num_experts, index), weights
+
+
 # choice name -> (read from the router's output instead of the experts' input?, reader)
 CHOICE_READERS: dict[str, tuple[bool, Callable[..., Choice]]] = {
     "experts_call": (False, _experts_call),
     "one_hot_call": (False, _one_hot_call),
+    "skip_call": (False, _skip_call),
     "dense_scores": (True, _dense_scores),
 }
 

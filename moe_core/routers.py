@@ -42,8 +42,15 @@ class Adapter:
     choice:           where the consumed experts and weights are read (a key of capture.CHOICE_READERS):
                       "experts_call"  experts(hidden, top_k_index, top_k_weights), the common case;
                       "one_hot_call"  experts(hidden, one-hot [T, 1, E] with capacity drops zeroed, weights [T, 1]);
-                      "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4).
+                      "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4);
+                      "skip_call"     experts_call where a zero weight stands for the router's skip class (Zaya).
     encoder_only:     for encoder-decoder models, trace the encoder's layers (the input text).
+    weights_follow_probs: the combine weights are the chosen probs up to a per-token factor (renormalised,
+                      scaled); false where the router reshapes them (PhiMoE's sparsemixer).
+    computed_experts: the config attribute counting the classes that are real experts; classes from there on
+                      are zero-computation (LongCat's identity experts, Zaya's skip). "": every class is real.
+    zero_expert_module: the experts module's attribute that computes every zero-computation class
+                      (LongCat's identity_expert); the exactness proof ablates it as one.
     notes:            quirks a reader of the trace should see.
     """
 
@@ -53,6 +60,9 @@ class Adapter:
     experts_name: str = "experts"
     choice: str = "experts_call"
     encoder_only: bool = False
+    weights_follow_probs: bool = True
+    computed_experts: str = ""
+    zero_expert_module: str = ""
     notes: tuple[str, ...] = field(default=())
 
 
@@ -60,9 +70,17 @@ DEFAULT_ADAPTER = Adapter()
 
 SIGMOID_BIAS_NOTE = "experts chosen with a bias and/or group limit; weights from unbiased sigmoid scores"
 
+SIGMOID_WITH_BIAS = Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,))
+# Sigmoid routers that select with a bias (and often a group limit): DeepSeek-V3 and its descendants.
+SIGMOID_WITH_BIAS_FAMILIES = (
+    "afmoe", "axk1", "axk2", "bailing_hybrid", "deepseek_v3", "deepseek_v32", "dots1", "dots3_note_text",
+    "exaone_moe", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "hy_v3", "hy_v4", "kimi_linear", "kolibri1",
+    "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "nemotron_h", "solar_open",
+)  # fmt: skip
+
 ADAPTERS: dict[str, Adapter] = {
-    "deepseek_v3": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
-    "glm4_moe": Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,)),
+    **dict.fromkeys(SIGMOID_WITH_BIAS_FAMILIES, SIGMOID_WITH_BIAS),
+    "flint": Adapter(scoring="sigmoid"),
     "llama4_text": Adapter(
         scoring="sigmoid",
         choice="dense_scores",
@@ -73,7 +91,17 @@ ADAPTERS: dict[str, Adapter] = {
         encoder_only=True,
         notes=("real expert capacity: tokens over capacity are DROPPED (-1); encoder layers traced",),
     ),
-    "phimoe": Adapter(notes=("sparsemixer top-2: combine weights do not sum to 1",)),
+    "longcat_flash": Adapter(
+        computed_experts="n_routed_experts",
+        zero_expert_module="identity_expert",
+        notes=("experts from n_routed_experts on are zero-computation: they pass the token through, scaled",),
+    ),
+    "zaya": Adapter(
+        choice="skip_call",
+        computed_experts="num_experts",
+        notes=("the last expert is a skip: the token gets no expert for that slot",),
+    ),
+    "phimoe": Adapter(notes=("sparsemixer top-2: combine weights do not sum to 1",), weights_follow_probs=False),
     "gpt_oss": Adapter(notes=("weights: softmax over the top-k logits only",)),
     "granitemoe": Adapter(notes=("weights: softmax over the top-k logits only",)),
 }

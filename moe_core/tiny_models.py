@@ -1,11 +1,13 @@
 """Tiny random-weight models of every MoE family, for proving capture exact without real weights.
 
-Each row is the smallest config that builds on CPU. Routers are sharpened (weights scaled up) so routing
-is far from uniform, and bias buffers are randomised so bias-aware selection differs from top-k of logits.
+Each row is the smallest config that builds on CPU. Each router's output weight is scaled so its logits
+spread by ROUTER_LOGIT_STD (routing varies from token to token instead of being near-uniform or saturated),
+and router biases are randomised so bias-aware selection differs from top-k of the logits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +15,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+from moe_core.capture import recording
+from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
+
 VOCAB_SIZE = 4096  # the demo tokenizer's, so every tiny model can read the same tokens
-ROUTER_SHARPNESS = 8.0
+ROUTER_LOGIT_STD = 2.0  # router logits' spread after calibration: routing varies, sigmoids do not saturate
+ROUTER_BIAS_STD = 0.1  # about a third of the spread of sigmoid scores: moves some choices, not all
 
 COMMON: dict[str, Any] = {
     "vocab_size": VOCAB_SIZE,
@@ -182,6 +188,63 @@ TINY_MODELS: dict[str, TinyModel] = {
         seq2seq=True,
         note="top-1 with real expert capacity (slots past capacity are DROPPED); encoder layers traced",
     ),
+    "lfm2_moe": TinyModel(
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "num_hidden_layers": 3,
+            "num_dense_layers": 1,
+            "layer_types": ["conv", "full_attention", "conv"],
+        },
+        note="short-convolution/attention hybrid; sigmoid with expert bias; layer 0 dense",
+    ),
+    "bailing_hybrid": TinyModel(
+        {
+            **MLA,
+            "q_lora_rank": None,
+            "num_attention_heads": 4,
+            "qk_head_dim": 16,
+            "num_experts": 8,
+            "num_experts_per_token": 2,
+            "num_expert_group": 2,
+            "topk_group": 1,
+            "moe_intermediate_size": 32,
+            "num_hidden_layers": 3,
+            "first_k_dense_replace": 1,
+            "linear_head_dim": 16,
+            "linear_num_heads": 4,
+            "layer_group_size": 2,
+            "pad_token_id": 0,
+            "eos_token_id": 0,
+        },
+        note=SIGMOID_NOTE + "; linear/MLA attention hybrid",
+    ),
+    "zaya": TinyModel(
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 1,
+            "moe_intermediate_size": 32,
+            "head_dim": 16,
+            "router_hidden_size": 16,
+        },
+        note="E = 8 experts + 1 skip class (expert 8): a skip is served by no expert",
+    ),
+    "longcat_flash": TinyModel(
+        {
+            **MLA,
+            "num_attention_heads": 4,
+            "qk_head_dim": 16,
+            "num_layers": 2,
+            "ffn_hidden_size": 64,
+            "expert_ffn_hidden_size": 32,
+            "n_routed_experts": 8,
+            "zero_expert_num": 4,
+            "moe_topk": 2,
+            "pad_token_id": 0,
+        },
+        note="E = 8 experts + 4 zero-computation (identity) experts 8-11",
+    ),
 }
 
 
@@ -191,6 +254,7 @@ GENERIC_OVERRIDES: dict[str, Any] = {
     "num_local_experts": 8,
     "n_routed_experts": 8,
     "num_experts_per_tok": 2,
+    "num_experts_per_token": 2,
     "moe_intermediate_size": 32,
     "shared_expert_intermediate_size": 32,
     "head_dim": 16,
@@ -217,13 +281,8 @@ NOT_COVERED: dict[str, str] = {
     "jetmoe": "mixture of attention heads plus MLP experts under a different layout: not discovered yet",
     "nllb-moe": "transformers bug, checked on 5.24: NllbMoeSparseMLP passes the router's [T, E] 0/1 mask to "
     "experts that read it as expert indices, so only experts 0 and 1 ever run, whatever the router chose",
-    "longcat_flash": "zero-computation experts: ablation disagrees with the captured choice, under investigation",
-    "lfm2_moe": "tiny config does not build (conv layer setup)",
-    "bailing_hybrid": "tiny config does not build (expert groups)",
-    "zaya": "config validation needs a hand-written tiny config",
-    "glm5_next": "config validation needs a hand-written tiny config",
     "qwen3_5_moe, qwen4_exp, dots3_note": "multimodal wrappers; their text decoders (*_text) are covered above",
-    "aria, deepseek_ocr2, diffusion_gemma, ernie4_5_vl_moe, glm4v_moe, granite_docling, hy_v4_vl, inkling2, "
+    "aria, deepseek_ocr2, diffusion_gemma, ernie4_5_vl_moe, glm4v_moe, glm5_next, granite_docling, hy_v4_vl, inkling2, "
     "inkling2_loop, kimi_k25, minimax_m3_vl, mistral4, mistral_large4, muse_spark, openai_privacy_filter, "
     "qwen3_omni_moe, qwen3_vl_moe, step3p7, unlimited_ocr": "vision/audio/multimodal or non-causal-LM wrappers: "
     "the app traces text models (their text decoders route like the families above)",
@@ -248,28 +307,65 @@ def all_families() -> list[str]:
     return [*TINY_MODELS, *GENERIC_FAMILIES]
 
 
-def _sharpen(model: nn.Module) -> None:
-    """Scale router weights up and randomise router bias buffers (seeded by the caller)."""
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not name.endswith((".gate", ".router")):
-                continue
-            for parameter_name, parameter in module.named_parameters(recurse=False):
-                if parameter.ndim == 2:
-                    parameter.mul_(ROUTER_SHARPNESS)
-                elif "bias" in parameter_name:
-                    parameter.normal_(0.0, 0.5)
-            for buffer_name, buffer in module.named_buffers(recurse=False):
-                if "bias" in buffer_name and buffer.is_floating_point():
-                    buffer.normal_(0.0, 0.5)
+def _router_output_weight(block: MoeBlock) -> nn.Parameter:
+    """The router's last weight matrix: its rows score the experts (one row per routing class). Named "bias"
+    are excluded: ERNIE keeps its correction bias as a [1, E] matrix."""
+    return [p for name, p in block.router.named_parameters() if p.ndim == 2 and "bias" not in name][-1]
+
+
+@torch.no_grad()
+def _randomise_router_biases(blocks: Sequence[MoeBlock], generator: torch.Generator) -> None:
+    """Give every per-expert bias of a router (any depth) or of its block random values, so bias-aware selection
+    (DeepSeek-V3's correction bias, AFMoE's expert bias, ERNIE's statics, Zaya's balancing) differs from top-k
+    of the logits. Per-expert: as many entries as the router has rows."""
+    for block in blocks:
+        classes = _router_output_weight(block).shape[0]
+        named = (
+            *block.router.named_parameters(),
+            *block.router.named_buffers(),
+            *block.block.named_parameters(recurse=False),
+            *block.block.named_buffers(recurse=False),
+        )
+        for name, tensor in named:
+            if "bias" in name and tensor.numel() == classes and tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * ROUTER_BIAS_STD)
+
+
+@torch.no_grad()
+def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: torch.Generator) -> None:
+    """Scale each router's output weight so its logits on random tokens spread by ROUTER_LOGIT_STD.
+
+    Why: random init leaves routing near-uniform, and a fixed scale-up saturates sigmoid routers on some
+    families (every score 1.0, ties won by experts 0 and 1). Either way few experts serve any token and
+    the ablation proof says little. Layer by layer, since each scale changes the inputs of later routers.
+    """
+    logits_index = find_moe_blocks(model, model.config.model_type)[1]
+    choice = adapter_for(model.config.model_type).choice
+    if model.config.is_encoder_decoder:
+        forward, options = model.get_encoder(), {}
+    else:
+        forward, options = model, {"use_cache": False}  # hybrid models' caches reject a prompt-only pass
+    input_ids = torch.randint(0, VOCAB_SIZE, (2, 32), generator=generator)
+    for block in blocks:
+        output_weight = _router_output_weight(block)
+        if not output_weight.any():  # zero-initialised routers (AFMoE) send every token to the same experts
+            output_weight.copy_(torch.randn(output_weight.shape, generator=generator))
+        with recording([block], logits_index, choice) as records:
+            forward(input_ids=input_ids, **options)
+        logits = records[0].logits[0].float()
+        spread = (logits - logits.mean(dim=0)).std().item()  # token to token: what makes routing vary
+        output_weight.mul_(ROUTER_LOGIT_STD / max(spread, 1e-6))
 
 
 def build_tiny_model(family: str, seed: int = 0) -> nn.Module:
-    """A randomly initialised, sharpened tiny model of `family`, in eval mode."""
+    """A randomly initialised tiny model of `family` with calibrated routers and random router biases, in eval mode."""
     spec = family_spec(family)
     config = AutoConfig.for_model(family, **{**COMMON, **spec.config})
     torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
-    model = auto.from_config(config)
-    _sharpen(model)
-    return model.eval()
+    model = auto.from_config(config).eval()
+    blocks, _ = find_moe_blocks(model, config.model_type)
+    generator = torch.Generator().manual_seed(seed)
+    _randomise_router_biases(blocks, generator)
+    _calibrate_routers(model, blocks, generator)
+    return model

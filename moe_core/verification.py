@@ -1,13 +1,14 @@
 """Proof that capture is exact: compare captured experts with ablation ground truth on tiny models.
 
 Ground truth for one MoE block: replay its recorded input with one routed expert's weights zeroed at a
-time; the tokens whose output changes are exactly the tokens that expert served. Run for every family
+time; the tokens whose output changes (by any amount) are exactly the tokens that expert served. Run for every family
 in `moe_core.tiny_models` by `python -m moe_core architectures` and by tests/architectures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from moe_core.capture import trace
-from moe_core.routers import MoeBlock, find_moe_blocks
+from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
 from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, RoutingTrace
@@ -37,6 +38,7 @@ class FamilyResult:
     num_experts: int
     top_k: int
     logits_match: bool | None  # None where the model offers no output_router_logits to compare with
+    probs_match: bool | None  # weights follow the captured probs; None where that cannot be told
     detail: str
 
 
@@ -98,30 +100,92 @@ def expert_zeroed(experts: nn.Module, expert: int, num_experts: int) -> Iterator
                 view.copy_(original)
 
 
+class _Zero(nn.Module):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden)
+
+
+@contextlib.contextmanager
+def module_zeroed(owner: nn.Module, attribute: str) -> Iterator[None]:
+    """Temporarily replace a weightless module (LongCat's identity expert) with one that outputs zeros."""
+    original = getattr(owner, attribute)
+    setattr(owner, attribute, _Zero())
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+@dataclass(frozen=True)
+class ExpertClasses:
+    """How a router's classes map to what the proof can ablate: the first `computed` are real experts, one
+    column each; the rest are zero-computation, ablated as one column when `zero_module` names their module."""
+
+    computed: int
+    zero_module: str = ""
+
+    @classmethod
+    def of(cls, model: nn.Module, num_classes: int) -> ExpertClasses:
+        adapter = adapter_for(model.config.model_type)
+        computed = getattr(model.config, adapter.computed_experts) if adapter.computed_experts else num_classes
+        return cls(computed, adapter.zero_expert_module)
+
+
 @torch.inference_mode()
-def ablation_experts(block: MoeBlock, call: tuple[tuple, dict], num_experts: int) -> np.ndarray:
-    """[rows, E] bool: which experts really served each row of the block's input."""
+def ablation_experts(block: MoeBlock, call: tuple[tuple, dict], classes: ExpertClasses) -> np.ndarray:
+    """[rows, columns] bool: which experts really served each row of the block's input (see ExpertClasses).
+
+    Any change counts, to the last bit: an ablation changes no shapes and no routing, so the rows an expert
+    does not serve run the very same operations and come out bit-identical, while a served row with a tiny
+    weight may change by only a few ulps (LongCat, beside its large identity-expert terms).
+    """
     args, kwargs = call
     full = _output_rows(block.block(*args, **kwargs))
-    scale = full.abs().amax().item() + 1e-12
+    ablations = [functools.partial(expert_zeroed, block.experts, e, classes.computed) for e in range(classes.computed)]
+    if classes.zero_module:
+        ablations.append(functools.partial(module_zeroed, block.experts, classes.zero_module))
     served = []
-    for expert in range(num_experts):
-        with expert_zeroed(block.experts, expert, num_experts):
+    for ablation in ablations:
+        with ablation():
             ablated = _output_rows(block.block(*args, **kwargs))
-        served.append(((ablated - full).abs().amax(dim=-1) > 1e-6 * scale).cpu().numpy())
+        served.append((ablated != full).any(dim=-1).cpu().numpy())
     return np.stack(served, axis=1)
 
 
-def captured_sets(routing: RoutingTrace, layer: int) -> np.ndarray:
-    """[T, E] bool: experts in the captured top-k of each token at one MoE layer (dropped slots excluded)."""
+def captured_sets(routing: RoutingTrace, layer: int, classes: ExpertClasses | None = None) -> np.ndarray:
+    """[T, columns] bool: the experts in each token's captured top-k at one MoE layer, in ablation's columns.
+
+    Dropped slots are excluded; zero-computation classes fold into one column, or none without their module.
+    """
     chosen = np.zeros((len(routing.tokens), routing.model.num_experts), dtype=bool)
     experts = routing.experts[layer]
     rows, ranks = np.nonzero(experts != DROPPED)
     chosen[rows, experts[rows, ranks]] = True
-    return chosen
+    if classes is None:
+        return chosen
+    folded = [chosen[:, : classes.computed]]
+    if classes.zero_module:
+        folded.append(chosen[:, classes.computed :].any(axis=1, keepdims=True))
+    return np.concatenate(folded, axis=1)
 
 
-def _kept_rows(routing: RoutingTrace) -> np.ndarray:
+def too_uniform(served: np.ndarray) -> str:
+    """Why a [T, E] served matrix proves little, or "" if it proves enough.
+
+    Agreement with ablation only means something when routing varies: if every token went to the same few
+    experts, a capture that ignored the router could still agree. Require at least half the experts to serve
+    some token and no expert to serve every token.
+    """
+    num_tokens, num_experts = served.shape
+    used = int(served.any(axis=0).sum())
+    if used * 2 < num_experts:
+        return f"routing too uniform to prove anything: {used} of {num_experts} experts serve any token"
+    if num_tokens > 1 and served.all(axis=0).any():
+        return "routing too uniform to prove anything: one expert serves every token"
+    return ""
+
+
+def kept_rows(routing: RoutingTrace) -> np.ndarray:
     """Indices of real (unpadded) tokens in the flattened, right-padded batch."""
     width = int(routing.tokens.position.max()) + 1
     return routing.tokens.sequence * width + routing.tokens.position
@@ -133,22 +197,50 @@ def verify_family(family: str, tokenizer: Any) -> FamilyResult:
     blocks, _ = find_moe_blocks(model, model.config.model_type)
     with recording_block_inputs(blocks) as calls:
         routing = trace(model, tokenizer, VERIFY_TEXTS, name=f"tiny-{family}")
-    rows = _kept_rows(routing)
+    rows = kept_rows(routing)
+    classes = ExpertClasses.of(model, routing.model.num_experts)
     mismatches = []
     for layer, (block, block_calls) in enumerate(zip(blocks, calls, strict=True)):
-        truth = ablation_experts(block, block_calls[0], routing.model.num_experts)[rows]
-        captured = captured_sets(routing, layer)
+        truth = ablation_experts(block, block_calls[0], classes)[rows]
+        captured = captured_sets(routing, layer, classes)
         if not np.array_equal(truth, captured):
             wrong = int((truth != captured).any(axis=1).sum())
             mismatches.append(f"layer {block.layer}: {wrong}/{len(rows)} tokens differ")
+        elif weak := too_uniform(truth):
+            mismatches.append(f"layer {block.layer}: {weak}")
     logits_match = compare_with_router_logits(model, tokenizer, routing, rows)
-    passed = not mismatches and logits_match is not False
-    detail = "; ".join(mismatches) or (
-        "router logits differ from output_router_logits" if logits_match is False else ""
-    )
+    probs_match = weights_follow_probs(routing) if adapter_for(model.config.model_type).weights_follow_probs else None
+    if logits_match is False:
+        mismatches.append("router logits differ from output_router_logits")
+    if probs_match is False:
+        mismatches.append("weights do not follow the captured probs: wrong scoring in the adapter table?")
     return FamilyResult(
-        family, passed, len(blocks), routing.model.num_experts, routing.model.top_k, logits_match, detail
+        family,
+        not mismatches,
+        len(blocks),
+        routing.model.num_experts,
+        routing.model.top_k,
+        logits_match,
+        probs_match,
+        "; ".join(mismatches),
     )
+
+
+def weights_follow_probs(routing: RoutingTrace) -> bool | None:
+    """Within each token, is w_i / w_j = p_i / p_j for its chosen experts' weights w and captured probs p?
+
+    Renormalising, a routed scaling factor and a softmax over the chosen logits all keep that ratio, so it
+    holds for softmax and sigmoid routers alike, but only if probs use the model's own scoring: softmax
+    probs of a sigmoid router break it. None where no token has two weighted experts (top-1).
+    """
+    chosen = (routing.experts != DROPPED) & (routing.weights > 0)
+    rows = chosen.sum(axis=-1) >= 2
+    if not rows.any():
+        return None
+    picked = np.take_along_axis(routing.probs, np.maximum(routing.experts, 0), axis=-1)
+    weights, probs = np.where(chosen, routing.weights, 0.0)[rows], np.where(chosen, picked, 0.0)[rows]
+    shares = weights / weights.sum(axis=-1, keepdims=True), probs / probs.sum(axis=-1, keepdims=True)
+    return bool(np.allclose(*shares, rtol=1e-4, atol=1e-5))
 
 
 @torch.inference_mode()
@@ -180,21 +272,24 @@ def verify_all(tokenizer: Any, families: Sequence[str] | None = None) -> list[Fa
             results.append(verify_family(family, tokenizer))
         except Exception as error:  # a failing family is a row in the table, not a crash
             last = traceback.format_exception_only(error)[-1].strip()
-            results.append(FamilyResult(family, False, 0, 0, 0, None, last[:200]))
+            results.append(FamilyResult(family, False, 0, 0, 0, None, None, last[:200]))
     return results
 
 
 def support_table(results: Sequence[FamilyResult]) -> str:
     """The README's supported-architectures table, in Markdown, with the families not covered and why."""
     lines = [
-        "| family | capture = ablation | logits = output_router_logits | MoE layers | E | k | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| family | capture = ablation | logits = output_router_logits | weights follow probs | MoE layers | E | k "
+        "| notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        logits = {True: "yes", False: "NO", None: "n/a"}[r.logits_match]
+        logits, probs = ({True: "yes", False: "NO", None: "n/a"}[match] for match in (r.logits_match, r.probs_match))
         note = r.detail or family_spec(r.family).note
         verdict = "pass" if r.passed else "FAIL"
-        lines.append(f"| {r.family} | {verdict} | {logits} | {r.layers} | {r.num_experts} | {r.top_k} | {note} |")
+        lines.append(
+            f"| {r.family} | {verdict} | {logits} | {probs} | {r.layers} | {r.num_experts} | {r.top_k} | {note} |"
+        )
     for families, reason in NOT_COVERED.items():
-        lines.append(f"| {families} | not covered | | | | | {reason} |")
+        lines.append(f"| {families} | not covered | | | | | | {reason} |")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,14 @@ from moe_core.routers import find_moe_blocks
 from moe_core.tiny_models import all_families, build_tiny_model
 from moe_core.verification import (
     VERIFY_TEXTS,
+    ExpertClasses,
     ablation_experts,
     captured_sets,
+    kept_rows,
     recording_block_inputs,
+    too_uniform,
     verify_family,
+    weights_follow_probs,
 )
 
 
@@ -34,7 +39,7 @@ def test_ablation_detects_a_wrong_expert(demo_tokenizer: Any) -> None:
     blocks, _ = find_moe_blocks(model, "mixtral")
     with recording_block_inputs(blocks) as calls:
         routing = trace(model, demo_tokenizer, VERIFY_TEXTS[0])
-    truth = ablation_experts(blocks[0], calls[0][0], routing.model.num_experts)
+    truth = ablation_experts(blocks[0], calls[0][0], ExpertClasses(routing.model.num_experts))
     captured = captured_sets(routing, 0)
     assert np.array_equal(truth, captured)
     routing.experts[0, 0, 0] = (routing.experts[0, 0, 0] + 1) % routing.model.num_experts
@@ -65,3 +70,55 @@ def test_switch_capacity_drops_are_captured(demo_tokenizer: Any) -> None:
         for rows in per_sequence:
             served = np.bincount(routing.experts[layer, rows, 0][~dropped[layer, rows, 0]], minlength=8)
             assert served.max() <= 4  # expert_capacity in the tiny config
+
+
+def test_too_uniform_routing_proves_nothing() -> None:
+    """The proof refuses layers where agreement would say little: few experts used, or one serving all."""
+    served = np.zeros((4, 8), dtype=bool)
+    served[:, [0, 1]] = True  # 2 of 8 experts, every token alike
+    assert "2 of 8 experts" in too_uniform(served)
+    varied = np.eye(4, 8, dtype=bool) | np.eye(4, 8, k=4, dtype=bool)  # 8 experts, each serves 1 token
+    assert too_uniform(varied) == ""
+    varied[:, 7] = True  # expert 7 now serves every token
+    assert "one expert serves every token" in too_uniform(varied)
+
+
+def test_softmax_probs_of_a_sigmoid_router_fail_the_probs_check(demo_tokenizer: Any) -> None:
+    """Negative control for the scoring column: a sigmoid router's trace passes with sigmoid probs and fails
+    with softmax probs, so a family missing from the adapter table's sigmoid list cannot slip through."""
+    routing = trace(build_tiny_model("deepseek_v3"), demo_tokenizer, VERIFY_TEXTS)
+    assert weights_follow_probs(routing) is True
+    shifted = np.exp(routing.logits - routing.logits.max(axis=-1, keepdims=True))
+    softmax = shifted / shifted.sum(axis=-1, keepdims=True)
+    assert weights_follow_probs(dataclasses.replace(routing, probs=softmax)) is False
+
+
+def test_zaya_skip_slots_are_reported_as_the_skip_class_and_run_no_expert(demo_tokenizer: Any) -> None:
+    """Zaya's router has a 9th class, skip. The experts see (expert 0, weight 0) for it; capture reports
+    class 8, and ablation confirms that no expert, expert 0 included, serves those tokens."""
+    model = build_tiny_model("zaya")
+    blocks, _ = find_moe_blocks(model, "zaya")
+    with recording_block_inputs(blocks) as calls:
+        routing = trace(model, demo_tokenizer, VERIFY_TEXTS)
+    skip = routing.experts[:, :, 0] == 8
+    assert routing.model.num_experts == 9 and skip.any() and (~skip).any()
+    assert (routing.weights[:, :, 0][skip] == 0).all()
+    rows = kept_rows(routing)
+    for layer, block in enumerate(blocks):
+        truth = ablation_experts(block, calls[layer][0], ExpertClasses(computed=8))[rows]
+        assert not truth[skip[layer]].any()
+        assert truth[~skip[layer]].sum(axis=1).tolist() == [1] * int((~skip[layer]).sum())
+
+
+def test_longcat_zero_computation_experts_are_proven_as_one_column(demo_tokenizer: Any) -> None:
+    """LongCat's experts 8-11 pass the token through. Ablating their shared identity module changes exactly
+    the tokens captured with one of them, which the folded column of captured_sets says."""
+    model = build_tiny_model("longcat_flash")
+    blocks, _ = find_moe_blocks(model, "longcat_flash")
+    with recording_block_inputs(blocks) as calls:
+        routing = trace(model, demo_tokenizer, VERIFY_TEXTS)
+    classes = ExpertClasses(computed=8, zero_module="identity_expert")
+    zero_column = captured_sets(routing, 0, classes)[:, -1]
+    assert zero_column.any() and not zero_column.all()
+    truth = ablation_experts(blocks[0], calls[0][0], classes)[kept_rows(routing)]
+    np.testing.assert_array_equal(truth[:, -1], zero_column)
