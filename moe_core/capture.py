@@ -69,12 +69,27 @@ def _skip_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     return torch.where(weights == 0, block.experts.num_experts, index), weights
 
 
+def _sorted_groups(block: MoeBlock, output: Any) -> Choice:
+    """JetMoE's router hands the experts its [T·k] slots sorted by expert plus each expert's slot count; sorted
+    slot j (original slot index_sorted[j]) goes to the expert whose run holds j, with gate batch_gates[j]."""
+    index_sorted, _, batch_gates, expert_size = output[:4]
+    counts = torch.as_tensor(expert_size, device=index_sorted.device)
+    expert_of_sorted = torch.repeat_interleave(torch.arange(len(counts), device=index_sorted.device), counts)
+    index = torch.empty_like(index_sorted)
+    index[index_sorted] = expert_of_sorted
+    weights = torch.empty_like(batch_gates)
+    weights[index_sorted] = batch_gates
+    top_k = block.router.top_k
+    return index.reshape(-1, top_k), weights.reshape(-1, top_k)
+
+
 # choice name -> (read from the router's output instead of the experts' input?, reader)
 CHOICE_READERS: dict[str, tuple[bool, Callable[..., Choice]]] = {
     "experts_call": (False, _experts_call),
     "one_hot_call": (False, _one_hot_call),
     "skip_call": (False, _skip_call),
     "dense_scores": (True, _dense_scores),
+    "sorted_groups": (True, _sorted_groups),
 }
 
 

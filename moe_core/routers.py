@@ -28,6 +28,7 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 SCORINGS: dict[str, Scoring] = {
     "softmax": _softmax,
     "sigmoid": lambda logits: logits.float().sigmoid(),
+    "sqrtsoftplus": lambda logits: torch.nn.functional.softplus(logits.float()).sqrt(),  # DeepSeek-V4
 }
 
 
@@ -43,8 +44,12 @@ class Adapter:
                       "experts_call"  experts(hidden, top_k_index, top_k_weights), the common case;
                       "one_hot_call"  experts(hidden, one-hot [T, 1, E] with capacity drops zeroed, weights [T, 1]);
                       "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4);
-                      "skip_call"     experts_call where a zero weight stands for the router's skip class (Zaya).
-    encoder_only:     for encoder-decoder models, trace the encoder's layers (the input text).
+                      "skip_call"     experts_call where a zero weight stands for the router's skip class (Zaya);
+                      "sorted_groups" the router's own grouping: slots sorted by expert plus per-expert counts (JetMoE).
+    extra_routers:    class names of routers the model does not declare for output_router_logits (DeepSeek-V4's
+                      hash routers, which pick experts from a token-id table); traced like the declared ones.
+    untraced:         module-path parts whose routers are left out: Switch's "decoder" (the trace covers the
+                      input text, which the encoder reads), JetMoE's "self_attention" (attention-head experts).
     weights_follow_probs: the combine weights are the chosen probs up to a per-token factor (renormalised,
                       scaled); false where the router reshapes them (PhiMoE's sparsemixer).
     computed_experts: the config attribute counting the classes that are real experts; classes from there on
@@ -59,7 +64,8 @@ class Adapter:
     router_names: tuple[str, ...] = ("gate", "router")
     experts_name: str = "experts"
     choice: str = "experts_call"
-    encoder_only: bool = False
+    extra_routers: tuple[str, ...] = ()
+    untraced: tuple[str, ...] = ()
     weights_follow_probs: bool = True
     computed_experts: str = ""
     zero_expert_module: str = ""
@@ -88,13 +94,27 @@ ADAPTERS: dict[str, Adapter] = {
     ),
     "switch_transformers": Adapter(
         choice="one_hot_call",
-        encoder_only=True,
+        untraced=("decoder",),
         notes=("real expert capacity: tokens over capacity are DROPPED (-1); encoder layers traced",),
     ),
     "longcat_flash": Adapter(
         computed_experts="n_routed_experts",
         zero_expert_module="identity_expert",
         notes=("experts from n_routed_experts on are zero-computation: they pass the token through, scaled",),
+    ),
+    "deepseek_v4": Adapter(
+        scoring="sqrtsoftplus",
+        extra_routers=("DeepseekV4HashRouter",),
+        notes=(
+            "the first MoE layers are hash-routed: experts come from a fixed token-id table, weights from the router",
+            SIGMOID_BIAS_NOTE.replace("sigmoid", "sqrt(softplus)"),
+        ),
+    ),
+    "jetmoe": Adapter(
+        choice="sorted_groups",
+        experts_name="input_linear",
+        untraced=("self_attention",),
+        notes=("FFN experts traced; the mixture of attention heads (MoA) routes separately and is not shown",),
     ),
     "zaya": Adapter(
         choice="skip_call",
@@ -179,15 +199,18 @@ def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock],
             continue
         parent_name, attribute = name.rsplit(".", 1)
         parent = modules[parent_name]
-        is_router = isinstance(module, classes) if classes else attribute in adapter.router_names
+        if classes:
+            is_router = isinstance(module, classes) or type(module).__name__ in adapter.extra_routers
+        else:
+            is_router = attribute in adapter.router_names
         experts = getattr(parent, adapter.experts_name, None)
         if not is_router or not isinstance(experts, nn.Module):
             continue
-        if adapter.encoder_only and "decoder" in name:
+        if any(part in name for part in adapter.untraced):
             continue
         blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, module, experts))
     if not blocks:
         raise NoRoutersError(f"{model_type} is a dense model: no routers found")
-    declared_index = next((i for cls, i in declared.items() if isinstance(blocks[0].router, cls)), 0)
+    declared_index = next((i for b in blocks for cls, i in declared.items() if isinstance(b.router, cls)), 0)
     index = adapter.logits_index if adapter.logits_index is not None else declared_index
     return sorted(blocks, key=lambda b: b.layer), index

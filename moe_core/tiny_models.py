@@ -220,6 +220,33 @@ TINY_MODELS: dict[str, TinyModel] = {
         },
         note=SIGMOID_NOTE + "; linear/MLA attention hybrid",
     ),
+    "deepseek_v4": TinyModel(
+        {
+            "n_routed_experts": 8,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "num_hidden_layers": 3,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "q_lora_rank": 16,
+            "qk_rope_head_dim": 8,
+            "o_groups": 2,
+            "o_lora_rank": 16,
+            "index_n_heads": 2,
+            "index_head_dim": 16,
+            "index_topk": 8,
+            "sliding_window": 8,
+            "hc_mult": 2,
+            "mlp_layer_types": ["hash_moe", "moe", "moe"],
+            "num_nextn_predict_layers": 0,
+        },
+        note="layer 0 hash-routed (token-id table); sqrt(softplus) scores with a selection bias",
+    ),
+    "jetmoe": TinyModel(
+        {"num_local_experts": 8, "num_experts_per_tok": 2, "kv_channels": 16},
+        note="FFN experts traced; attention-head experts (MoA) not",
+    ),
     "zaya": TinyModel(
         {
             "num_experts": 8,
@@ -276,9 +303,8 @@ GENERIC_FAMILIES = (
 
 # MoE architectures in transformers 5.24 that are not in the table, and why.
 NOT_COVERED: dict[str, str] = {
-    "doge": "product-key (cdmoe) router, not router -> experts(h, index, weights): not traced",
-    "deepseek_v4": "hash-routed layers: no learned router to trace",
-    "jetmoe": "mixture of attention heads plus MLP experts under a different layout: not discovered yet",
+    "doge": "product-key retrieval over single-neuron experts: the experts' indices and weights are computed "
+    "inline (no module receives them) and its logits are two [T, sqrt(E)] key halves, not [T, E]: not traced",
     "nllb-moe": "transformers bug, checked on 5.24: NllbMoeSparseMLP passes the router's [T, E] 0/1 mask to "
     "experts that read it as expert indices, so only experts 0 and 1 ever run, whatever the router chose",
     "qwen3_5_moe, qwen4_exp, dots3_note": "multimodal wrappers; their text decoders (*_text) are covered above",
@@ -332,6 +358,20 @@ def _randomise_router_biases(blocks: Sequence[MoeBlock], generator: torch.Genera
 
 
 @torch.no_grad()
+def _randomise_hash_tables(blocks: Sequence[MoeBlock], generator: torch.Generator) -> None:
+    """Fill token-id -> experts tables (DeepSeek-V4's hash routers) with k distinct random experts per token.
+
+    A checkpoint loads the real table; a freshly built model has all zeros, every token sent k times to expert 0.
+    """
+    for block in blocks:
+        num_experts = _router_output_weight(block).shape[0]
+        for table in block.router.buffers():
+            if table.ndim == 2 and not table.is_floating_point():
+                vocab, top_k = table.shape
+                table.copy_(torch.rand(vocab, num_experts, generator=generator).argsort(dim=1)[:, :top_k])
+
+
+@torch.no_grad()
 def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: torch.Generator) -> None:
     """Scale each router's output weight so its logits on random tokens spread by ROUTER_LOGIT_STD.
 
@@ -367,5 +407,6 @@ def build_tiny_model(family: str, seed: int = 0) -> nn.Module:
     blocks, _ = find_moe_blocks(model, config.model_type)
     generator = torch.Generator().manual_seed(seed)
     _randomise_router_biases(blocks, generator)
+    _randomise_hash_tables(blocks, generator)
     _calibrate_routers(model, blocks, generator)
     return model

@@ -258,11 +258,18 @@ def compare_with_router_logits(
         return None
     if not returned:
         return None
-    layers = [r[0] if isinstance(r, tuple | list) else r for r in returned]
-    if len(layers) != len(routing.model.moe_layers):
-        return False
-    reference = np.stack([layer.reshape(-1, layer.shape[-1]).float().numpy()[rows] for layer in layers])
-    return bool(np.allclose(reference, routing.logits, atol=1e-5, rtol=1e-4))
+    returned_layers = [(r[0] if isinstance(r, tuple | list) else r) for r in returned]
+    returned_logits = [layer.reshape(-1, layer.shape[-1]).float().numpy()[rows] for layer in returned_layers]
+    captured_logits = list(routing.logits)
+    adapter = adapter_for(model.config.model_type)
+    if len(returned_logits) != len(captured_logits) and not (adapter.untraced or adapter.extra_routers):
+        return False  # a router the trace missed, or one it invented
+    # Usually the two lists pair up one to one. Where the adapter says why they cannot (JetMoE returns its
+    # untraced attention-head routers; DeepSeek-V4 leaves out its hash routers), the shorter list must still
+    # match, entry by entry and in order, a subsequence of the longer.
+    shorter, longer = sorted((returned_logits, captured_logits), key=len)
+    candidates = iter(longer)
+    return all(any(a.shape == b.shape and np.allclose(a, b, atol=1e-5, rtol=1e-4) for b in candidates) for a in shorter)
 
 
 def verify_all(tokenizer: Any, families: Sequence[str] | None = None) -> list[FamilyResult]:

@@ -122,3 +122,13 @@ def test_longcat_zero_computation_experts_are_proven_as_one_column(demo_tokenize
     assert zero_column.any() and not zero_column.all()
     truth = ablation_experts(blocks[0], calls[0][0], classes)[kept_rows(routing)]
     np.testing.assert_array_equal(truth[:, -1], zero_column)
+
+
+def test_deepseek_v4_hash_layer_experts_are_the_token_id_table(demo_tokenizer: Any) -> None:
+    """DeepSeek-V4's first MoE layer picks experts from a fixed token-id table, which capture reports as is:
+    every token's experts are its row of tid2eid, whatever the context."""
+    model = build_tiny_model("deepseek_v4")
+    routing = trace(model, demo_tokenizer, VERIFY_TEXTS)
+    table = model.model.layers[0].mlp.gate.tid2eid.numpy()
+    np.testing.assert_array_equal(routing.experts[0], table[routing.tokens.ids])
+    assert not np.array_equal(routing.experts[1], table[routing.tokens.ids])  # learned layers do not
