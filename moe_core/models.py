@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 
 from moe_core.devices import Placement, choose_placement
 from moe_core.routers import NoRoutersError, find_moe_blocks
@@ -92,14 +93,27 @@ def _load_config(source: str, local_only: bool, trust_remote_code: bool) -> Any:
         ) from error
 
 
-def _model_class(config: Any) -> type:
-    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+def _model_class(config: Any, name: str) -> type:
+    """The Auto class that builds this config as a text model; a clear error for configs it cannot build
+    (vision/audio wrappers such as qwen3_vl_moe whose checkpoints have no text-only class in transformers)."""
+    seq2seq = getattr(config, "is_encoder_decoder", False)
+    auto, mapping = (
+        (AutoModelForSeq2SeqLM, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING)
+        if seq2seq
+        else (AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING)
+    )
+    if type(config) not in mapping and not getattr(config, "auto_map", None):
+        raise ModelLoadError(
+            f"{name} ({config.model_type}) has no text-model class in transformers ({auto.__name__}): it is a "
+            "vision, audio or other non-text-generation model; the explorer traces text models"
+        )
+    return auto
 
 
 def check_is_moe(config: Any, name: str, trust_remote_code: bool = False) -> None:
     """Build the model on the meta device (no memory, no weights) and look for routers before loading."""
     with torch.device("meta"):
-        skeleton = _model_class(config).from_config(config, trust_remote_code=trust_remote_code)
+        skeleton = _model_class(config, name).from_config(config, trust_remote_code=trust_remote_code)
     try:
         find_moe_blocks(skeleton, config.model_type)
     except NoRoutersError:
@@ -131,7 +145,7 @@ def load_model(
     placement = choose_placement(device)
     report(f"loading the weights onto {placement.device} ({str(placement.dtype).removeprefix('torch.')})", 0.3)
     try:
-        model, info = _model_class(config).from_pretrained(
+        model, info = _model_class(config, model_id).from_pretrained(
             source,
             config=config,
             local_files_only=local_only,

@@ -307,11 +307,12 @@ NOT_COVERED: dict[str, str] = {
     "inline (no module receives them) and its logits are two [T, sqrt(E)] key halves, not [T, E]: not traced",
     "nllb-moe": "transformers bug, checked on 5.24: NllbMoeSparseMLP passes the router's [T, E] 0/1 mask to "
     "experts that read it as expert indices, so only experts 0 and 1 ever run, whatever the router chose",
-    "qwen3_5_moe, qwen4_exp, dots3_note": "multimodal wrappers; their text decoders (*_text) are covered above",
-    "aria, deepseek_ocr2, diffusion_gemma, ernie4_5_vl_moe, glm4v_moe, glm5_next, granite_docling, hy_v4_vl, inkling2, "
-    "inkling2_loop, kimi_k25, minimax_m3_vl, mistral4, mistral_large4, muse_spark, openai_privacy_filter, "
-    "qwen3_omni_moe, qwen3_vl_moe, step3p7, unlimited_ocr": "vision/audio/multimodal or non-causal-LM wrappers: "
-    "the app traces text models (their text decoders route like the families above)",
+    "qwen3_5_moe, qwen4_exp, dots3_note, llama4": "multimodal checkpoints: loading one gives its text decoder "
+    "(the *_text rows above) with the checkpoint's weights, tested on a saved qwen3_5_moe",
+    "aria, deepseek_ocr2, diffusion_gemma, ernie4_5_vl_moe, glm4v_moe, glm5_next, granite_docling, hy_v4_vl, "
+    "inkling2, inkling2_loop, kimi_k25, minimax_m3_vl, mistral4, mistral_large4, muse_spark, openai_privacy_filter, "
+    "qwen3_omni_moe, qwen3_vl_moe, step3p7, unlimited_ocr": "vision/audio/multimodal or non-causal-LM models with "
+    "no text-model class to load them as: loading one says so in a sentence",
     "gemma4, gemma4_unified, beam": "no router module found in the default text config",
 }
 

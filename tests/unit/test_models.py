@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 import moe_core.models as models
@@ -116,3 +119,40 @@ def test_empty_model_id() -> None:
     """A blank model id asks for one."""
     with pytest.raises(ModelLoadError, match="no model given"):
         resolve("  ")
+
+
+def test_multimodal_checkpoint_loads_and_traces_its_text_decoder(tmp_path: Path, demo_tokenizer: Any) -> None:
+    """Hub ids of multimodal MoE models (Qwen3.5-MoE, Llama 4, ...) hold a vision+text checkpoint. Loading one
+    gives its text decoder with the checkpoint's own weights: it routes exactly like the full model does."""
+    from transformers import AutoConfig, Qwen3_5MoeForConditionalGeneration
+
+    from moe_core.capture import trace
+    from moe_core.tiny_models import COMMON, family_spec
+
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 64}
+    config = AutoConfig.for_model(
+        "qwen3_5_moe", text_config={**COMMON, **family_spec("qwen3_5_moe_text").config}, vision_config=vision
+    )
+    torch.manual_seed(0)
+    full = Qwen3_5MoeForConditionalGeneration(config).eval()
+    full.save_pretrained(tmp_path)
+    demo_tokenizer.save_pretrained(tmp_path)
+
+    loaded = load_model(str(tmp_path))
+    assert type(loaded.model).__name__ == "Qwen3_5MoeForCausalLM"
+    text = "Routing is decided per token: 12 + 30 = 42."
+    # One tokenizer for both: beside a Qwen config, transformers reads the saved demo tokenizer Qwen's way.
+    expected, actual = trace(full, loaded.tokenizer, text), trace(loaded.model, loaded.tokenizer, text)
+    np.testing.assert_array_equal(actual.experts, expected.experts)
+    np.testing.assert_allclose(actual.logits, expected.logits, atol=1e-5)
+
+
+def test_model_with_no_text_class_is_named(tmp_path: Path) -> None:
+    """A vision-language wrapper with no text-only class (qwen3_vl_moe) gets one plain sentence, not
+    transformers' list of every supported config."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("qwen3_vl_moe").save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"\(qwen3_vl_moe\) has no text-model class") as caught:
+        load_model(str(tmp_path))
+    assert "\n" not in str(caught.value)
