@@ -29,6 +29,7 @@ SCORINGS: dict[str, Scoring] = {
     "softmax": _softmax,
     "sigmoid": lambda logits: logits.float().sigmoid(),
     "sqrtsoftplus": lambda logits: torch.nn.functional.softplus(logits.float()).sqrt(),  # DeepSeek-V4
+    "probabilities": lambda scores: scores.float(),  # the router reports probabilities already (Gemma 4)
 }
 
 
@@ -79,7 +80,7 @@ SIGMOID_BIAS_NOTE = "experts chosen with a bias and/or group limit; weights from
 SIGMOID_WITH_BIAS = Adapter(scoring="sigmoid", notes=(SIGMOID_BIAS_NOTE,))
 # Sigmoid routers that select with a bias (and often a group limit): DeepSeek-V3 and its descendants.
 SIGMOID_WITH_BIAS_FAMILIES = (
-    "afmoe", "axk1", "axk2", "bailing_hybrid", "deepseek_v3", "deepseek_v32", "dots1", "dots3_note_text",
+    "afmoe", "axk1", "axk2", "bailing_hybrid", "beam", "deepseek_v3", "deepseek_v32", "dots1", "dots3_note_text",
     "exaone_moe", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "hy_v3", "hy_v4", "kimi_linear", "kolibri1",
     "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "nemotron_h", "solar_open",
 )  # fmt: skip
@@ -110,6 +111,14 @@ ADAPTERS: dict[str, Adapter] = {
             SIGMOID_BIAS_NOTE.replace("sigmoid", "sqrt(softplus)"),
         ),
     ),
+    "gemma4_text": Adapter(
+        scoring="probabilities",
+        weights_follow_probs=False,
+        notes=(
+            "the router reports softmax probabilities, not logits: the logits column holds those probabilities",
+            "weights: renormalised top-k probabilities times a learned per-expert scale",
+        ),
+    ),
     "jetmoe": Adapter(
         choice="sorted_groups",
         experts_name="input_linear",
@@ -128,7 +137,9 @@ ADAPTERS: dict[str, Adapter] = {
 
 
 def adapter_for(model_type: str) -> Adapter:
-    return ADAPTERS.get(model_type, DEFAULT_ADAPTER)
+    """The adapter of a model type. A multimodal wrapper (gemma4, llama4, dots3_note) routes like its text
+    decoder, which the table lists as "<type>_text"."""
+    return ADAPTERS.get(model_type) or ADAPTERS.get(f"{model_type}_text", DEFAULT_ADAPTER)
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,30 @@ TINY_MODELS: dict[str, TinyModel] = {
         },
         note="layer 0 hash-routed (token-id table); sqrt(softplus) scores with a selection bias",
     ),
+    "gemma4_text": TinyModel(
+        {
+            "enable_moe_block": True,
+            "num_experts": 8,
+            "top_k_experts": 2,
+            "moe_intermediate_size": 32,
+            "head_dim": 16,
+            "global_head_dim": 16,
+        },
+        note="MoE beside a dense MLP in every layer (enable_moe_block); off in the default config",
+    ),
+    "beam": TinyModel(
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "head_dim": 16,
+            "n_group": 2,
+            "topk_group": 1,
+            "num_hidden_layers": 3,
+            "mlp_layer_types": ["dense", "sparse", "sparse"],
+        },
+        note="group-limited selection; layer 0 dense",
+    ),
     "jetmoe": TinyModel(
         {"num_local_experts": 8, "num_experts_per_tok": 2, "kv_channels": 16},
         note="FFN experts traced; attention-head experts (MoA) not",
@@ -313,7 +337,7 @@ NOT_COVERED: dict[str, str] = {
     "inkling2, inkling2_loop, kimi_k25, minimax_m3_vl, mistral4, mistral_large4, muse_spark, openai_privacy_filter, "
     "qwen3_omni_moe, qwen3_vl_moe, step3p7, unlimited_ocr": "vision/audio/multimodal or non-causal-LM models with "
     "no text-model class to load them as: loading one says so in a sentence",
-    "gemma4, gemma4_unified, beam": "no router module found in the default text config",
+    "gemma4_unified": "no MoE option in its text config",
 }
 
 
@@ -381,7 +405,7 @@ def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: 
     the ablation proof says little. Layer by layer, since each scale changes the inputs of later routers.
     """
     logits_index = find_moe_blocks(model, model.config.model_type)[1]
-    choice = adapter_for(model.config.model_type).choice
+    adapter = adapter_for(model.config.model_type)
     if model.config.is_encoder_decoder:
         forward, options = model.get_encoder(), {}
     else:
@@ -391,10 +415,14 @@ def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: 
         output_weight = _router_output_weight(block)
         if not output_weight.any():  # zero-initialised routers (AFMoE) send every token to the same experts
             output_weight.copy_(torch.randn(output_weight.shape, generator=generator))
-        with recording([block], logits_index, choice) as records:
+        with recording([block], logits_index, adapter.choice) as records:
             forward(input_ids=input_ids, **options)
-        logits = records[0].logits[0].float()
-        spread = (logits - logits.mean(dim=0)).std().item()  # token to token: what makes routing vary
+        scores = records[0].logits[0].float()
+        logits = scores.clamp_min(1e-30).log() if adapter.scoring == "probabilities" else scores
+        # Spread from token to token and expert to expert, what routing depends on: remove each token's and
+        # each expert's mean (a log-softmax differs from the logits by a per-token constant).
+        centred = logits - logits.mean(dim=1, keepdim=True) - logits.mean(dim=0) + logits.mean()
+        spread = centred.std().item()
         output_weight.mul_(ROUTER_LOGIT_STD / max(spread, 1e-6))
 
 

@@ -132,3 +132,30 @@ def test_deepseek_v4_hash_layer_experts_are_the_token_id_table(demo_tokenizer: A
     table = model.model.layers[0].mlp.gate.tid2eid.numpy()
     np.testing.assert_array_equal(routing.experts[0], table[routing.tokens.ids])
     assert not np.array_equal(routing.experts[1], table[routing.tokens.ids])  # learned layers do not
+
+
+def test_multimodal_wrappers_use_their_text_decoders_adapter() -> None:
+    """A wrapper model (Gemma 4, Llama 4 loaded whole) reports its own model_type; it still gets the routing
+    adapter of its text decoder, so its scoring and choice reader are right."""
+    from moe_core.routers import ADAPTERS, DEFAULT_ADAPTER, adapter_for
+
+    assert adapter_for("gemma4") is ADAPTERS["gemma4_text"]
+    assert adapter_for("llama4").choice == "dense_scores"
+    assert adapter_for("dots3_note").scoring == "sigmoid"
+    assert adapter_for("mixtral") is DEFAULT_ADAPTER
+
+
+def test_gemma4_wrapper_traces_with_its_text_adapter(demo_tokenizer: Any) -> None:
+    """A Gemma 4 MoE checkpoint loads as the multimodal Gemma4ForConditionalGeneration (model_type "gemma4").
+    Its router reports probabilities, and the trace keeps them as they are instead of taking a softmax again."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from moe_core.tiny_models import COMMON, family_spec
+
+    text = {**COMMON, **family_spec("gemma4_text").config}
+    config = AutoConfig.for_model("gemma4", text_config=text, vision_config=None, audio_config=None)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.config.model_type == "gemma4"
+    routing = trace(model, demo_tokenizer, VERIFY_TEXTS)
+    np.testing.assert_array_equal(routing.probs, routing.logits)
+    np.testing.assert_allclose(routing.probs.sum(axis=-1), 1.0, atol=1e-5)
