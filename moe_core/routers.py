@@ -31,6 +31,7 @@ SCORINGS: dict[str, Scoring] = {
     "sqrtsoftplus": lambda logits: torch.nn.functional.softplus(logits.float()).sqrt(),  # DeepSeek-V4
     "probabilities": lambda scores: scores.float(),  # the router reports probabilities already (Gemma 4)
 }
+SUM_TO_ONE = frozenset({"softmax", "probabilities"})  # scorings whose scores over all experts sum to 1
 
 
 @dataclass(frozen=True)

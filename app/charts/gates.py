@@ -8,6 +8,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
+from moe_core.routers import SUM_TO_ONE
 
 HEAT_SCHEME = "blues"
 
@@ -41,7 +42,7 @@ def gate_heatmap_chart(frame: pd.DataFrame, scoring: str) -> alt.TopLevelMixin:
 def distribution_chart(frame: pd.DataFrame, scoring: str, token_label: str) -> alt.TopLevelMixin:
     """Bars of one token's scores over all experts; chosen experts in their palette colour, others grey."""
     num_experts = len(frame)
-    sums_to_one = "softmax: the scores sum to 1" if scoring == "softmax" else f"{scoring}: scores need not sum to 1"
+    sums_to_one = f"{scoring}: the scores sum to 1" if scoring in SUM_TO_ONE else f"{scoring}: scores need not sum to 1"
     chart = (
         alt.Chart(frame)
         .mark_bar()

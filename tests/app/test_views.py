@@ -133,20 +133,33 @@ def _upload(payload: bytes):
     return lambda at: at.file_uploader(key="upload").set_value(("trace.json", payload, "application/json"))
 
 
-def test_sigmoid_router_trace_in_every_view(demo_tokenizer) -> None:
-    """A DeepSeek-V3-style (sigmoid, biased) trace renders in all views; the gate view says scores need not sum to 1."""
+@pytest.mark.parametrize(
+    ("family", "sums_to_one"),
+    [
+        ("deepseek_v3", "sigmoid: scores need not sum to 1"),  # sigmoid, biased selection
+        ("deepseek_v4", "sqrtsoftplus: scores need not sum to 1"),  # hash-routed layer 0, scores above 1
+        ("zaya", "softmax: the scores sum to 1"),  # a skip class with weight 0
+        ("longcat_flash", "softmax: the scores sum to 1"),  # zero-computation experts
+        ("gemma4_text", "probabilities: the scores sum to 1"),  # the router reports probabilities
+    ],
+)
+def test_unusual_routers_render_in_every_view(demo_tokenizer, family: str, sums_to_one: str) -> None:
+    """Traces of routers unlike Mixtral's render in all views, and the gate view says whether scores sum to 1."""
     from moe_core.tiny_models import build_tiny_model
     from moe_core.trace_io import to_json_text
 
-    routing = trace(build_tiny_model("deepseek_v3"), demo_tokenizer, "Sigmoid routers score experts independently.")
+    routing = trace(build_tiny_model(family), demo_tokenizer, "Routers differ: 12 + 30 = 42, def f(x): return x")
     payload = to_json_text(routing).encode()
+    layer = str(routing.model.moe_layers[0])
     for view in ("routing", "gates", "load", "capacity", "flow"):
-        at = run_app({"view": view, "layer": "1"}, setup=_upload(payload))
+        at = run_app({"view": view, "layer": layer}, setup=_upload(payload))
         _clean(at)
-        assert at.get("vega_lite_chart"), view
-    gates = charts(run_app({"view": "gates", "layer": "1"}, setup=_upload(payload)))
-    titles = json.dumps([spec.get("title") for spec, _ in gates])
-    assert "sigmoid: scores need not sum to 1" in titles
+        if view == "flow" and len(routing.model.moe_layers) == 1:  # LongCat's tiny model: one MoE layer
+            assert "single MoE layer" in at.info[0].value
+        else:
+            assert at.get("vega_lite_chart"), view
+    gates = charts(run_app({"view": "gates", "layer": layer}, setup=_upload(payload)))
+    assert sums_to_one in json.dumps([spec.get("title") for spec, _ in gates])
 
 
 def test_many_experts_render(demo_tokenizer) -> None:
