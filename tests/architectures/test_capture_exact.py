@@ -159,3 +159,17 @@ def test_gemma4_wrapper_traces_with_its_text_adapter(demo_tokenizer: Any) -> Non
     routing = trace(model, demo_tokenizer, VERIFY_TEXTS)
     np.testing.assert_array_equal(routing.probs, routing.logits)
     np.testing.assert_allclose(routing.probs.sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
+def test_capture_is_the_same_under_every_experts_implementation(family: str, demo_tokenizer: Any) -> None:
+    """transformers can run the experts as a loop (eager) or as batched/grouped matmuls (GPU users get a kernel).
+    The hook reads the experts' arguments, so every implementation yields the same experts and weights."""
+    model = build_tiny_model(family)
+    traces = {}
+    for implementation in ("eager", "batched_mm", "grouped_mm"):
+        model.set_experts_implementation(implementation)
+        traces[implementation] = trace(model, demo_tokenizer, VERIFY_TEXTS)
+    for implementation in ("batched_mm", "grouped_mm"):
+        np.testing.assert_array_equal(traces[implementation].experts, traces["eager"].experts)
+        np.testing.assert_allclose(traces[implementation].weights, traces["eager"].weights, atol=1e-6)
