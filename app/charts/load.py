@@ -7,9 +7,16 @@ import pandas as pd
 
 from app.charts.common import expert_color, styled
 
+LOAD_ROW_WIDTH = 920  # px the small multiples of one row share: the main column at a 1440 px window, less the y axis
+
 
 def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLevelMixin:
-    """Bars per expert, one row of small multiples per layer; dashed rule at the uniform load."""
+    """Bars per expert, small multiples per layer filling the row; dashed rule at the uniform load.
+
+    Four layers to a row, or two when there are many experts, so each bar stays wide enough to read.
+    """
+    num_layers = frame["layer"].nunique()
+    columns = max(1, min(num_layers, 4 if num_experts <= 16 else 2))
     label = "top-1 tokens" if count == "top1" else "top-k slots"
     bars = (
         alt.Chart()
@@ -24,8 +31,8 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
     uniform = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(y=f"mean({count}_uniform):Q")
     chart = (
         alt.layer(bars, uniform, data=frame)
-        .properties(height=110, width=150)
-        .facet(facet=alt.Facet("layer:O", title="MoE layer"), columns=4)
+        .properties(height=130, width=LOAD_ROW_WIDTH // columns - 20)
+        .facet(facet=alt.Facet("layer:O", title="MoE layer"), columns=columns)
     )
     return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
 
