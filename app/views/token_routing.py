@@ -7,14 +7,16 @@ import streamlit as st
 from app.charts.routing import token_layer_grid_chart
 from app.components import explainer, html_block, legend, routed_text, show_chart
 from app.views import ViewContext
-from moe_core.analyses.routing import token_frame, token_layer_grid
+from moe_core.analyses.routing import consecutive_repeats, token_frame, token_layer_grid
 
 TITLE = "Token routing"
 EXPLAINER = """
 Each token of your text is coloured by the expert the router ranked **first** at the chosen layer (hover a token
 for all its experts and their gate weights). The grid below shows the same for **every** MoE layer: colour is the
 top-1 expert, shade is its gate weight (pale = the router hesitated). Compare with Mixtral's Fig. 8 (arXiv
-2401.04088): consecutive tokens and tokens of the same kind often share an expert.
+2401.04088): consecutive tokens and tokens of the same kind often share an expert. The last table measures that
+the way Mixtral's Table 5 does: how often a token's neighbour gets the same first choice, or shares any of its
+experts, against what random routing would give.
 """
 GRID_WINDOW = 256  # tokens per grid window: wider grids are unreadable and slow to draw
 
@@ -32,3 +34,18 @@ def draw(context: ViewContext) -> None:
         start = st.slider("Grid window start (token)", 0, len(frame) - GRID_WINDOW, 0, step=16, key="grid_start")
     grid = token_layer_grid(routing, start, start + GRID_WINDOW)
     show_chart(token_layer_grid_chart(grid, routing.model.num_experts), "token-layer-grid")
+
+    st.subheader("Do neighbouring tokens share experts?")
+    top_k = routing.model.top_k
+    percent = {"format": "percent"}
+    st.dataframe(
+        consecutive_repeats(routing),
+        hide_index=True,
+        column_config={
+            "first_choice": st.column_config.NumberColumn("same first choice", **percent),
+            "first_choice_chance": st.column_config.NumberColumn("chance (first)", **percent),
+            "any_choice": st.column_config.NumberColumn(f"share one of top-{top_k}", **percent),
+            "any_choice_chance": st.column_config.NumberColumn("chance (any)", **percent),
+            "pairs": st.column_config.NumberColumn("neighbour pairs"),
+        },
+    )

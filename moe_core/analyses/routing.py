@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -53,5 +55,37 @@ def token_layer_grid(trace: RoutingTrace, start: int = 0, stop: int | None = Non
             "layer": np.repeat(np.asarray(trace.model.moe_layers), len(window)),
             "top1": trace.experts[:, window, 0].reshape(-1),
             "top1_weight": trace.weights[:, window, 0].reshape(-1),
+        }
+    )
+
+
+def consecutive_repeats(trace: RoutingTrace) -> pd.DataFrame:
+    """Mixtral §5 (Table 5, arXiv 2401.04088): how often token i+1 goes where token i went, per MoE layer.
+
+    `first_choice`: both tokens' first choices are the same expert. `any_choice`: their top-k share at least
+    one expert. Pairs are neighbours within one sequence; slots the model dropped never match. The chance
+    columns are what uniformly random top-k picks would give: 1/E, and 1 - C(E-k, k) / C(E, k) (12.5% and
+    46% for Mixtral's 8 experts, top-2), so a layer well above them routes by local context or syntax.
+    """
+    experts = trace.experts
+    num_experts, top_k = trace.model.num_experts, experts.shape[2]
+    neighbours = trace.tokens.sequence[1:] == trace.tokens.sequence[:-1]  # [T-1]: pair (i, i+1) is in one text
+    before, after = experts[:, :-1][:, neighbours], experts[:, 1:][:, neighbours]  # [L, pairs, k]
+    shared = (before[:, :, :, None] == after[:, :, None, :]) & (before[:, :, :, None] != DROPPED)
+    first = shared[:, :, 0, 0]
+    any_choice = shared.any(axis=(2, 3))
+    pairs = int(neighbours.sum())
+
+    def rate(hits: np.ndarray) -> np.ndarray:  # [L] share of pairs; NaN with no pairs (no data, not a rate of 0)
+        return hits.mean(axis=1) if pairs else np.full(len(hits), np.nan)
+
+    return pd.DataFrame(
+        {
+            "layer": list(trace.model.moe_layers),
+            "first_choice": rate(first),
+            "first_choice_chance": 1 / num_experts,
+            "any_choice": rate(any_choice),
+            "any_choice_chance": 1 - math.comb(num_experts - top_k, top_k) / math.comb(num_experts, top_k),
+            "pairs": pairs,
         }
     )

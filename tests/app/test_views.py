@@ -174,3 +174,15 @@ def test_many_experts_render(demo_tokenizer) -> None:
     assert len(set(spec["encoding"]["color"]["scale"]["range"])) == 64
     for view in ("gates", "load", "capacity", "flow"):
         _clean(run_app({"view": view}, setup=_upload(payload)))
+
+
+def test_token_routing_table_is_mixtrals_consecutive_repeats(routing) -> None:
+    """The neighbours table shows consecutive_repeats of the page's trace, above chance on the demo model."""
+    from moe_core.analyses.routing import consecutive_repeats
+
+    at = run_app({"view": "routing"})
+    _clean(at)
+    shown = at.dataframe[0].value
+    expected = consecutive_repeats(routing)
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
+    assert (shown["any_choice"] > shown["any_choice_chance"]).all()

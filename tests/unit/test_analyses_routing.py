@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from moe_core.analyses.routing import route_labels, token_frame, token_layer_grid
+from moe_core.analyses.routing import consecutive_repeats, route_labels, token_frame, token_layer_grid
 from moe_core.synthetic import trace_from_choices
+from moe_core.trace import DROPPED
 
 
 def _trace():
@@ -32,3 +34,36 @@ def test_grid_window_has_one_row_per_token_and_layer() -> None:
 def test_dropped_slots_are_labelled() -> None:
     """A slot the model dropped (-1) reads 'dropped' in tooltips."""
     assert route_labels(np.array([[2, -1]]), np.array([[1.0, 0.0]])) == ["E2 1.00 · dropped"]
+
+
+def test_consecutive_repeats_counts_neighbours_within_each_text() -> None:
+    """Hand case, E = 8, top-2. Text A: t0 [0,1] t1 [0,2] t2 [3,1] t3 [4,5]; text B: t4 [4,5] t5 [6,D].
+
+    Pairs in A: (t0,t1) same first and shares 0; (t1,t2) nothing; (t2,t3) nothing. (t3,t4) crosses texts: not
+    a pair, though identical. In B: (t4,t5) nothing. First choice 1/4, any choice 1/4. Chance: 1/8 and
+    1 - C(6,2)/C(8,2) = 13/28 (Mixtral's 12.5% and 46%).
+    """
+    D = DROPPED
+    routing = trace_from_choices(
+        [[0, 1], [0, 2], [3, 1], [4, 5], [4, 5], [6, D]], sequence_lengths=[4, 2], num_experts=8
+    )
+    row = consecutive_repeats(routing).iloc[0]
+    assert row["pairs"] == 4
+    assert row["first_choice"] == 0.25 and row["any_choice"] == 0.25
+    assert row["first_choice_chance"] == 0.125
+    assert row["any_choice_chance"] == pytest.approx(13 / 28)
+
+
+def test_consecutive_repeats_ignore_dropped_slots() -> None:
+    """Two dropped slots in a row are not 'the same expert'."""
+    D = DROPPED
+    routing = trace_from_choices([[D, 1], [D, 2]], num_experts=4)
+    row = consecutive_repeats(routing).iloc[0]
+    assert row["first_choice"] == 0.0 and row["any_choice"] == 0.0
+
+
+def test_consecutive_repeats_of_one_token_texts_are_undefined() -> None:
+    """Texts of one token each have no neighbours: the rates are NaN, not 0."""
+    routing = trace_from_choices([[0], [0]], sequence_lengths=[1, 1], num_experts=2)
+    row = consecutive_repeats(routing).iloc[0]
+    assert row["pairs"] == 0 and np.isnan(row["first_choice"])
