@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
+from app.charts.matrix import expert_matrix_chart
 
 LOAD_ROW_WIDTH = 920  # px the small multiples of one row share: the main column at a 1440 px window, less the y axis
 
@@ -56,3 +57,15 @@ def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
         .properties(height=220, title="Balance per layer")
     )
     return styled(chart)
+
+
+def coactivation_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
+    """OLMoE-style co-activation heatmap: row i, column j = share of expert i's tokens also routed to j."""
+    return expert_matrix_chart(
+        frame,
+        row_title="expert i",
+        column_title="also routed to expert j",
+        share_title="share of i's tokens",
+        title=f"Which experts work together at layer {layer}",
+        subtitle="numbers: tokens routed to both",
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.load import balance_chart, load_chart
+from app.charts.load import balance_chart, coactivation_chart, load_chart
 from app.components import explainer, show_chart
 from app.views import ViewContext
-from moe_core.analyses.load import balance_frame, load_frame
+from moe_core.analyses.load import balance_frame, coactivation_frame, load_frame
 
 TITLE = "Expert load"
 EXPLAINER = """
@@ -15,7 +15,8 @@ How many tokens each expert receives at each layer, counting only each token's *
 slot of its top-k, against the dashed line of a perfectly even split. Below, per layer: the coefficient of
 variation (0 = even), the busiest expert's load over the mean (1 = even), and Switch Transformer's auxiliary
 loss N·Σ f_i·P_i (f_i: share of tokens whose first choice is expert i; P_i: mean router probability of expert i),
-which training pushes toward 1.
+which training pushes toward 1. Last, OLMoE's co-activation (arXiv 2409.02060, §5) at the chosen layer: of the
+tokens routed to expert i, the share also routed to expert j. Pairs that often work together may split one skill.
 """
 
 
@@ -41,3 +42,8 @@ def draw(context: ViewContext) -> None:
         column_config=dict.fromkeys(BALANCE_COLUMNS.values(), number),
     )
     show_chart(balance_chart(balance), "balance")
+    layer = routing.model.moe_layers[context.layer_row]
+    if top_k == 1:
+        st.info(f"Top-1 routing: each token has one expert at layer {layer}, so no two experts are co-activated.")
+    else:
+        show_chart(coactivation_chart(coactivation_frame(routing, context.layer_row), layer), "coactivation")

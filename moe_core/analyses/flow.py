@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from moe_core.analyses.matrix import matrix_frame
 from moe_core.trace import RoutingTrace
 
 
@@ -21,17 +22,7 @@ def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
 def transition_frame(trace: RoutingTrace, from_row: int) -> pd.DataFrame:
     """Long table of transition_counts. Columns: source, target, count, share (of the source row)."""
     counts = transition_counts(trace, from_row)
-    num_experts = counts.shape[0]
-    totals = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    return pd.DataFrame(
-        {
-            "source": np.repeat(np.arange(num_experts), num_experts),
-            "target": np.tile(np.arange(num_experts), num_experts),
-            "count": counts.reshape(-1),
-            "share": share.reshape(-1),
-        }
-    )
+    return matrix_frame(counts, counts.sum(axis=1))
 
 
 def flow_pair(trace: RoutingTrace, layer_row: int) -> int | None:

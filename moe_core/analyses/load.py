@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from moe_core.analyses.matrix import matrix_frame
 from moe_core.metrics import expert_counts, max_over_mean, switch_aux_loss
-from moe_core.trace import RoutingTrace
+from moe_core.trace import DROPPED, RoutingTrace
 
 
 def load_frame(trace: RoutingTrace) -> pd.DataFrame:
@@ -52,3 +53,20 @@ def balance_frame(trace: RoutingTrace) -> pd.DataFrame:
             (layer, coefficient_of_variation(topk), max_over_mean(topk), float(switch_aux_loss(fraction, mean_prob)))
         )
     return pd.DataFrame(rows, columns=["layer", "cv", "max_over_mean", "aux_loss"])
+
+
+def coactivation_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
+    """OLMoE's co-activation (Muennighoff et al. 2024, §5): for experts i and j at one MoE layer, the share of
+    the tokens routed to i that were also routed to j. Experts that often work together suggest they split
+    one skill between them; low values everywhere mean the experts are independent.
+
+    Columns: source (i), target (j), count (tokens routed to both), share (count / tokens routed to i).
+    The diagonal is left out. Slots the model dropped count for no expert.
+    """
+    experts = trace.experts[layer_row]
+    num_experts = trace.model.num_experts
+    chosen = np.zeros((len(experts), num_experts), dtype=np.int64)
+    rows, ranks = np.nonzero(experts != DROPPED)
+    chosen[rows, experts[rows, ranks]] = 1
+    together = chosen.T @ chosen  # [E, E]: tokens routed to both; the diagonal counts tokens routed to each
+    return matrix_frame(together, np.diag(together), keep_diagonal=False)

@@ -186,3 +186,14 @@ def test_token_routing_table_is_mixtrals_consecutive_repeats(routing) -> None:
     expected = consecutive_repeats(routing)
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
     assert (shown["any_choice"] > shown["any_choice_chance"]).all()
+
+
+def test_load_view_coactivation_matches_the_analysis(routing) -> None:
+    """The co-activation heatmap at the chosen layer carries coactivation_frame's counts and shares."""
+    from moe_core.analyses.load import coactivation_frame
+
+    at = run_app({"view": "load", "layer": "2"})
+    _clean(at)
+    shown = next(f for _, frames in charts(at) for f in frames if {"source", "target", "share"} <= set(f.columns))
+    expected = coactivation_frame(routing, 2)
+    pd.testing.assert_frame_equal(shown[expected.columns].reset_index(drop=True), expected, check_dtype=False)

@@ -19,9 +19,10 @@ from moe_core.analyses.capacity import (
 )
 from moe_core.analyses.flow import flow_pair, transition_counts, transition_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, routing_entropy, token_distribution
-from moe_core.analyses.load import balance_frame, coefficient_of_variation, load_frame
+from moe_core.analyses.load import balance_frame, coactivation_frame, coefficient_of_variation, load_frame
 from moe_core.capacity import simulate_capacity
 from moe_core.synthetic import trace_from_choices
+from moe_core.trace import DROPPED
 
 # ---- gates -------------------------------------------------------------------------------------------------
 
@@ -166,3 +167,18 @@ def test_step_through_score_order() -> None:
     order = serving_order(routing, result, 0)
     assert order.token.tolist() == [1, 0] and order.kept.tolist() == [True, False]
     assert math.isclose(float(result.capacity[0, 0]), 1.0)
+
+
+def test_coactivation_is_the_share_of_i_tokens_also_routed_to_j() -> None:
+    """Hand case, E = 3, top-2: t0 [0,1], t1 [0,1], t2 [0,2], t3 [1,2], t4 [2,D] (one slot dropped).
+
+    Routed to: e0 3 tokens, e1 3, e2 3. Both: (0,1) 2, (0,2) 1, (1,2) 1. So P(1|0) = 2/3, P(2|0) = 1/3,
+    P(0|1) = 2/3, P(2|1) = 1/3, P(0|2) = 1/3, P(1|2) = 1/3. The diagonal is left out.
+    """
+    routing = trace_from_choices([[0, 1], [0, 1], [0, 2], [1, 2], [2, DROPPED]], num_experts=3)
+    frame = coactivation_frame(routing, 0).set_index(["source", "target"])
+    assert len(frame) == 6
+    expected = {(0, 1): 2 / 3, (0, 2): 1 / 3, (1, 0): 2 / 3, (1, 2): 1 / 3, (2, 0): 1 / 3, (2, 1): 1 / 3}
+    for pair, share in expected.items():
+        assert frame.loc[pair, "share"] == pytest.approx(share)
+    assert frame.loc[(0, 1), "count"] == 2 and frame.loc[(2, 1), "count"] == 1
