@@ -80,6 +80,16 @@ def frame_height(chart: alt.TopLevelMixin) -> int | None:
     return int(height) + CHART_CHROME_PX if isinstance(height, int | float) else None
 
 
+def show_table(frame: pd.DataFrame, labels: dict[str, str], percent: tuple[str, ...] = ()) -> None:
+    """A table with readable column names; `percent` columns (shares in [0, 1]) shown as 12.3%, one decimal for
+    every row, so a projected table lines up."""
+    shown = frame.copy()
+    shown[list(percent)] = shown[list(percent)] * 100
+    config = {name: st.column_config.NumberColumn(label, format="%.1f%%" if name in percent else None)
+              for name, label in labels.items()}  # fmt: skip
+    st.dataframe(shown, hide_index=True, column_config=config)
+
+
 def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
     """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked).
 

@@ -34,10 +34,14 @@ def vocabulary_specialization(token_ids: np.ndarray, top1: np.ndarray, min_count
     """OLMoE's vocabulary specialization (Muennighoff et al. 2024, §5).
 
     For each token id seen at least `min_count` times, the share of its occurrences routed (top-1) to its
-    most frequent expert; averaged over those ids. 1.0: every id always goes to one expert.
+    most frequent expert; averaged over those ids. 1.0: every id always goes to one expert. Tokens the model
+    dropped are left out; NaN when no id is frequent enough.
     """
-    ids = np.asarray(token_ids)
     experts = np.asarray(top1)
+    routed = experts >= 0  # a token the model dropped (DROPPED) went to no expert
+    ids, experts = np.asarray(token_ids)[routed], experts[routed]
+    if not len(ids):
+        return float("nan")
     vocabulary, id_index = np.unique(ids, return_inverse=True)
     num_experts = int(experts.max()) + 1
     table = np.zeros((len(vocabulary), num_experts), dtype=np.int64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.capacity import drop_curve_chart, fill_chart
-from app.components import explainer, html_block, routed_text, show_chart
+from app.components import explainer, html_block, routed_text, show_chart, show_table
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
     capacity_table,
@@ -48,7 +48,8 @@ def draw(context: ViewContext) -> None:
         + (" (per sequence)" if routing.num_sequences > 1 and settings.group == "sequence" else "")
     )
     table = capacity_table(routing, result)
-    st.dataframe(table, hide_index=True, column_config={"drop_rate": st.column_config.NumberColumn(format="percent")})
+    show_table(table, {"busiest_demand": "busiest expert's demand", "dropped_slots": "dropped slots",
+                       "drop_rate": "drop rate"}, percent=("drop_rate",))  # fmt: skip
     show_chart(fill_chart(fill_frame(result, row), f"Fill of each expert at layer {layer}"), "capacity-fill")
 
     st.subheader("Which tokens lost an expert")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
-from app.components import explainer, html_block, legend, routed_text, show_chart
+from app.components import explainer, html_block, legend, routed_text, show_chart, show_table
 from app.views import ViewContext
-from moe_core.analyses.routing import consecutive_repeats, token_frame, token_layer_grid
+from moe_core.analyses.routing import consecutive_repeats, token_frame, token_id_consistency, token_layer_grid
 
 TITLE = "Token routing"
 EXPLAINER = """
@@ -16,7 +16,10 @@ for all its experts and their gate weights). The grid below shows the same for *
 top-1 expert, shade is its gate weight (pale = the router hesitated). Compare with Mixtral's Fig. 8 (arXiv
 2401.04088): consecutive tokens and tokens of the same kind often share an expert. The last table measures that
 the way Mixtral's Table 5 does: how often a token's neighbour gets the same first choice, or shares any of its
-experts, against what random routing would give.
+experts, against what random routing would give. Then OpenMoE's finding (arXiv 2402.01739): routing depends
+mostly on the token id, not its context. For token ids seen at least twice, the share of their occurrences sent to
+their usual first-choice expert, against the same first choices shuffled across tokens. Try the "repeated word"
+preset.
 """
 GRID_WINDOW = 256  # tokens per grid window: wider grids are unreadable and slow to draw
 
@@ -36,16 +39,22 @@ def draw(context: ViewContext) -> None:
     show_chart(token_layer_grid_chart(grid, routing.model.num_experts), "token-layer-grid")
 
     st.subheader("Do neighbouring tokens share experts?")
-    top_k = routing.model.top_k
-    percent = {"format": "percent"}
-    st.dataframe(
+    show_table(
         consecutive_repeats(routing),
-        hide_index=True,
-        column_config={
-            "first_choice": st.column_config.NumberColumn("same first choice", **percent),
-            "first_choice_chance": st.column_config.NumberColumn("chance (first)", **percent),
-            "any_choice": st.column_config.NumberColumn(f"share one of top-{top_k}", **percent),
-            "any_choice_chance": st.column_config.NumberColumn("chance (any)", **percent),
-            "pairs": st.column_config.NumberColumn("neighbour pairs"),
+        {
+            "first_choice": "same first choice",
+            "first_choice_chance": "chance (first)",
+            "any_choice": f"share one of top-{routing.model.top_k}",
+            "any_choice_chance": "chance (any)",
+            "pairs": "neighbour pairs",
         },
+        percent=("first_choice", "first_choice_chance", "any_choice", "any_choice_chance"),
     )
+
+    st.subheader("Does the same token always go to the same expert?")
+    consistency = token_id_consistency(routing)
+    if consistency["ids"].iloc[0] == 0:
+        st.info("No token id appears twice in this text: try a longer text or the repeated-word preset.")
+    else:
+        labels = {"consistency": "same expert as usual", "shuffled": "first choices shuffled", "ids": "ids seen twice+"}
+        show_table(consistency, labels, percent=("consistency", "shuffled"))

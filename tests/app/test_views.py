@@ -182,9 +182,11 @@ def test_token_routing_table_is_mixtrals_consecutive_repeats(routing) -> None:
 
     at = run_app({"view": "routing"})
     _clean(at)
-    shown = at.dataframe[0].value
+    shown = at.dataframe[0].value.reset_index(drop=True)
     expected = consecutive_repeats(routing)
-    pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected, check_dtype=False)
+    rates = ["first_choice", "first_choice_chance", "any_choice", "any_choice_chance"]
+    expected[rates] = expected[rates] * 100  # shown as percentages
+    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
     assert (shown["any_choice"] > shown["any_choice_chance"]).all()
 
 
@@ -197,3 +199,24 @@ def test_load_view_coactivation_matches_the_analysis(routing) -> None:
     shown = next(f for _, frames in charts(at) for f in frames if {"source", "target", "share"} <= set(f.columns))
     expected = coactivation_frame(routing, 2)
     pd.testing.assert_frame_equal(shown[expected.columns].reset_index(drop=True), expected, check_dtype=False)
+
+
+def test_token_routing_shows_token_id_consistency(routing) -> None:
+    """The second table is token_id_consistency of the page's trace; on the demo model the ids' usual expert
+    beats the shuffled baseline at every layer (OpenMoE's context-independent routing)."""
+    from moe_core.analyses.routing import token_id_consistency
+
+    at = run_app({"view": "routing"})
+    _clean(at)
+    shown = at.dataframe[1].value.reset_index(drop=True)
+    expected = token_id_consistency(routing)
+    expected[["consistency", "shuffled"]] = expected[["consistency", "shuffled"]] * 100  # shown as percentages
+    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
+    assert (shown["consistency"] > shown["shuffled"]).all()
+
+
+def test_token_routing_says_when_no_id_repeats() -> None:
+    """A text with no repeated token has nothing to measure: a hint instead of an empty table."""
+    at = run_app({"view": "routing", "text": "Quick"})
+    _clean(at)
+    assert any("appears twice" in info.value for info in at.info)

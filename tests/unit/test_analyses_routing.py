@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from moe_core.analyses.routing import consecutive_repeats, route_labels, token_frame, token_layer_grid
+from moe_core.analyses.routing import (
+    consecutive_repeats,
+    route_labels,
+    token_frame,
+    token_id_consistency,
+    token_layer_grid,
+)
 from moe_core.synthetic import trace_from_choices
 from moe_core.trace import DROPPED
 
@@ -67,3 +75,27 @@ def test_consecutive_repeats_of_one_token_texts_are_undefined() -> None:
     routing = trace_from_choices([[0], [0]], sequence_lengths=[1, 1], num_experts=2)
     row = consecutive_repeats(routing).iloc[0]
     assert row["pairs"] == 0 and np.isnan(row["first_choice"])
+
+
+def _with_ids(routing, ids):
+    return dataclasses.replace(routing, tokens=dataclasses.replace(routing.tokens, ids=np.asarray(ids)))
+
+
+def test_token_id_consistency_hand_case() -> None:
+    """ids 5 5 5 7 7 9 with first choices 1 1 2 3 3 0: id 5 keeps 2 of 3 on expert 1, id 7 keeps 2 of 2, and id 9
+    (seen once) does not count: (2/3 + 1) / 2 = 5/6 over 2 ids."""
+    routing = _with_ids(trace_from_choices([[1], [1], [2], [3], [3], [0]], num_experts=4), [5, 5, 5, 7, 7, 9])
+    row = token_id_consistency(routing, shuffles=0).iloc[0]
+    assert row["consistency"] == pytest.approx(5 / 6)
+    assert row["ids"] == 2 and np.isnan(row["shuffled"])
+
+
+def test_routing_by_token_id_stands_out_from_the_shuffled_baseline() -> None:
+    """When the first choice is a function of the id (OpenMoE's extreme), consistency is 1 and shuffling the
+    same assignments across tokens brings it far down."""
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.repeat(np.arange(50), 6))
+    routing = _with_ids(trace_from_choices((ids % 8)[:, None], num_experts=8), ids)
+    row = token_id_consistency(routing).iloc[0]
+    assert row["consistency"] == 1.0
+    assert row["shuffled"] < 0.6
