@@ -66,6 +66,12 @@ def domain_batch() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+def domain_names() -> tuple[str, ...]:
+    """The domain of each text of domain_batch(), in the same order: its file name ("code", "prose", ...)."""
+    return tuple(p.stem for p in sorted(held_out_folder().glob("*.txt")))
+
+
+@lru_cache(maxsize=1)
 def presets() -> dict[str, str]:
     raw: dict[str, str] = json.loads(PRESETS_FILE.read_text(encoding="utf-8"))
     return {

@@ -69,3 +69,32 @@ def coactivation_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
         title=f"Which experts work together at layer {layer}",
         subtitle="numbers: tokens routed to both",
     )
+
+
+def domain_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
+    """Domains × experts, shaded by each expert's share of the domain's slots relative to an even 1/E."""
+    uniform = float(frame["uniform"].iloc[0])
+    num_experts = frame["expert"].nunique()
+    base = alt.Chart(frame).encode(
+        x=alt.X("expert:O", title="expert"),
+        y=alt.Y("domain:N", title=None, sort=None),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "share:Q",
+            title="share of slots",
+            scale=alt.Scale(scheme="blueorange", domainMid=uniform, domainMin=0),
+        ),
+        tooltip=["domain:N", "expert:O", alt.Tooltip("share:Q", format=".1%"), "slots:Q"],
+    )
+    far_from_even = (alt.datum.share > 2.5 * uniform) | (alt.datum.share < 0.3 * uniform)  # dark cells
+    labels = base.mark_text(fontSize=12).encode(
+        text=alt.Text("share:Q", format=".0%"),
+        color=alt.condition(far_from_even, alt.value("white"), alt.value("black")),
+    )
+    title = alt.Title(
+        f"Routing by domain at layer {layer}",
+        subtitle=f"white: an even share (1/{num_experts}) · orange: more · blue: less",
+    )
+    layered = cells + labels if num_experts <= 16 else cells  # 64 numbers a row would not fit
+    return styled(layered.properties(height=44 * frame["domain"].nunique(), width=LOAD_ROW_WIDTH - 160, title=title))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.load import balance_chart, coactivation_chart, load_chart
+from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
 from app.components import explainer, show_chart
+from app.loading import domain_names
 from app.views import ViewContext
-from moe_core.analyses.load import balance_frame, coactivation_frame, load_frame
+from moe_core.analyses.load import balance_frame, coactivation_frame, domain_share_frame, load_frame
 
 TITLE = "Expert load"
 EXPLAINER = """
@@ -17,6 +18,8 @@ variation (0 = even), the busiest expert's load over the mean (1 = even), and Sw
 loss N·Σ f_i·P_i (f_i: share of tokens whose first choice is expert i; P_i: mean router probability of expert i),
 which training pushes toward 1. Last, OLMoE's co-activation (arXiv 2409.02060, §5) at the chosen layer: of the
 tokens routed to expert i, the share also routed to expert j. Pairs that often work together may split one skill.
+And routing by domain (Mixtral's Fig. 7, OLMoE's domain specialization): on held-out texts of each training domain,
+each expert's share of the slots; an expert far above an even share has specialised in that domain.
 """
 
 
@@ -47,3 +50,9 @@ def draw(context: ViewContext) -> None:
         st.info(f"Top-1 routing: each token has one expert at layer {layer}, so no two experts are co-activated.")
     else:
         show_chart(coactivation_chart(coactivation_frame(routing, context.layer_row), layer), "coactivation")
+
+    batch = context.domain_batch()
+    if batch is None:
+        st.caption("Routing by domain needs a model, to run its held-out texts: not available for an uploaded trace.")
+    else:
+        show_chart(domain_chart(domain_share_frame(batch, context.layer_row, domain_names()), layer), "domains")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -70,3 +72,25 @@ def coactivation_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
     chosen[rows, experts[rows, ranks]] = 1
     together = chosen.T @ chosen  # [E, E]: tokens routed to both; the diagonal counts tokens routed to each
     return matrix_frame(together, np.diag(together), keep_diagonal=False)
+
+
+def domain_share_frame(trace: RoutingTrace, layer_row: int, domains: Sequence[str]) -> pd.DataFrame:
+    """Mixtral §5 (Fig. 7) and OLMoE's domain specialization: per text of the trace, one text per domain, the
+    share of its routed slots (all top-k) that each expert takes at one MoE layer. An even router gives every
+    expert 1/E in every domain; experts far above it in one domain have specialised on it.
+
+    Columns: domain, expert, share, uniform (1/E), slots (the domain's routed slots).
+    """
+    if len(domains) != trace.num_sequences:
+        raise ValueError(f"{len(domains)} domain names for {trace.num_sequences} texts")
+    num_experts = trace.model.num_experts
+    rows = []
+    for sequence, domain in enumerate(domains):
+        experts = trace.experts[layer_row, trace.tokens.sequence == sequence]
+        counts = expert_counts(experts, num_experts)
+        total = int(counts.sum())
+        shares = counts / total if total else np.full(num_experts, np.nan)
+        rows += [(domain, expert, float(shares[expert]), total) for expert in range(num_experts)]
+    frame = pd.DataFrame(rows, columns=["domain", "expert", "share", "slots"])
+    frame.insert(3, "uniform", 1 / num_experts)
+    return frame

@@ -220,3 +220,17 @@ def test_token_routing_says_when_no_id_repeats() -> None:
     at = run_app({"view": "routing", "text": "Quick"})
     _clean(at)
     assert any("appears twice" in info.value for info in at.info)
+
+
+def test_load_view_routes_the_held_out_domains() -> None:
+    """The domain chart shows domain_share_frame of the held-out batch traced here, one row per domain."""
+    from app.loading import domain_batch, domain_names
+    from moe_core.analyses.load import domain_share_frame
+
+    loaded = load_model()
+    expected = domain_share_frame(trace(loaded.model, loaded.tokenizer, domain_batch()), 1, domain_names())
+    at = run_app({"view": "load", "layer": "1"})
+    _clean(at)
+    shown = frame_with(charts(at), "domain", "expert", "share")
+    pd.testing.assert_frame_equal(shown[expected.columns].reset_index(drop=True), expected, check_dtype=False)
+    assert set(shown["domain"]) == {"arithmetic", "code", "german", "markup", "prose"}

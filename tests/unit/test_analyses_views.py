@@ -19,7 +19,13 @@ from moe_core.analyses.capacity import (
 )
 from moe_core.analyses.flow import flow_pair, transition_counts, transition_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, routing_entropy, token_distribution
-from moe_core.analyses.load import balance_frame, coactivation_frame, coefficient_of_variation, load_frame
+from moe_core.analyses.load import (
+    balance_frame,
+    coactivation_frame,
+    coefficient_of_variation,
+    domain_share_frame,
+    load_frame,
+)
 from moe_core.capacity import simulate_capacity
 from moe_core.synthetic import trace_from_choices
 from moe_core.trace import DROPPED
@@ -182,3 +188,16 @@ def test_coactivation_is_the_share_of_i_tokens_also_routed_to_j() -> None:
     for pair, share in expected.items():
         assert frame.loc[pair, "share"] == pytest.approx(share)
     assert frame.loc[(0, 1), "count"] == 2 and frame.loc[(2, 1), "count"] == 1
+
+
+def test_domain_share_is_each_experts_share_of_the_domains_slots() -> None:
+    """Two texts, E = 4, top-2. 'code': t0 [0,1], t1 [0,2] -> expert 0 has 2 of 4 slots, 1 and 2 one each.
+    'prose': t2 [3,D] -> one routed slot, all to expert 3 (the dropped slot is not counted)."""
+    routing = trace_from_choices([[0, 1], [0, 2], [3, DROPPED]], sequence_lengths=[2, 1], num_experts=4)
+    frame = domain_share_frame(routing, 0, ["code", "prose"]).set_index(["domain", "expert"])
+    assert frame.loc["code", "share"].tolist() == [0.5, 0.25, 0.25, 0.0]
+    assert frame.loc["prose", "share"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert frame.loc[("code", 0), "slots"] == 4 and frame.loc[("prose", 3), "slots"] == 1
+    assert set(frame["uniform"]) == {0.25}
+    with pytest.raises(ValueError, match="2 texts"):
+        domain_share_frame(routing, 0, ["code"])
