@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app.operator import operator_options
+from moe_core.analyses.experts import norm_preference
 from moe_core.capture import trace
+from moe_core.experts import computed_experts, experts_input, moe_block, output_norms, weight_similarity
 from moe_core.models import ASSETS, BUNDLED_MODELS, DEMO_MODEL, LoadedModel, load_model
 from moe_core.trace import RoutingTrace
 
@@ -47,6 +52,25 @@ def get_model(model_id: str) -> LoadedModel:
             _MODELS.pop(next(iter(_MODELS)))
         _MODELS[model_id] = loaded
         return loaded
+
+
+@dataclass(frozen=True)
+class ExpertStudy:
+    """A Closer Look at one layer: the router's preference for large outputs, and the experts' weight similarity."""
+
+    preference: pd.DataFrame
+    similarity: np.ndarray
+
+
+@st.cache_data(show_spinner="Running every expert on every token …", max_entries=16)
+def get_expert_study(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...], layer_row: int) -> ExpertStudy:
+    """Cached by (model_id, texts, layer): one more forward, then every expert on every token of one layer."""
+    model, tokenizer = _loaded.model, _loaded.tokenizer
+    routing = get_trace(_loaded, model_id, texts)
+    block = moe_block(model, layer_row)
+    norms = output_norms(model, block, experts_input(model, tokenizer, texts, block), routing.model.num_experts)
+    num_weighted = computed_experts(model, routing.model.num_experts)
+    return ExpertStudy(norm_preference(routing, layer_row, norms), weight_similarity(block.experts, num_weighted))
 
 
 @st.cache_data(show_spinner="Routing the text …", max_entries=64)

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 import streamlit as st  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
-from app.loading import domain_batch, get_model, get_trace, presets  # noqa: E402
+from app.loading import ExpertStudy, domain_batch, get_expert_study, get_model, get_trace, presets  # noqa: E402
 from app.operator import operator_options  # noqa: E402
 from app.state import URL_KEYS, VIEWS, Settings, from_query, to_query  # noqa: E402
 from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
@@ -139,6 +139,11 @@ def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
     return lambda: get_trace(get_model(model_id), model_id, domain_batch())
 
 
+def _expert_study(model_id: str, texts: tuple[str, ...], layer_row: int) -> Callable[[], ExpertStudy]:
+    """A Closer Look at the chosen layer of the current text, run only when a view asks for it."""
+    return lambda: get_expert_study(get_model(model_id), model_id, texts, layer_row)
+
+
 TRACE_DOWNLOADS = (
     ("JSON", to_json_text, "routing-trace.json", "application/json"),
     ("Parquet", to_parquet_bytes, "routing-trace.parquet", "application/octet-stream"),
@@ -192,11 +197,13 @@ def main() -> None:
         label_visibility="collapsed",
     )
     settings = _current_settings()
+    model_id, layer_row = settings.model.strip(), routing.layer_index(settings.layer)
     context = ViewContext(
         trace=routing,
         settings=settings,
-        layer_row=routing.layer_index(settings.layer),
-        domain_batch=_domain_batch_trace(settings.model.strip()) if has_model else (lambda: None),
+        layer_row=layer_row,
+        domain_batch=_domain_batch_trace(model_id) if has_model else (lambda: None),
+        expert_study=_expert_study(model_id, routing.texts, layer_row) if has_model else (lambda: None),
     )
     VIEW_MODULES[settings.view].draw(context)
     if settings.present:

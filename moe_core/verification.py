@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from moe_core.capture import trace
+from moe_core.experts import computed_experts, expert_weights
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
 from moe_core.tokens import tokenize
@@ -65,27 +66,6 @@ def _output_rows(output: Any) -> torch.Tensor:
     return tensor.reshape(-1, tensor.shape[-1])
 
 
-def expert_weights(experts: nn.Module, expert: int, num_experts: int) -> list[torch.Tensor]:
-    """Views of every weight of one routed expert, whatever the layout.
-
-    A module per expert (ModuleList/ModuleDict: Switch, older checkpoints); fused tensors with a leading
-    [E, ...] axis (most families); or experts flattened along the first axis, [E·F, ...] (DBRX).
-    """
-    children = list(experts.children())
-    own = list(experts.parameters(recurse=False))
-    if len(children) == num_experts and not own:
-        return list(children[expert].parameters())
-    views = []
-    for parameter in experts.parameters():
-        if parameter.shape[0] == num_experts:
-            views.append(parameter[expert])
-        elif parameter.shape[0] % num_experts == 0:
-            views.append(parameter.view(num_experts, -1, *parameter.shape[1:])[expert])
-    if not views:
-        raise RuntimeError(f"cannot find the weights of expert {expert} in {type(experts).__name__}")
-    return views
-
-
 @contextlib.contextmanager
 def expert_zeroed(experts: nn.Module, expert: int, num_experts: int) -> Iterator[None]:
     """Temporarily zero every weight of one routed expert."""
@@ -126,9 +106,7 @@ class ExpertClasses:
 
     @classmethod
     def of(cls, model: nn.Module, num_classes: int) -> ExpertClasses:
-        adapter = adapter_for(model.config.model_type)
-        computed = getattr(model.config, adapter.computed_experts) if adapter.computed_experts else num_classes
-        return cls(computed, adapter.zero_expert_module)
+        return cls(computed_experts(model, num_classes), adapter_for(model.config.model_type).zero_expert_module)
 
 
 @torch.inference_mode()

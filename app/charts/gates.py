@@ -73,3 +73,20 @@ def entropy_chart(frame: pd.DataFrame, num_experts: int) -> alt.TopLevelMixin:
     rule = alt.Chart(pd.DataFrame({"max": [math.log2(num_experts)]})).mark_rule(strokeDash=[6, 4]).encode(y="max:Q")
     title = alt.Title("How undecided the router is, token by token", subtitle=f"dashed: log2({num_experts}), all equal")
     return styled((line + rule).properties(height=220, title=title))
+
+
+def similarity_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
+    """Experts × experts, shaded by the cosine similarity of their weights (the diagonal left blank)."""
+    num_experts = int(max(frame["source"].max(), frame["target"].max())) + 1 if len(frame) else 1
+    base = alt.Chart(frame).encode(x=alt.X("target:O", title="expert"), y=alt.Y("source:O", title="expert"))
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "similarity:Q", title="cosine", scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True)
+        ),
+        tooltip=["source:O", "target:O", alt.Tooltip("similarity:Q", format=".3f")],
+    )
+    labels = base.mark_text(fontSize=11).encode(text=alt.Text("similarity:Q", format=".2f"))
+    side = min(480, max(220, 30 * num_experts))
+    title = alt.Title(f"How alike are the experts' weights at layer {layer}?", subtitle="0: unrelated · 1: copies")
+    chart = cells + labels if num_experts <= 16 else cells
+    return styled(chart.properties(width=side, height=side, title=title))

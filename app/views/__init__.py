@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.loading import ExpertStudy
 from app.state import Settings
 from moe_core.trace import RoutingTrace
 
 
 @dataclass(frozen=True)
 class ViewContext:
-    """Everything a view reads. `domain_batch` traces the built-in multi-domain batch on demand (None when
-    no model is loaded, e.g. when viewing an uploaded trace)."""
+    """Everything a view reads. `domain_batch` traces the built-in multi-domain batch and `expert_study` runs
+    A Closer Look at the current layer, both on demand and None when no model is loaded (an uploaded trace)."""
 
     trace: RoutingTrace
     settings: Settings
     layer_row: int  # row of settings.layer in the trace's [L, ...] arrays
     domain_batch: Callable[[], RoutingTrace | None]
+    expert_study: Callable[[], ExpertStudy | None]

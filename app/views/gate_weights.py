@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart
-from app.components import explainer, show_chart
+from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart, similarity_chart
+from app.components import explainer, show_chart, show_table
 from app.views import ViewContext
+from moe_core.analyses.experts import similarity_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, token_distribution
+from moe_core.experts import ExpertsCallUnsupported
 
 TITLE = "Gate weights"
 EXPLAINER = """
@@ -17,6 +19,12 @@ Pick a token to see its whole distribution. **Entropy** says how undecided the r
 takes everything, log2(E) means all experts score the same. Softmax routers (Mixtral, OLMoE) give probabilities
 that sum to 1; sigmoid routers (DeepSeek-V3, Llama 4) score each expert independently, so entropy is computed on
 the scores normalised to sum to 1.
+
+Last, A Closer Look into MoE (Lo et al. 2024, arXiv 2406.18219), run on the model itself: every expert computes an
+output for every token at this layer, and the table says how often the router's first choice is the expert with
+the **largest output norm** (they found routers prefer such experts) and how well the router's ranking follows the
+norms (Spearman's rho, averaged over tokens). The heatmap compares the experts' weights: cosine similarity near 0
+means they learned unrelated functions.
 """
 WINDOW = 64  # tokens per heatmap window: the rank labels stay legible
 
@@ -36,3 +44,26 @@ def draw(context: ViewContext) -> None:
     label = f"#{token} “{routing.tokens.text[token]}”"
     show_chart(distribution_chart(token_distribution(routing, row, token), info.scoring, label), "gate-token")
     show_chart(entropy_chart(entropy_frame(routing, row), info.num_experts), "gate-entropy")
+    _closer_look(context)
+
+
+def _closer_look(context: ViewContext) -> None:
+    """The experts themselves at this layer: needs the model, so not for an uploaded trace."""
+    st.subheader("Does the router pick the experts with the biggest outputs?")
+    try:
+        study = context.expert_study()
+    except ExpertsCallUnsupported as error:
+        st.info(f"Not available for this family ({error}).")
+        return
+    if study is None:
+        st.caption("This needs the model, to run every expert: not available for an uploaded trace.")
+        return
+    labels = {
+        "first_is_largest": "first choice has the largest output",
+        "chance": "chance",
+        "rank_correlation": "router ranking vs output norms (rho)",
+        "tokens": "tokens",
+    }
+    show_table(study.preference.round({"rank_correlation": 2}), labels, percent=("first_is_largest", "chance"))
+    layer = context.trace.model.moe_layers[context.layer_row]
+    show_chart(similarity_chart(similarity_frame(study.similarity), layer), "expert-similarity")

@@ -234,3 +234,47 @@ def test_load_view_routes_the_held_out_domains() -> None:
     shown = frame_with(charts(at), "domain", "expert", "share")
     pd.testing.assert_frame_equal(shown[expected.columns].reset_index(drop=True), expected, check_dtype=False)
     assert set(shown["domain"]) == {"arithmetic", "code", "german", "markup", "prose"}
+
+
+def test_gate_view_closer_look_runs_every_expert(routing) -> None:
+    """The Closer Look table and heatmap at the chosen layer equal the library's, computed here on the model."""
+    from moe_core.analyses.experts import norm_preference, similarity_frame
+    from moe_core.experts import experts_input, moe_block, output_norms, weight_similarity
+
+    loaded = load_model()
+    block = moe_block(loaded.model, 1)
+    hidden = experts_input(loaded.model, loaded.tokenizer, routing.texts, block)
+    expected = norm_preference(routing, 1, output_norms(loaded.model, block, hidden, 8))
+    at = run_app({"view": "gates", "layer": "1"})
+    _clean(at)
+    shown = at.dataframe[0].value.iloc[0]
+    assert shown["first_is_largest"] == pytest.approx(expected["first_is_largest"].iloc[0] * 100)
+    assert shown["rank_correlation"] == pytest.approx(round(expected["rank_correlation"].iloc[0], 2))
+    similarity = frame_with(charts(at), "source", "target", "similarity")
+    np.testing.assert_allclose(
+        similarity["similarity"], similarity_frame(weight_similarity(block.experts, 8))["similarity"], atol=1e-6
+    )
+
+
+def test_gate_view_closer_look_needs_a_model() -> None:
+    """An uploaded trace has no model to run the experts: a caption says so, nothing breaks."""
+    from moe_core.synthetic import random_trace
+    from moe_core.trace_io import to_json_text
+
+    payload = to_json_text(random_trace([20], num_experts=8, top_k=2)).encode()
+    at = run_app({"view": "gates"}, setup=_upload(payload))
+    _clean(at)
+    assert any("needs the model" in caption.value for caption in at.caption)
+
+
+def test_gate_view_closer_look_says_when_the_family_cannot_run_its_experts(tmp_path, demo_tokenizer) -> None:
+    """Switch hands its experts a one-hot mask instead of (index, weights): the section says it is not
+    available for this family, and the rest of the view still draws."""
+    from moe_core.tiny_models import build_tiny_model
+
+    build_tiny_model("switch_transformers").save_pretrained(tmp_path)
+    demo_tokenizer.save_pretrained(tmp_path)
+    at = run_app({"view": "gates", "model": str(tmp_path)})
+    _clean(at)
+    assert at.get("vega_lite_chart")
+    assert any("Not available for this family" in info.value for info in at.info)

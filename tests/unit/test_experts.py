@@ -1,0 +1,99 @@
+"""The experts themselves (A Closer Look): weight similarity, each expert's output norm, and the router's preference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import moe_core.experts as experts_module
+from moe_core.analyses.experts import norm_preference, similarity_frame
+from moe_core.capture import trace
+from moe_core.experts import experts_input, moe_block, output_norms, weight_similarity
+from moe_core.synthetic import trace_from_choices
+from moe_core.tiny_models import build_tiny_model
+
+TEXT = "Experts differ: 12 + 30 = 42, and def f(x): return x."
+
+
+class FusedExperts(nn.Module):
+    """Two fused tensors with a leading expert axis, like most families' experts."""
+
+    def __init__(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        super().__init__()
+        self.first, self.second = nn.Parameter(first), nn.Parameter(second)
+
+
+def test_weight_similarity_hand_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expert 1 = 2 × expert 0 (cosine 1); expert 2 is orthogonal to both (cosine 0). Chunked sums agree."""
+    first = torch.tensor([[1.0, 0.0, 2.0], [2.0, 0.0, 4.0], [0.0, 5.0, 0.0]])
+    second = torch.tensor([[[1.0, 1.0]], [[2.0, 2.0]], [[0.0, 0.0]]])
+    expected = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(weight_similarity(FusedExperts(first, second), 3), expected, atol=1e-12)
+    monkeypatch.setattr(experts_module, "SIMILARITY_CHUNK", 2)  # 3 and 2 weights per tensor: several chunks
+    np.testing.assert_allclose(weight_similarity(FusedExperts(first, second), 3), expected, atol=1e-12)
+
+
+def test_experts_input_is_the_post_attention_norm_of_the_layer(demo_tokenizer: Any) -> None:
+    """In Mixtral, the experts read the output of the layer's post-attention RMSNorm: capture it independently."""
+    model = build_tiny_model("mixtral")
+    layer = model.model.layers[1]
+    seen: list[torch.Tensor] = []
+    handle = layer.post_attention_layernorm.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    hidden = experts_input(model, demo_tokenizer, [TEXT], moe_block(model, 1))
+    handle.remove()
+    torch.testing.assert_close(hidden, seen[0].reshape(-1, seen[0].shape[-1]))
+
+
+def test_output_norms_equal_each_expert_computed_by_hand(demo_tokenizer: Any) -> None:
+    """Mixtral's expert e is down_e(silu(gate_e h) * up_e h), with gate and up stacked in gate_up_proj[e]."""
+    model = build_tiny_model("mixtral")
+    block = moe_block(model, 0)
+    hidden = experts_input(model, demo_tokenizer, [TEXT], block)
+    norms = output_norms(model, block, hidden, 8)
+    with torch.no_grad():
+        for expert in range(8):
+            gate, up = (hidden @ block.experts.gate_up_proj[expert].T).chunk(2, dim=-1)
+            out = (nn.functional.silu(gate) * up) @ block.experts.down_proj[expert].T
+            np.testing.assert_allclose(norms[:, expert], out.norm(dim=-1).numpy(), rtol=1e-5)
+
+
+def test_output_norms_refuse_families_with_other_experts_calls(demo_tokenizer: Any) -> None:
+    """Switch hands its experts a one-hot mask, not (index, weights): a clear error, not a wrong answer."""
+    model = build_tiny_model("switch_transformers")
+    block = moe_block(model, 0)
+    with pytest.raises(experts_module.ExpertsCallUnsupported, match="switch_transformers"):
+        output_norms(model, block, torch.zeros(3, model.config.d_model), 8)
+
+
+def test_norm_preference_hand_case() -> None:
+    """Token 0: scores 0.6 0.3 0.1 and norms 3 2 1 (first choice is the largest, rho = 1). Token 1: scores
+    0.1 0.3 0.6, same norms (first choice 2 is the smallest, rho = -1). Half agree; mean rho 0."""
+    routing = trace_from_choices([[0], [2]], num_experts=3)
+    routing.probs[0] = [[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]]
+    row = norm_preference(routing, 0, np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])).iloc[0]
+    assert row["first_is_largest"] == 0.5
+    assert row["rank_correlation"] == pytest.approx(0.0)
+    assert row["chance"] == pytest.approx(1 / 3)
+
+
+def test_similarity_frame_leaves_out_the_diagonal() -> None:
+    frame = similarity_frame(np.array([[1.0, 0.2], [0.2, 1.0]]))
+    pd.testing.assert_frame_equal(frame, pd.DataFrame({"source": [0, 1], "target": [1, 0], "similarity": [0.2, 0.2]}))
+
+
+def test_demo_models_first_layer_prefers_experts_with_larger_outputs() -> None:
+    """The Closer Look finding, on the bundled model's first MoE layer: the first choice is the largest-output
+    expert far more often than the 1/8 of chance."""
+    from moe_core.models import load_model
+
+    loaded = load_model()
+    text = "The router prefers some experts. " * 20
+    routing = trace(loaded.model, loaded.tokenizer, text)
+    block = moe_block(loaded.model, 0)
+    norms = output_norms(loaded.model, block, experts_input(loaded.model, loaded.tokenizer, [text], block), 8)
+    assert norm_preference(routing, 0, norms)["first_is_largest"].iloc[0] > 0.3
