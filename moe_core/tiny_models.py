@@ -359,8 +359,8 @@ def all_families() -> list[str]:
 
 
 def _router_output_weight(block: MoeBlock) -> nn.Parameter:
-    """The router's last weight matrix: its rows score the experts (one row per routing class). Named "bias"
-    are excluded: ERNIE keeps its correction bias as a [1, E] matrix."""
+    """The router's last weight matrix: its rows score the experts (one row per routing class). Matrices named
+    "bias" are left out: ERNIE keeps its correction bias as a [1, E] matrix."""
     return [p for name, p in block.router.named_parameters() if p.ndim == 2 and "bias" not in name][-1]
 
 
