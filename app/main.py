@@ -22,6 +22,7 @@ from app.operator import operator_options  # noqa: E402
 from app.state import URL_KEYS, VIEWS, Settings, from_query, to_query  # noqa: E402
 from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
+from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models  # noqa: E402
 from moe_core.trace import RoutingTrace  # noqa: E402
 from moe_core.trace_io import TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
@@ -34,6 +35,7 @@ VIEW_MODULES = {
     "flow": layer_flow,
 }
 MAX_PROMPT_CHARS = 200_000
+CONTINUE_TOKENS = 40  # per click of "Let the model continue": a sentence or a few lines of code
 
 
 def _seed_session_from_url() -> None:
@@ -58,6 +60,17 @@ def _apply_preset() -> None:
     st.session_state.prompt = presets()[st.session_state.preset]
 
 
+def _continue_prompt() -> None:
+    """The Continue button: append the model's greedy continuation to the text; the page then traces all of it."""
+    try:
+        loaded = get_model(st.session_state.model.strip())
+        longer = continue_text(loaded.model, loaded.tokenizer, st.session_state.prompt, CONTINUE_TOKENS)
+    except (ModelLoadError, ValueError) as error:
+        st.session_state.continue_error = str(error)
+        return
+    st.session_state.prompt = longer[:MAX_PROMPT_CHARS]
+
+
 def _sidebar_inputs() -> bytes | None:
     """Model, prompt and trace-upload widgets; returns the uploaded trace's bytes, if any."""
     sidebar = st.sidebar
@@ -76,6 +89,16 @@ def _sidebar_inputs() -> bytes | None:
         placeholder="Choose a preset …",
     )
     sidebar.text_area("Text", key="prompt", height=180, max_chars=MAX_PROMPT_CHARS)
+    sidebar.button(
+        f"Let the model continue ({CONTINUE_TOKENS} tokens)",
+        key="continue",
+        on_click=_continue_prompt,
+        disabled=st.session_state.get("upload") is not None,  # the page shows the uploaded trace, not the text
+        help="Appends what the model writes next (greedy, so the same text always gets the same continuation); "
+        "then its own writing is routed like the rest.",
+    )
+    if error := st.session_state.pop("continue_error", None):
+        sidebar.warning(f"Cannot continue the text: {error}")
     upload = sidebar.file_uploader("…or view a saved trace", type=["json", "parquet"], key="upload")
     return None if upload is None else upload.getvalue()
 

@@ -152,3 +152,28 @@ def test_operator_allow_list_locks_the_model_choice(monkeypatch: pytest.MonkeyPa
     _assert_clean(locked)
     assert any("`someone/other-moe` is not offered here" in w.value for w in locked.warning)
     assert locked.selectbox(key="model").value == "demo-mixtral" and not locked.error
+
+
+def test_continue_appends_the_models_own_writing_and_traces_it() -> None:
+    """The Continue button appends continue_text's greedy continuation to the text, and the page routes it all."""
+    from moe_core.generate import continue_text
+    from moe_core.models import load_model
+
+    at = run_app({"text": "def fibonacci(n):\n"})
+    _assert_clean(at)
+    at.button(key="continue").click().run()
+    _assert_clean(at)
+    loaded = load_model()
+    expected = continue_text(loaded.model, loaded.tokenizer, "def fibonacci(n):\n", 40)
+    assert at.text_area(key="prompt").value == expected
+    tokens = len(loaded.tokenizer(expected)["input_ids"])
+    assert f"· {tokens} tokens ·" in at.caption[0].value
+
+
+def test_continue_on_an_empty_text_explains_itself() -> None:
+    """Nothing to continue: a warning in the sidebar, the text stays empty, no traceback."""
+    at = run_app({"text": " "})
+    at.button(key="continue").click().run()
+    _assert_clean(at)
+    assert any("Cannot continue the text: empty text" in w.value for w in at.sidebar.warning)
+    assert at.text_area(key="prompt").value == " "
