@@ -68,8 +68,9 @@ def get_expert_study(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]
     model, tokenizer = _loaded.model, _loaded.tokenizer
     routing = get_trace(_loaded, model_id, texts)
     block = moe_block(model, layer_row)
-    norms = output_norms(model, block, experts_input(model, tokenizer, texts, block), routing.model.num_experts)
-    num_weighted = computed_experts(model, routing.model.num_experts)
+    num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
+    hidden = experts_input(model, tokenizer, texts, block)
+    norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
     return ExpertStudy(norm_preference(routing, layer_row, norms), weight_similarity(block.experts, num_weighted))
 
 

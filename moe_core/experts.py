@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
+from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
 
 
@@ -65,9 +65,18 @@ def weight_similarity(experts: nn.Module, num_experts: int) -> np.ndarray:
     return (gram / norms[:, None] / norms[None, :]).numpy()
 
 
+def _require_experts_call(model: nn.Module) -> None:
+    """Running one expert on given tokens needs the common experts(hidden [T, H], index, weights) call."""
+    if adapter_for(model.config.model_type).choice not in EXPERTS_CALL_CHOICES:
+        raise ExpertsCallUnsupported(
+            f"{model.config.model_type}: its experts are not called as experts(hidden, index, weights)"
+        )
+
+
 @torch.inference_mode()
 def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block: MoeBlock) -> torch.Tensor:
     """[tokens, H] the hidden states `block`'s experts receive for `texts`, padding rows dropped: one forward."""
+    _require_experts_call(model)
     _, batch, _ = tokenize(tokenizer, list(texts), None)
     seen: list[torch.Tensor] = []
     handle = block.experts.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
@@ -85,22 +94,26 @@ def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block:
 
 
 @torch.inference_mode()
-def output_norms(model: nn.Module, block: MoeBlock, hidden: torch.Tensor, num_experts: int) -> np.ndarray:
-    """[tokens, E] the L2 norm of what each expert would output for each token, with a combine weight of 1.
+def output_norms(model: nn.Module, block: MoeBlock, hidden: torch.Tensor, num_experts: int, top_k: int) -> np.ndarray:
+    """[tokens, num_experts] the L2 norm of what each expert would output for each token, with a combine weight of 1.
 
-    Runs the experts module the way the model does, experts(hidden, index, weights), once per expert with every
-    token sent to it: E times the work of the layer's experts, so a few seconds on large models.
+    Pass the number of real experts (computed_experts): a zero-computation class has no expert to run, and an
+    index past the real experts reads past the weights in the fused experts implementations.
+
+    Runs the experts module the way the model does, experts(hidden, index [T, k], weights [T, k]), once per
+    expert with every slot of every token sent to it and weights (1, 0, ..., 0): the other slots add exact
+    zeros, and k stays the model's own (LongCat's experts break on a single slot). E times the work of the
+    layer's experts, so a few seconds on large models.
     """
-    if adapter_for(model.config.model_type).choice != "experts_call":
-        raise ExpertsCallUnsupported(
-            f"{model.config.model_type}: its experts are not called as experts(hidden, index, weights)"
-        )
+    _require_experts_call(model)
     num_tokens = hidden.shape[0]
-    weights = torch.ones(num_tokens, 1, dtype=hidden.dtype, device=hidden.device)
+    weights = torch.zeros(num_tokens, top_k, dtype=hidden.dtype, device=hidden.device)
+    weights[:, 0] = 1
     norms = []
     for expert in range(num_experts):
-        index = torch.full((num_tokens, 1), expert, dtype=torch.long, device=hidden.device)
-        norms.append(block.experts(hidden, index, weights).float().norm(dim=-1))
+        index = torch.full((num_tokens, top_k), expert, dtype=torch.long, device=hidden.device)
+        output = block.experts(hidden, index, weights)
+        norms.append(output.float().reshape(num_tokens, -1).norm(dim=-1))  # DBRX returns [T, 1, H]
     return torch.stack(norms, dim=1).cpu().numpy()
 
 

@@ -32,6 +32,8 @@ SCORINGS: dict[str, Scoring] = {
     "probabilities": lambda scores: scores.float(),  # the router reports probabilities already (Gemma 4)
 }
 SUM_TO_ONE = frozenset({"softmax", "probabilities"})  # scorings whose scores over all experts sum to 1
+# Choices under which the experts module is called as experts(hidden [T, H], index [T, k], weights [T, k]).
+EXPERTS_CALL_CHOICES = frozenset({"experts_call", "skip_call"})
 
 
 @dataclass(frozen=True)

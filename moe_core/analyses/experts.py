@@ -30,13 +30,15 @@ def _row_ranks(values: np.ndarray) -> np.ndarray:
 def norm_preference(trace: RoutingTrace, layer_row: int, norms: np.ndarray) -> pd.DataFrame:
     """Does the router rank experts the way their output norms do, at one MoE layer? One row.
 
-    `norms` is [T, E]: each expert's output norm for each token (moe_core.experts.output_norms).
-    `first_is_largest`: share of tokens whose first choice is the expert with the largest output; `chance` is 1/E.
-    `rank_correlation`: Spearman's rho between router scores and output norms over the experts, averaged over
-    tokens: 0 = unrelated, 1 = the router orders experts exactly by output norm.
+    `norms` is [T, E']: each real expert's output norm for each token (moe_core.experts.output_norms), where E'
+    leaves out zero-computation classes (LongCat's identity experts, Zaya's skip), which have no output to weigh.
+    `first_is_largest`: share of tokens whose first choice is a real expert and the one with the largest output;
+    `chance` is 1/E'. `rank_correlation`: Spearman's rho between router scores and output norms over the real
+    experts, averaged over tokens: 0 = unrelated, 1 = the router orders experts exactly by output norm.
     """
-    probs, top1 = trace.probs[layer_row], trace.experts[layer_row, :, 0]
-    routed = top1 >= 0
+    num_real = norms.shape[1]
+    probs, top1 = trace.probs[layer_row, :, :num_real], trace.experts[layer_row, :, 0]
+    routed = (top1 >= 0) & (top1 < num_real)
     first_is_largest = float((norms.argmax(axis=1) == top1)[routed].mean()) if routed.any() else np.nan
     score_ranks, norm_ranks = _row_ranks(probs), _row_ranks(norms)
     centred = [ranks - ranks.mean(axis=1, keepdims=True) for ranks in (score_ranks, norm_ranks)]
@@ -45,7 +47,7 @@ def norm_preference(trace: RoutingTrace, layer_row: int, norms: np.ndarray) -> p
         {
             "layer": [trace.model.moe_layers[layer_row]],
             "first_is_largest": [first_is_largest],
-            "chance": [1 / trace.model.num_experts],
+            "chance": [1 / num_real],
             "rank_correlation": [float(np.nanmean(rho))],
             "tokens": [len(top1)],
         }

@@ -244,7 +244,7 @@ def test_gate_view_closer_look_runs_every_expert(routing) -> None:
     loaded = load_model()
     block = moe_block(loaded.model, 1)
     hidden = experts_input(loaded.model, loaded.tokenizer, routing.texts, block)
-    expected = norm_preference(routing, 1, output_norms(loaded.model, block, hidden, 8))
+    expected = norm_preference(routing, 1, output_norms(loaded.model, block, hidden, 8, 2))
     at = run_app({"view": "gates", "layer": "1"})
     _clean(at)
     shown = at.dataframe[0].value.iloc[0]

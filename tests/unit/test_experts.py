@@ -13,7 +13,7 @@ from torch import nn
 import moe_core.experts as experts_module
 from moe_core.analyses.experts import norm_preference, similarity_frame
 from moe_core.capture import trace
-from moe_core.experts import experts_input, moe_block, output_norms, weight_similarity
+from moe_core.experts import computed_experts, experts_input, moe_block, output_norms, weight_similarity
 from moe_core.synthetic import trace_from_choices
 from moe_core.tiny_models import build_tiny_model
 
@@ -54,7 +54,7 @@ def test_output_norms_equal_each_expert_computed_by_hand(demo_tokenizer: Any) ->
     model = build_tiny_model("mixtral")
     block = moe_block(model, 0)
     hidden = experts_input(model, demo_tokenizer, [TEXT], block)
-    norms = output_norms(model, block, hidden, 8)
+    norms = output_norms(model, block, hidden, 8, 2)
     with torch.no_grad():
         for expert in range(8):
             gate, up = (hidden @ block.experts.gate_up_proj[expert].T).chunk(2, dim=-1)
@@ -67,7 +67,7 @@ def test_output_norms_refuse_families_with_other_experts_calls(demo_tokenizer: A
     model = build_tiny_model("switch_transformers")
     block = moe_block(model, 0)
     with pytest.raises(experts_module.ExpertsCallUnsupported, match="switch_transformers"):
-        output_norms(model, block, torch.zeros(3, model.config.d_model), 8)
+        output_norms(model, block, torch.zeros(3, model.config.d_model), 8, 1)
 
 
 def test_norm_preference_hand_case() -> None:
@@ -95,5 +95,37 @@ def test_demo_models_first_layer_prefers_experts_with_larger_outputs() -> None:
     text = "The router prefers some experts. " * 20
     routing = trace(loaded.model, loaded.tokenizer, text)
     block = moe_block(loaded.model, 0)
-    norms = output_norms(loaded.model, block, experts_input(loaded.model, loaded.tokenizer, [text], block), 8)
+    norms = output_norms(loaded.model, block, experts_input(loaded.model, loaded.tokenizer, [text], block), 8, 2)
     assert norm_preference(routing, 0, norms)["first_is_largest"].iloc[0] > 0.3
+
+
+@pytest.mark.parametrize("family", ["dbrx", "longcat_flash", "zaya", "gpt_oss", "deepseek_v3", "qwen2_moe"])
+def test_output_norms_on_families_with_unusual_experts(family: str, demo_tokenizer: Any) -> None:
+    """DBRX returns [T, 1, H], LongCat's experts break on a single slot, Zaya has a skip class, GPT-OSS has
+    biases: every expert's norm still comes out, finite, one per token and expert."""
+    model = build_tiny_model(family)
+    routing = trace(model, demo_tokenizer, TEXT)
+    block = moe_block(model, 0)
+    hidden = experts_input(model, demo_tokenizer, [TEXT], block)
+    num_real = computed_experts(model, routing.model.num_experts)
+    norms = output_norms(model, block, hidden, num_real, routing.model.top_k)
+    assert norms.shape == (len(routing.tokens), 8) and np.isfinite(norms).all()  # 8 real experts in each
+
+
+@pytest.mark.parametrize("family", ["llama4_text", "jetmoe", "switch_transformers"])
+def test_experts_input_refuses_families_with_other_experts_calls(family: str, demo_tokenizer: Any) -> None:
+    """Llama 4 feeds its experts every token scaled per expert, JetMoE sorted slots, Switch a one-hot mask: the
+    per-token hidden states do not exist there, so the study says so before running anything."""
+    model = build_tiny_model(family)
+    with pytest.raises(experts_module.ExpertsCallUnsupported, match=family.removesuffix("_text")):
+        experts_input(model, demo_tokenizer, [TEXT], moe_block(model, 0))
+
+
+def test_norm_preference_leaves_out_zero_computation_classes() -> None:
+    """E = 3 classes, the last a skip with no output: norms cover experts 0 and 1 only. Token 0 picks expert 1,
+    the larger output; token 1 picks the skip, so it counts for no one: 1 of 1 agrees, chance 1/2."""
+    routing = trace_from_choices([[1], [2]], num_experts=3)
+    routing.probs[0] = [[0.2, 0.7, 0.1], [0.1, 0.2, 0.7]]
+    row = norm_preference(routing, 0, np.array([[1.0, 2.0], [1.0, 2.0]])).iloc[0]
+    assert row["first_is_largest"] == 1.0 and row["chance"] == 0.5
+    assert row["rank_correlation"] == pytest.approx(1.0)  # both tokens rank experts 0 < 1 by score and by norm
