@@ -186,6 +186,16 @@ def context_length(model: nn.Module) -> int | None:
     return None
 
 
+def forward_text(model: nn.Module, batch: dict[str, torch.Tensor], **options: Any) -> Any:
+    """One pass of the model over the input text, on the model's device: the encoder of an encoder-decoder
+    model (it reads the text), a causal LM without a cache (hybrid models' caches reject a prompt-only pass)."""
+    device = next(model.parameters()).device
+    inputs = {key: value.to(device) for key, value in batch.items()}
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model.get_encoder()(**inputs, **options)
+    return model(**inputs, use_cache=False, **options)
+
+
 @torch.inference_mode()
 def trace(
     model: nn.Module,
@@ -206,14 +216,9 @@ def trace(
     limit = min(limits) if limits else None
     tokens, batch, truncated = tokenize(tokenizer, texts, limit)
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
-    device = next(model.parameters()).device
-    inputs = {key: value.to(device) for key, value in batch.items()}
     adapter = adapter_for(model.config.model_type)
     with recording(blocks, logits_index, adapter.choice) as records:
-        if getattr(model.config, "is_encoder_decoder", False):
-            model.get_encoder()(**inputs)
-        else:
-            model(**inputs, use_cache=False)
+        forward_text(model, batch)
     mask = batch["attention_mask"].reshape(-1).bool()
     keep = None if bool(mask.all()) else mask
     logits = _gather([r.logits for r in records], keep).float()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from moe_core.capture import forward_text
 from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
 
@@ -81,12 +82,7 @@ def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block:
     seen: list[torch.Tensor] = []
     handle = block.experts.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
     try:
-        device = next(model.parameters()).device
-        inputs = {key: value.to(device) for key, value in batch.items()}
-        if getattr(model.config, "is_encoder_decoder", False):
-            model.get_encoder()(**inputs)
-        else:
-            model(**inputs, use_cache=False)
+        forward_text(model, batch)
     finally:
         handle.remove()
     hidden = seen[0].reshape(-1, seen[0].shape[-1])

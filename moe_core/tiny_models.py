@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from moe_core.capture import recording
+from moe_core.capture import forward_text, recording
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 
 VOCAB_SIZE = 4096  # the demo tokenizer's, so every tiny model can read the same tokens
@@ -406,17 +406,13 @@ def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: 
     """
     logits_index = find_moe_blocks(model, model.config.model_type)[1]
     adapter = adapter_for(model.config.model_type)
-    if model.config.is_encoder_decoder:
-        forward, options = model.get_encoder(), {}
-    else:
-        forward, options = model, {"use_cache": False}  # hybrid models' caches reject a prompt-only pass
-    input_ids = torch.randint(0, VOCAB_SIZE, (2, 32), generator=generator)
+    batch = {"input_ids": torch.randint(0, VOCAB_SIZE, (2, 32), generator=generator)}
     for block in blocks:
         output_weight = _router_output_weight(block)
         if not output_weight.any():  # zero-initialised routers (AFMoE) send every token to the same experts
             output_weight.copy_(torch.randn(output_weight.shape, generator=generator))
         with recording([block], logits_index, adapter.choice) as records:
-            forward(input_ids=input_ids, **options)
+            forward_text(model, batch)
         scores = records[0].logits[0].float()
         logits = scores.clamp_min(1e-30).log() if adapter.scoring == "probabilities" else scores
         # Spread from token to token and expert to expert, what routing depends on: remove each token's and

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.capture import trace
+from moe_core.capture import forward_text, trace
 from moe_core.experts import computed_experts, expert_weights
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
@@ -226,12 +226,9 @@ def compare_with_router_logits(
     model: nn.Module, tokenizer: Any, routing: RoutingTrace, rows: np.ndarray
 ) -> bool | None:
     """Do the captured logits equal what the model returns with output_router_logits=True?"""
-    _, inputs, _ = tokenize(tokenizer, routing.texts, None)
+    _, batch, _ = tokenize(tokenizer, routing.texts, None)
     try:
-        if getattr(model.config, "is_encoder_decoder", False):
-            returned = model.get_encoder()(**inputs, output_router_logits=True).router_logits
-        else:
-            returned = model(**inputs, output_router_logits=True, use_cache=False).router_logits
+        returned = forward_text(model, batch, output_router_logits=True).router_logits
     except TypeError:
         return None
     if not returned:
