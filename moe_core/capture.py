@@ -1,4 +1,4 @@
-"""Record routing during one ordinary forward pass, with hooks that never outlive the call.
+"""Record routing during one ordinary forward pass, with hooks that act only on the caller's own passes.
 
 For each MoE block: a forward hook on the router keeps its logits, and a forward pre-hook on the
 routed-experts module keeps the expert indices and combine weights the experts actually consume.
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, ModelInfo, RoutingTrace
@@ -97,38 +98,39 @@ CHOICE_READERS: dict[str, tuple[bool, Callable[..., Choice]]] = {
 def recording(
     blocks: Sequence[MoeBlock], logits_index: int, choice: str = "experts_call"
 ) -> Iterator[list[_LayerRecord]]:
-    """Hooks on every block for the duration of the `with`; removed in `finally`, even on error."""
+    """Record every block's router logits and consumed choice for the forward passes inside the `with`.
+
+    Only this thread's (or task's) passes are recorded (moe_core.hooks), so visitors sharing one model
+    never see each other's routing.
+    """
     on_router, read_choice = CHOICE_READERS[choice]
     records = [_LayerRecord() for _ in blocks]
-    handles = []
-    try:
-        for block, record in zip(blocks, records, strict=True):
+    hooks: list[Hook] = []
+    for block, record in zip(blocks, records, strict=True):
 
-            def keep(index: torch.Tensor, weights: torch.Tensor, record: _LayerRecord = record) -> None:
-                record.experts.append(index)
-                record.weights.append(weights)
+        def keep(index: torch.Tensor, weights: torch.Tensor, record: _LayerRecord = record) -> None:
+            record.experts.append(index)
+            record.weights.append(weights)
 
-            def after_router(
-                _module: nn.Module, _inputs: Any, output: Any, record: _LayerRecord = record, block: MoeBlock = block
-            ) -> None:
-                logits = _first_tensor(output, logits_index)
-                record.logits.append(logits.reshape(-1, logits.shape[-1]))
-                if on_router:
-                    keep(*read_choice(block, output), record=record)
+        def after_router(
+            _module: nn.Module, _inputs: Any, output: Any, record: _LayerRecord = record, block: MoeBlock = block
+        ) -> None:
+            logits = _first_tensor(output, logits_index)
+            record.logits.append(logits.reshape(-1, logits.shape[-1]))
+            if on_router:
+                keep(*read_choice(block, output), record=record)
 
-            def before_experts(
-                _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], record: _LayerRecord = record,
-                block: MoeBlock = block,
-            ) -> None:  # fmt: skip
-                keep(*read_choice(block, args, kwargs), record=record)
+        def before_experts(
+            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], record: _LayerRecord = record,
+            block: MoeBlock = block,
+        ) -> None:  # fmt: skip
+            keep(*read_choice(block, args, kwargs), record=record)
 
-            handles.append(block.router.register_forward_hook(after_router))
-            if not on_router:
-                handles.append(block.experts.register_forward_pre_hook(before_experts, with_kwargs=True))
+        hooks.append((block.router, "forward", after_router))
+        if not on_router:
+            hooks.append((block.experts, "pre", before_experts))
+    with hooks_active(hooks):
         yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _gather(per_layer: list[list[torch.Tensor]], keep: torch.Tensor | None) -> torch.Tensor:
@@ -191,9 +193,10 @@ def forward_text(model: nn.Module, batch: dict[str, torch.Tensor], **options: An
     model (it reads the text), a causal LM without a cache (hybrid models' caches reject a prompt-only pass)."""
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
-    if getattr(model.config, "is_encoder_decoder", False):
-        return model.get_encoder()(**inputs, **options)
-    return model(**inputs, use_cache=False, **options)
+    with forward_lock(model):
+        if getattr(model.config, "is_encoder_decoder", False):
+            return model.get_encoder()(**inputs, **options)
+        return model(**inputs, use_cache=False, **options)
 
 
 @torch.inference_mode()

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.capture import forward_text
+from moe_core.capture import context_length, forward_text
+from moe_core.hooks import hooks_active
 from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
 
@@ -78,13 +79,10 @@ def _require_experts_call(model: nn.Module) -> None:
 def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block: MoeBlock) -> torch.Tensor:
     """[tokens, H] the hidden states `block`'s experts receive for `texts`, padding rows dropped: one forward."""
     _require_experts_call(model)
-    _, batch, _ = tokenize(tokenizer, list(texts), None)
+    _, batch, _ = tokenize(tokenizer, list(texts), context_length(model))  # truncated as trace() truncates
     seen: list[torch.Tensor] = []
-    handle = block.experts.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
-    try:
+    with hooks_active([(block.experts, "pre", lambda _module, args, _kwargs: seen.append(args[0]))]):
         forward_text(model, batch)
-    finally:
-        handle.remove()
     hidden = seen[0].reshape(-1, seen[0].shape[-1])
     return hidden[batch["attention_mask"].reshape(-1).bool().to(hidden.device)]
 

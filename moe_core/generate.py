@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from moe_core.capture import context_length
+from moe_core.hooks import forward_lock
 
 MAX_NEW_TOKENS = 256  # a continuation longer than this is better typed than waited for
 
@@ -34,12 +35,13 @@ def continue_text(model: nn.Module, tokenizer: Any, text: str, max_new_tokens: i
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
     end = tokenizer.eos_token_id
-    output = model.generate(
+    with forward_lock(model):
+        output = model.generate(
         **inputs,
-        max_new_tokens=min(max_new_tokens, room),
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,
-    )
+            max_new_tokens=min(max_new_tokens, room),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,
+        )
     new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
     if end is not None and end in new_ids:
         new_ids = new_ids[: new_ids.index(end)]

@@ -20,6 +20,7 @@ from torch import nn
 
 from moe_core.capture import forward_text, trace
 from moe_core.experts import computed_experts, expert_weights
+from moe_core.hooks import Hook, hooks_active
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
 from moe_core.tokens import tokenize
@@ -45,20 +46,17 @@ class FamilyResult:
 
 @contextlib.contextmanager
 def recording_block_inputs(blocks: Sequence[MoeBlock]) -> Iterator[list[list[tuple[tuple, dict]]]]:
-    """Keep each block's call arguments so the block can be replayed in isolation."""
+    """Keep each block's call arguments (this thread's passes only) so the block can be replayed in isolation."""
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
-    handles = []
-    try:
-        for block, store in zip(blocks, calls, strict=True):
+    hooks: list[Hook] = []
+    for block, store in zip(blocks, calls, strict=True):
 
-            def keep(_module: nn.Module, args: tuple, kwargs: dict, store: list = store) -> None:
-                store.append((tuple(a.clone() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        def keep(_module: nn.Module, args: tuple, kwargs: dict, store: list = store) -> None:
+            store.append((tuple(a.clone() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
 
-            handles.append(block.block.register_forward_pre_hook(keep, with_kwargs=True))
+        hooks.append((block.block, "pre", keep))
+    with hooks_active(hooks):
         yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _output_rows(output: Any) -> torch.Tensor:
