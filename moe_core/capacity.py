@@ -8,7 +8,9 @@ shows which tokens would lose experts at a given capacity factor.
 The order slots are served in decides who loses. With the GShard/OpenMoE `position` policy, rank-1 slots go
 in token order, so the budget runs out late in each sequence: OpenMoE's "drop towards the end" (Xue et al.,
 2024), which hurts the tokens after a long prompt most. Batch-priority routing (`score`, V-MoE; Riquelme
-et al., 2021) serves the most confident tokens first instead. Rules: DESIGN.md, "Capacity".
+et al., 2021) serves the tokens with the highest raw top-1 router probability first instead. Rules: DESIGN.md,
+"Capacity". `kept_slots` is the one implementation of the rule: the static simulation here and the
+capacity-bound forward (moe_core.capped) both call it.
 
 `simulate_capacity` is the vectorised implementation. `simulate_capacity_reference` transcribes the rules
 as plain loops: it is the test oracle and the benchmark baseline, so keep it obvious rather than fast.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -30,7 +33,6 @@ from moe_core.trace import DROPPED, RoutingTrace
 CAPACITY_FACTOR_MIN = 0.0  # exclusive: the factor must be > 0
 CAPACITY_FACTOR_MAX = 64.0  # inclusive: larger values are almost surely typos (125 for 1.25)
 MIN_CAPACITY_MIN = 1  # inclusive
-POLICIES = ("position", "score")
 GROUPS = ("sequence", "batch")
 
 
@@ -47,6 +49,7 @@ class CapacityResult:
     policy: str
     group: str
     min_capacity: int
+    order: np.ndarray  # [L, T] int: the tokens of each layer in the order the policy serves them (each rank)
     group_index: np.ndarray  # [T] int: the group of each token (index into the G axis)
     group_sizes: np.ndarray  # [G] int: tokens per group
     capacity: np.ndarray  # [L, G] int: slots each expert accepts, per layer and group
@@ -107,19 +110,43 @@ def simulate_capacity(
 ) -> CapacityResult:
     """Apply an expert capacity limit to `trace` (vectorised; same result as `simulate_capacity_reference`).
 
+    Each layer on its own, on the routing of an uncapped pass: the first-order picture. `policy` is a key of
+    SERVING_ORDERS; the `score` policy ranks tokens by their raw top-1 router probability (`top1_probability`),
+    exactly as the capacity-bound forward (moe_core.capped) does.
+    """
+    _validate(trace, capacity_factor, policy, group, min_capacity)
+    experts = np.asarray(trace.experts)
+    top_k = experts.shape[2]
+    group_index, group_sizes = _groups(trace, group)
+    group_capacity = _group_capacities(capacity_factor, top_k, group_sizes, trace.model.num_experts, min_capacity)
+    order = SERVING_ORDERS[policy](top1_probability(trace.probs))
+    kept, per_key = kept_slots(experts, order, group_index, group_capacity, trace.model.num_experts)
+    demand = per_key.sum(axis=1)
+    fill = np.minimum(per_key, group_capacity[:, None]).sum(axis=1)
+    capacity = np.tile(group_capacity, (experts.shape[0], 1))
+    return _summarise(
+        trace, capacity_factor, policy, group, min_capacity, order, group_index, group_sizes, capacity, kept, fill,
+        demand,
+    )  # fmt: skip
+
+
+def kept_slots(
+    experts: np.ndarray, order: np.ndarray, group_index: np.ndarray, group_capacity: np.ndarray, num_experts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The capacity rule itself, shared by the static simulation and the capacity-bound forward.
+
+    experts [L, T, k] (DROPPED allowed), order [L, T] (tokens in serving order), group_index [T], group_capacity
+    [G]. Returns kept [L, T, k] and the slots routed per (layer, group, expert) [L, G, E] before the limit.
+    Rank r is served after every rank below it; within a rank, tokens go in `order`.
+
     Each slot gets one unsigned integer: its key (layer, group, expert) in the high bits and its serving
-    number in its layer (rank · T + the token's place in policy order) in the low bits. One sort of these
+    number in its layer (rank · T + the token's place in `order`) in the low bits. One sort of these
     puts every key's slots together in serving order, so block boundaries come from a binary search and
     the slot at a block's start + C is the first one its expert turns away; a slot is kept iff its integer
     is below that one. The integers are unique, so the sort need not be stable and numpy's SIMD sort serves.
     """
-    _validate(trace, capacity_factor, policy, group, min_capacity)
-    experts = np.asarray(trace.experts)
     num_layers, num_tokens, top_k = experts.shape
-    num_experts = trace.model.num_experts
-    group_index, group_sizes = _groups(trace, group)
-    num_groups = len(group_sizes)
-    group_capacity = _group_capacities(capacity_factor, top_k, group_sizes, num_experts, min_capacity)
+    num_groups = len(group_capacity)
 
     # Bucket 0 holds the slots the model dropped itself (capacity 0); expert e is bucket e + 1.
     num_buckets = num_experts + 1
@@ -128,10 +155,7 @@ def simulate_capacity(
     packed_type = _packed_type(num_keys, serving_bits)
     shift = packed_type(serving_bits)
     layer_group = np.arange(num_layers, dtype=packed_type)[:, None] * num_groups + group_index.astype(packed_type)
-    if policy == "position":
-        serving = np.arange(num_tokens, dtype=packed_type)
-    else:
-        serving = _serving_place(score_order(trace.weights)).astype(packed_type)
+    serving = _serving_place(order).astype(packed_type)
     # packed = (key << shift) + serving number, built in place: key = layer_group · num_buckets + expert + 1.
     token_base = ((layer_group * packed_type(num_buckets) + packed_type(1)) << shift) + serving  # [L, T]
     rank_base = np.arange(top_k, dtype=packed_type) * packed_type(num_tokens)  # rank r is served after ranks < r
@@ -150,14 +174,19 @@ def simulate_capacity(
     # The first slot each key turns away, or (where nothing is turned away) the next key's first slot.
     first_refused = np.append(ordered, np.iinfo(packed_type).max)[np.minimum(block[:-1] + key_capacity, block[1:])]
     kept = packed < first_refused[(packed >> shift).astype(np.intp)]  # intp: numpy indexes fastest with it
-
     per_key = np.diff(block).reshape(num_layers, num_groups, num_buckets)[:, :, 1:]
-    demand = per_key.sum(axis=1)
-    fill = np.minimum(per_key, group_capacity[:, None]).sum(axis=1)
-    capacity = np.tile(group_capacity, (num_layers, 1))
-    return _summarise(
-        trace, capacity_factor, policy, group, min_capacity, group_index, group_sizes, capacity, kept, fill, demand
-    )
+    return kept, per_key
+
+
+def expert_choice(probs: np.ndarray, group_index: np.ndarray, group_capacity: np.ndarray) -> np.ndarray:
+    """Expert-choice routing (Zhou et al. 2022): [T, E] bool, each expert takes the C tokens of each group with
+    the highest router probability, ties by position. A token may be taken by 0 … E experts."""
+    taken = np.zeros(probs.shape, dtype=bool)
+    for group, capacity in enumerate(group_capacity.tolist()):
+        members = np.flatnonzero(group_index == group)
+        ranked = np.argsort(-probs[members], axis=0, kind="stable")[:capacity]  # stable: ties by position
+        taken[members[ranked], np.arange(probs.shape[1])[None, :]] = True
+    return taken
 
 
 def simulate_capacity_reference(
@@ -172,7 +201,7 @@ def simulate_capacity_reference(
     num_layers, num_tokens, top_k = trace.experts.shape
     num_experts = trace.model.num_experts
     experts = trace.experts.tolist()
-    top1 = trace.weights[:, :, 0].tolist()
+    top1 = [[math.nan if not p or any(map(math.isnan, p)) else max(p) for p in layer] for layer in trace.probs.tolist()]
     sequence = trace.tokens.sequence.tolist()
     position = trace.tokens.position.tolist()
 
@@ -191,12 +220,20 @@ def simulate_capacity_reference(
     ]
 
     kept = [[[False] * top_k for _ in range(num_tokens)] for _ in range(num_layers)]
+    orders = []
     for layer in range(num_layers):
+        if policy == "position":
+            layer_order = list(range(num_tokens))
+        elif policy == "reversed":
+            layer_order = list(range(num_tokens))[::-1]
+        else:  # highest top-1 probability first, ties by position, NaN last
+            layer_order = sorted(
+                range(num_tokens), key=lambda t: (math.inf if math.isnan(top1[layer][t]) else -top1[layer][t], t)
+            )
+        orders.append(layer_order)
         for g, tokens in enumerate(groups):
-            if policy == "position":
-                order = tokens
-            else:  # highest top-1 weight first, ties by position, NaN last
-                order = sorted(tokens, key=lambda t: (math.inf if math.isnan(top1[layer][t]) else -top1[layer][t], t))
+            members = set(tokens)
+            order = [t for t in layer_order if t in members]
             accepted = [0] * num_experts
             for rank in range(top_k):
                 for t in order:
@@ -242,6 +279,7 @@ def simulate_capacity_reference(
         policy=policy,
         group=group,
         min_capacity=int(min_capacity),
+        order=np.array(orders, dtype=np.int64).reshape(num_layers, num_tokens),
         group_index=np.array(group_of, dtype=np.int64),
         group_sizes=np.array([len(tokens) for tokens in groups], dtype=np.int64),
         capacity=np.array([group_capacity] * num_layers, dtype=np.int64).reshape(num_layers, len(groups)),
@@ -260,6 +298,7 @@ def _summarise(
     policy: str,
     group: str,
     min_capacity: int,
+    order: np.ndarray,
     group_index: np.ndarray,
     group_sizes: np.ndarray,
     capacity: np.ndarray,
@@ -292,6 +331,7 @@ def _summarise(
         policy=policy,
         group=group,
         min_capacity=int(min_capacity),
+        order=np.asarray(order, dtype=np.int64),
         group_index=group_index,
         group_sizes=group_sizes,
         capacity=capacity,
@@ -353,16 +393,46 @@ def _group_capacities(
     return np.array([per_size[size] for size in sizes], dtype=np.int64)
 
 
-def score_order(weights: np.ndarray) -> np.ndarray:
-    """[L, T] the tokens of each layer by top-1 weight, highest first, ties by position, NaN last (with -inf).
+def top1_probability(probs: np.ndarray) -> np.ndarray:
+    """[L, T] each token's raw top-1 router probability: the largest softmax/sigmoid score, before any
+    renormalisation of the chosen weights (V-MoE's priority; renormalised weights would rank a confident
+    top-1 and an even split alike when k = 1)."""
+    probs = np.asarray(probs)
+    return probs.max(axis=-1) if probs.shape[-1] else np.full(probs.shape[:-1], np.nan)
 
-    Packs each token's descending-weight key (32 bits) above its position (32 bits): the packed values are
+
+def score_order(priority: np.ndarray) -> np.ndarray:
+    """[L, T] the tokens of each layer by priority, highest first, ties by position, NaN last (with -inf).
+
+    Packs each token's descending-priority key (32 bits) above its position (32 bits): the packed values are
     unique, so a plain SIMD sort of them gives the tie-broken order without a stable float sort.
     """
-    top1 = np.asarray(weights)[:, :, 0]
-    position = np.arange(top1.shape[1], dtype=np.uint64)
-    packed = (_descending_key(top1).astype(np.uint64) << np.uint64(32)) | position
+    priority = np.asarray(priority)
+    position = np.arange(priority.shape[1], dtype=np.uint64)
+    packed = (_descending_key(priority).astype(np.uint64) << np.uint64(32)) | position
     return (np.sort(packed, axis=1) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def position_order(priority: np.ndarray) -> np.ndarray:
+    """[L, T] tokens in position order, whatever their priority (GShard, OpenMoE)."""
+    return np.broadcast_to(np.arange(priority.shape[1], dtype=np.int64), priority.shape)
+
+
+def reversed_order(priority: np.ndarray) -> np.ndarray:
+    """[L, T] the last token first: a control, not a real policy. Drops then pile up at the start, which shows
+    that "drop towards the end" follows the serving order, not the tokens."""
+    return np.broadcast_to(np.arange(priority.shape[1] - 1, -1, -1, dtype=np.int64), priority.shape)
+
+
+# Slot policies: name -> the serving order within each rank, from each token's raw top-1 probability [L, T].
+SERVING_ORDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "position": position_order,  # GShard, Switch, OpenMoE
+    "score": score_order,  # batch-prioritized routing (V-MoE, Riquelme et al. 2021)
+    "reversed": reversed_order,  # control curve
+}
+POLICIES = ("position", "score")  # the real policies a visitor picks; "reversed" is a control
+EXPERT_CHOICE = "expert-choice"
+FORWARD_POLICIES = (*POLICIES, EXPERT_CHOICE)  # the capacity-bound forward also runs expert-choice routing
 
 
 def _descending_key(values: np.ndarray) -> np.ndarray:
@@ -419,8 +489,9 @@ def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: s
     """Reject settings and traces the simulation cannot give a meaningful answer for, saying what is valid."""
     check_capacity_factor(capacity_factor)
     _check_min_capacity(min_capacity)
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+    if policy not in SERVING_ORDERS:
+        hint = "; expert-choice needs the capacity-bound forward (counterfactual)" if policy == EXPERT_CHOICE else ""
+        raise ValueError(f"policy must be one of {', '.join(SERVING_ORDERS)}; got {policy!r}{hint}")
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
     experts = np.asarray(trace.experts)

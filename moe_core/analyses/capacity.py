@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moe_core.capacity import CapacityResult, score_order
+from moe_core.capacity import CapacityResult
 from moe_core.trace import DROPPED, RoutingTrace
 
 
@@ -24,7 +24,7 @@ def capacity_table(trace: RoutingTrace, result: CapacityResult) -> pd.DataFrame:
             "capacity": result.capacity_per_layer,
             "busiest_demand": result.demand.max(axis=1),
             "dropped_slots": dropped,
-            "drop_rate": np.divide(dropped, demand, out=np.zeros(len(demand)), where=demand > 0),
+            "drop_rate": result.drop_rate,  # NaN where a layer has no slots (nothing to rate), as the result says
         }
     )
 
@@ -97,11 +97,10 @@ class ServingOrder:
 
 
 def serving_order(trace: RoutingTrace, result: CapacityResult, layer_row: int, sequence: int = 0) -> ServingOrder:
-    """All rank-1 slots, then all rank-2 slots, ...; within a rank by position or, for the score policy, by
-    top-1 weight (highest first). Uses the sequence's own capacity (group='sequence') or the batch's."""
-    tokens = np.flatnonzero(trace.tokens.sequence == sequence)
-    if result.policy == "score":
-        tokens = tokens[score_order(trace.weights[layer_row : layer_row + 1, tokens])[0]]
+    """All rank-1 slots, then all rank-2 slots, ...; within a rank in the order the result's policy served them
+    (`result.order`). Uses the sequence's own capacity (group='sequence') or the batch's."""
+    order = result.order[layer_row]
+    tokens = order[trace.tokens.sequence[order] == sequence]
     top_k = trace.experts.shape[2]
     token = np.tile(tokens, top_k)
     rank = np.repeat(np.arange(top_k), len(tokens))

@@ -12,9 +12,11 @@ from moe_core.capacity import (
     CAPACITY_FACTOR_MAX,
     CapacityResult,
     expert_capacity,
+    expert_choice,
     score_order,
     simulate_capacity,
     simulate_capacity_reference,
+    top1_probability,
 )
 from moe_core.synthetic import random_trace, trace_from_choices
 from moe_core.trace import DROPPED
@@ -276,19 +278,51 @@ def test_vectorised_matches_reference_past_32_bit_packing():
     assert_same_result(simulate_capacity(trace, **settings), simulate_capacity_reference(trace, **settings))
 
 
-def test_score_policy_on_float64_weights_ties_zero_signs_and_puts_nan_with_minus_inf():
-    """Float64 weights take the ranking path: 0.0 ties -0.0, NaN ties -inf, and both sort after every number."""
-    weights = np.array([[-np.inf], [0.0], [np.nan], [-0.0], [0.3], [0.3]], dtype=np.float64)
+def test_score_policy_on_float64_probs_ties_zero_signs_and_puts_nan_with_minus_inf():
+    """Float64 priorities take the ranking path: 0.0 ties -0.0, NaN ties -inf, and both sort after every number."""
+    probs = np.array([[-np.inf], [0.0], [np.nan], [-0.0], [0.3], [0.3]], dtype=np.float64)
     trace = trace_from_choices([[0]] * 6, num_experts=1)
-    trace = dataclasses.replace(trace, weights=weights[None])
+    trace = dataclasses.replace(trace, probs=probs[None])
     # Served: t4, t5 (0.3, ties by position), t1, t3 (0.0 = -0.0), t0, t2 (-inf = NaN). C = 6 keeps all, so
     # check the order itself, then a C = 3 cut (CF = 0.5): t4, t5, t1 kept.
-    assert score_order(trace.weights).tolist() == [[4, 5, 1, 3, 0, 2]]
+    assert score_order(top1_probability(trace.probs)).tolist() == [[4, 5, 1, 3, 0, 2]]
     result = simulate_capacity(trace, 0.5, policy="score")
     assert result.kept[0, :, 0].tolist() == [F, T, F, F, T, T]
     assert_same_result(result, simulate_capacity_reference(trace, 0.5, policy="score"))
-    float32 = dataclasses.replace(trace, weights=weights[None].astype(np.float32))
-    assert score_order(float32.weights).tolist() == [[4, 5, 1, 3, 0, 2]]
+    assert score_order(probs[None, :, 0].astype(np.float32)).tolist() == [[4, 5, 1, 3, 0, 2]]
+
+
+def test_score_policy_ranks_by_raw_top1_probability_not_renormalised_weights():
+    """Top-1 routing renormalises every weight to 1.0, so weights cannot rank tokens; the raw probability can.
+    T=3, E=2, k=1, CF=1 → C = ceil(3/2) = 2, all to e0 with raw top-1 probabilities 0.55, 0.9, 0.7:
+    served t1, t2, t0, so t0 (the least confident) is the one dropped, not t2 (the last)."""
+    trace = trace_from_choices([[0], [0], [0]], num_experts=2)
+    probs = np.array([[[0.55, 0.45], [0.9, 0.1], [0.7, 0.3]]], dtype=np.float32)
+    trace = dataclasses.replace(trace, probs=probs)
+    assert trace.weights[0, :, 0].tolist() == [1.0, 1.0, 1.0]
+    for simulate in (simulate_capacity, simulate_capacity_reference):
+        result = simulate(trace, 1.0, policy="score")
+        assert result.order[0].tolist() == [1, 2, 0]
+        assert result.kept[0, :, 0].tolist() == [F, T, T]
+    assert simulate_capacity(trace, 1.0, policy="position").kept[0, :, 0].tolist() == [T, T, F]
+
+
+def test_reversed_control_drops_the_first_tokens():
+    """The reversed serving order (a control) moves the drops from the end to the start of the text."""
+    trace = trace_from_choices([[0], [0], [0], [0]], num_experts=2)  # C = ceil(1·4/2) = 2
+    for simulate in (simulate_capacity, simulate_capacity_reference):
+        assert simulate(trace, 1.0, policy="reversed").kept[0, :, 0].tolist() == [F, F, T, T]
+
+
+def test_expert_choice_takes_each_experts_top_c_tokens_per_group():
+    """Hand case: 2 groups of 3 tokens, E=2, C=2 per group; each expert takes its two highest-probability tokens
+    of each group (ties by position), so a token may get 0, 1 or 2 experts."""
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
+    group_index = np.array([0, 0, 0, 1, 1, 1])
+    taken = expert_choice(probs, group_index, np.array([2, 2]))
+    # Group 0: e0 takes t0 (0.9), t1 (0.6, tie with t2 → position); e1 takes t1, t2 (0.4 each) over t0 (0.1).
+    # Group 1: e0 takes t5 (0.7), t4 (0.5); e1 takes t3 (0.8), t4 (0.5).
+    assert taken.tolist() == [[T, F], [T, T], [F, T], [F, T], [T, T], [T, F]]
 
 
 def test_interleaved_sequence_ids_are_grouped_like_the_reference():
