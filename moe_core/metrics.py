@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
+
+from moe_core.trace import DROPPED
 
 ArrayT = TypeVar("ArrayT")
 
@@ -28,6 +31,76 @@ def max_over_mean(counts: np.ndarray) -> float:
     """Load imbalance: the busiest expert's load over the mean load (1.0 is perfect balance)."""
     mean = counts.mean()
     return float(counts.max() / mean) if mean > 0 else float("nan")
+
+
+def max_violation(counts: np.ndarray) -> float:
+    """DeepSeek's MaxVio (Wang et al. 2024, arXiv 2408.15664): (max load - mean load) / mean load.
+
+    0 is perfect balance; 1 means the busiest expert does twice its share. NaN when nothing was routed.
+    """
+    mean = counts.mean()
+    return float((counts.max() - mean) / mean) if mean > 0 else float("nan")
+
+
+def router_first_choice(first_slot: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """[T] each token's first choice before any capacity mask: its rank-1 expert, or, where the model dropped
+    that slot, the argmax of its router probabilities (Switch picks the argmax, then drops over capacity).
+
+    `first_slot` [T]: the rank-1 experts (DROPPED allowed); `probs` [T, E]. The Switch loss needs this: a
+    dropped token still chose an expert, and leaving it out understates the loss (Fedus et al. 2021, eq. 4).
+    """
+    return np.where(first_slot == DROPPED, probs.argmax(axis=-1), first_slot)
+
+
+def switch_balance_loss(first_choice: np.ndarray, probs: np.ndarray) -> float:
+    """Switch's N·Σ f_i·P_i on one layer: f_i the share of tokens whose first choice is i, P_i the mean of each
+    token's probabilities (normalised to sum to 1, for sigmoid routers). 1.0 when balanced, N when collapsed.
+
+    `first_choice` [T] (no DROPPED: see router_first_choice); `probs` [T, E].
+    """
+    probs = probs.astype(np.float64)
+    fraction = np.bincount(first_choice, minlength=probs.shape[-1]) / max(len(first_choice), 1)
+    mean_prob = (probs / probs.sum(axis=-1, keepdims=True)).mean(axis=0)
+    return float(switch_aux_loss(fraction, mean_prob))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def transformers_balance_loss(layer_logits: Sequence[np.ndarray], top_k: int) -> float:
+    """transformers' `load_balancing_loss_func` (Mixtral, Qwen-MoE, OLMoE, ...), with no attention mask.
+
+    Its own definition, not Switch's: softmax of each layer's logits [T, E], its own top-k of those (whatever
+    the model's real selection), then f_i = top-k slots of expert i / tokens and P_i = mean probability, both
+    pooled over all the layers given, and E·Σ f_i·P_i. f sums to k, so uniform routing gives k, not 1.
+    """
+    num_experts = layer_logits[0].shape[-1]
+    slots, prob_sum, rows = np.zeros(num_experts), np.zeros(num_experts), 0
+    for logits in layer_logits:
+        probs = _softmax(logits.astype(np.float64))
+        chosen = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+        slots += np.bincount(chosen.reshape(-1), minlength=num_experts)
+        prob_sum += probs.sum(axis=0)
+        rows += len(probs)
+    if not rows:
+        return float("nan")
+    return float(num_experts * ((slots / rows) * (prob_sum / rows)).sum())
+
+
+def router_z_loss(logits: np.ndarray) -> float:
+    """ST-MoE's router z-loss (Zoph et al. 2022, arXiv 2202.08906): the mean over tokens of
+    logsumexp(logits)². It penalises large logits, which make the router's softmax unstable in low precision.
+
+    `logits` [T, E], the router's raw scores. NaN for no tokens.
+    """
+    if not len(logits):
+        return float("nan")
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=-1)
+    log_z = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=-1))
+    return float((log_z**2).mean())
 
 
 def vocabulary_specialization(token_ids: np.ndarray, top1: np.ndarray, min_count: int = 10) -> float:

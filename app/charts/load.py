@@ -38,7 +38,7 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
     return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
 
 
-FIGURES = {"max_over_mean": "max / mean load", "aux_loss": "Switch aux loss"}
+FIGURES = {"max_over_mean": "max / mean load", "switch_aux_loss": "Switch aux (top-1 f)"}
 
 
 def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:

@@ -8,22 +8,48 @@ from app.charts.load import balance_chart, coactivation_chart, domain_chart, loa
 from app.components import explainer, show_chart
 from app.loading import domain_names
 from app.views import ViewContext
-from moe_core.analyses.load import balance_frame, coactivation_frame, domain_share_frame, load_frame
+from moe_core.analyses.load import (
+    balance_frame,
+    coactivation_frame,
+    domain_share_frame,
+    load_frame,
+    pooled_transformers_aux_loss,
+)
 
 TITLE = "Expert load"
 EXPLAINER = """
 How many tokens each expert receives at each layer, counting only each token's **first** choice or **every**
-slot of its top-k, against the dashed line of a perfectly even split. Below, per layer: the coefficient of
-variation (0 = even), the busiest expert's load over the mean (1 = even), and Switch Transformer's auxiliary
-loss N·Σ f_i·P_i (f_i: share of tokens whose first choice is expert i; P_i: mean router probability of expert i),
-which training pushes toward 1. Last, OLMoE's co-activation (arXiv 2409.02060, §5) at the chosen layer: of the
+slot of its top-k, against the dashed line of a perfectly even split.
+
+The balance table shows which layers lean on a few experts: the further a figure sits from its even value, the
+less even the layer. Each figure has one definition:
+- **coeff. of variation**: std / mean of the top-k slots per expert (0 = even).
+- **max / mean** and DeepSeek's **MaxVio** (arXiv 2408.15664): busiest expert's slots over the mean (1 = even),
+  and (max − mean) / mean (0 = even).
+- **Switch aux**: Switch Transformer's N·Σ f_i·P_i (arXiv 2101.03961, eq. 4), f_i the share of tokens whose
+  first choice is expert i (a token the model dropped counts for the expert it chose before the capacity mask),
+  P_i the mean router probability of expert i: 1 = even, N = one expert takes everything.
+- **transformers aux**: transformers' `load_balancing_loss_func` on this layer, the loss Mixtral-style models
+  train with: the same product, but f counts the **top-k** picks of the softmax of the logits, so even is k.
+  Under the table, the same function over all layers pooled, as training computes it.
+- **router z-loss**: ST-MoE's mean over tokens of logsumexp(logits)² (arXiv 2202.08906): large values mean
+  large router logits, which make the softmax unstable in low precision.
+
+Last, OLMoE's co-activation (arXiv 2409.02060, §5) at the chosen layer: of the
 tokens routed to expert i, the share also routed to expert j. Pairs that often work together may split one skill.
 And routing by domain (Mixtral's Fig. 7, OLMoE's domain specialization): on held-out texts of each training domain,
 each expert's share of the slots; an expert far above an even share has specialised in that domain.
 """
 
 
-BALANCE_COLUMNS = {"cv": "coeff. of variation", "max_over_mean": "max / mean", "aux_loss": "Switch aux loss"}
+BALANCE_COLUMNS = {
+    "cv": ("coeff. of variation", "std / mean of the top-k slots per expert; 0 = even"),
+    "max_over_mean": ("max / mean", "busiest expert's top-k slots over the mean; 1 = even"),
+    "max_vio": ("MaxVio", "DeepSeek's (max - mean) / mean of the top-k slots; 0 = even"),
+    "switch_aux_loss": ("Switch aux (top-1 f)", "N·Σ f·P, f from first choices before the capacity mask; 1 = even"),
+    "transformers_aux_loss": ("transformers aux (top-k f)", "load_balancing_loss_func on this layer; k = even"),
+    "z_loss": ("router z-loss", "mean over tokens of logsumexp(logits)²"),
+}
 
 
 def _count_label(count: str, top_k: int) -> str:
@@ -38,11 +64,14 @@ def draw(context: ViewContext) -> None:
                      format_func=lambda c: _count_label(c, top_k))  # fmt: skip
     show_chart(load_chart(load_frame(routing), count, routing.model.num_experts), f"expert-load-{count}")
     balance = balance_frame(routing)
-    number = st.column_config.NumberColumn(format="%.3f")
-    st.dataframe(
-        balance.rename(columns=BALANCE_COLUMNS),
-        hide_index=True,
-        column_config=dict.fromkeys(BALANCE_COLUMNS.values(), number),
+    labels = {name: label for name, (label, _) in BALANCE_COLUMNS.items()}
+    config = {label: st.column_config.NumberColumn(help=meaning, format="%.3f")
+              for label, meaning in BALANCE_COLUMNS.values()}  # fmt: skip
+    st.dataframe(balance.rename(columns=labels), hide_index=True, column_config=config)
+    st.caption(
+        f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
+        f"training adds it (before its coefficient): {pooled_transformers_aux_loss(routing):.3f} "
+        f"({top_k} under perfectly even routing)."
     )
     show_chart(balance_chart(balance), "balance")
     layer = routing.model.moe_layers[context.layer_row]

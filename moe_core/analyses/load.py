@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 
 from moe_core.analyses.matrix import matrix_frame
-from moe_core.metrics import expert_counts, max_over_mean, switch_aux_loss
+from moe_core.metrics import (
+    expert_counts,
+    max_over_mean,
+    max_violation,
+    router_first_choice,
+    router_z_loss,
+    switch_balance_loss,
+    transformers_balance_loss,
+)
 from moe_core.trace import DROPPED, RoutingTrace
 
 
@@ -38,23 +46,39 @@ def coefficient_of_variation(counts: np.ndarray) -> float:
 
 
 def balance_frame(trace: RoutingTrace) -> pd.DataFrame:
-    """Balance figures per layer. Columns: layer, cv, max_over_mean (both over top-k slots), aux_loss.
+    """Balance figures per layer, one name per definition.
 
-    aux_loss is Switch's N·Σ f_i·P_i with f_i the share of tokens whose top-1 expert is i and P_i the mean
-    router probability of expert i (Fedus et al. 2021, eq. 4): 1.0 when balanced, up to N when collapsed.
+    Columns: layer; cv, max_over_mean and max_vio (DeepSeek's MaxVio, max/mean - 1), all three over the top-k
+    slots the experts actually received; switch_aux_loss, Switch's N·Σ f_i·P_i with f from each token's first
+    choice before the capacity mask (metrics.router_first_choice), 1 when balanced; transformers_aux_loss,
+    transformers' load_balancing_loss_func on this layer alone (top-k f from the softmax of the logits), k when
+    balanced; z_loss, ST-MoE's router z-loss of the logits.
     """
-    num_experts = trace.model.num_experts
+    num_experts, top_k = trace.model.num_experts, trace.model.top_k
     rows = []
     for row, layer in enumerate(trace.model.moe_layers):
         topk = expert_counts(trace.experts[row], num_experts).astype(np.float64)
-        top1 = expert_counts(trace.experts[row, :, :1], num_experts).astype(np.float64)
-        fraction = top1 / max(top1.sum(), 1.0)
-        probs = trace.probs[row].astype(np.float64)
-        mean_prob = (probs / probs.sum(axis=-1, keepdims=True)).mean(axis=0)
+        first_choice = router_first_choice(trace.experts[row, :, 0], trace.probs[row])
+        logits = trace.logits[row]
         rows.append(
-            (layer, coefficient_of_variation(topk), max_over_mean(topk), float(switch_aux_loss(fraction, mean_prob)))
+            (
+                layer,
+                coefficient_of_variation(topk),
+                max_over_mean(topk),
+                max_violation(topk),
+                switch_balance_loss(first_choice, trace.probs[row]),
+                transformers_balance_loss([logits], top_k),
+                router_z_loss(logits),
+            )
         )
-    return pd.DataFrame(rows, columns=["layer", "cv", "max_over_mean", "aux_loss"])
+    columns = ["layer", "cv", "max_over_mean", "max_vio", "switch_aux_loss", "transformers_aux_loss", "z_loss"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pooled_transformers_aux_loss(trace: RoutingTrace) -> float:
+    """transformers' load_balancing_loss_func over every MoE layer of the trace at once, as training adds it to
+    the loss (f and P pooled over the layers before the product, so not the mean of the per-layer values)."""
+    return transformers_balance_loss(list(trace.logits), trace.model.top_k)
 
 
 def coactivation_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:

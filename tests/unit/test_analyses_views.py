@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,9 +19,7 @@ from moe_core.analyses.capacity import (
 from moe_core.analyses.flow import flow_pair, transition_counts, transition_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, routing_entropy, token_distribution
 from moe_core.analyses.load import (
-    balance_frame,
     coactivation_frame,
-    coefficient_of_variation,
     domain_share_frame,
     load_frame,
 )
@@ -73,24 +70,6 @@ def test_load_counts_top1_and_topk() -> None:
     frame = load_frame(_load_trace())
     assert frame["top1"].tolist() == [3, 1, 0, 0] and frame["topk"].tolist() == [3, 2, 1, 2]
     assert set(frame["top1_uniform"]) == {1.0} and set(frame["topk_uniform"]) == {2.0}
-
-
-def test_balance_figures() -> None:
-    """CV and max/mean of the top-k counts (3, 2, 1, 2); Switch loss from f = (3,1,0,0)/4 and P = mean probs."""
-    routing = _load_trace()
-    row = balance_frame(routing).iloc[0]
-    counts = np.array([3, 2, 1, 2])
-    assert row["cv"] == pytest.approx(counts.std() / 2.0) and row["max_over_mean"] == pytest.approx(1.5)
-    mean_prob = np.array([1.5, 1.0, 0.5, 1.0]) / 4  # each token puts 0.5 on each of its two experts
-    assert row["aux_loss"] == pytest.approx(4 * float((np.array([0.75, 0.25, 0, 0]) * mean_prob).sum()))
-
-
-def test_balanced_router_has_aux_loss_one() -> None:
-    """Perfect balance (every expert first choice once, uniform probs) gives N·Σ f·P = 1 and CV = 0."""
-    routing = trace_from_choices([[0], [1], [2], [3]], num_experts=4)
-    routing = replace(routing, probs=np.full_like(routing.probs, 0.25))
-    row = balance_frame(routing).iloc[0]
-    assert row["aux_loss"] == pytest.approx(1.0) and coefficient_of_variation(np.ones(4)) == 0.0
 
 
 # ---- flow --------------------------------------------------------------------------------------------------

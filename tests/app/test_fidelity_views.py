@@ -1,0 +1,41 @@
+"""The balance table, the neighbours table and the Closer Look weights table, through AppTest, against the
+library's frames computed here on the same trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.loading import presets
+from moe_core.capture import trace
+from moe_core.models import load_model
+from tests.app.conftest import run_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def routing():
+    """The default page's trace, computed independently of the app."""
+    loaded = load_model()
+    return trace(loaded.model, loaded.tokenizer, next(iter(presets().values())))
+
+
+def _clean(at) -> None:
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+
+
+def test_load_view_balance_table_labels_each_definition(routing) -> None:
+    """One column per definition, values from balance_frame; the pooled transformers loss in the caption."""
+    from app.views.expert_load import BALANCE_COLUMNS
+    from moe_core.analyses.load import balance_frame, pooled_transformers_aux_loss
+
+    at = run_app({"view": "load"})
+    _clean(at)
+    shown = at.dataframe[0].value
+    expected = balance_frame(routing)
+    for name, (label, _) in BALANCE_COLUMNS.items():
+        np.testing.assert_allclose(shown[label].to_numpy(), expected[name].to_numpy(), rtol=1e-5)
+    assert "Switch aux (top-1 f)" in shown.columns and "transformers aux (top-k f)" in shown.columns
+    pooled = f"{pooled_transformers_aux_loss(routing):.3f}"
+    assert any(pooled in caption.value and "pooled" in caption.value for caption in at.caption)
