@@ -14,13 +14,27 @@ EXPLAINER = """
 Each token of your text is coloured by the expert the router ranked **first** at the chosen layer (hover a token
 for all its experts and their gate weights). The grid below shows the same for **every** MoE layer: colour is the
 top-1 expert, shade is its gate weight (pale = the router hesitated). Compare with Mixtral's Fig. 8 (arXiv
-2401.04088): consecutive tokens and tokens of the same kind often share an expert. The last table measures that
-the way Mixtral's Table 5 does: how often a token's neighbour gets the same first choice, or shares any of its
-experts, against what random routing would give. Then OpenMoE's finding (arXiv 2402.01739): routing depends
+2401.04088): consecutive tokens and tokens of the same kind often share an expert.
+
+The neighbours table shows whether that holds beyond the load: a rate above both of its chances means the router
+follows local context. It measures it the way Mixtral's Table 5 does: how often a token's neighbour gets the same
+first choice, or shares any of its experts. Mixtral compares with uniformly random routing (1/E, and
+1 − C(E−k, k)/C(E, k) for any of the top-k); beside it, the chance given this text's own load: two tokens drawn at
+random from the same text, so an expert that takes most tokens makes neighbours match without any context.
+
+Then OpenMoE's finding (arXiv 2402.01739): routing depends
 mostly on the token id, not its context. For token ids seen at least twice, the share of their occurrences sent to
 their usual first-choice expert, against the same first choices shuffled across tokens. Try the "repeated word"
 preset.
 """
+NEIGHBOUR_RATES = (
+    "first_choice",
+    "first_choice_chance",
+    "first_choice_text_chance",
+    "any_choice",
+    "any_choice_chance",
+    "any_choice_text_chance",
+)
 GRID_WINDOW = 256  # tokens per grid window: wider grids are unreadable and slow to draw
 
 
@@ -43,12 +57,14 @@ def draw(context: ViewContext) -> None:
         consecutive_repeats(routing),
         {
             "first_choice": "same first choice",
-            "first_choice_chance": "chance (first)",
+            "first_choice_chance": "chance (first, uniform)",
+            "first_choice_text_chance": "chance (first, this text's load)",
             "any_choice": f"share one of top-{routing.model.top_k}",
-            "any_choice_chance": "chance (any)",
+            "any_choice_chance": "chance (any, uniform)",
+            "any_choice_text_chance": "chance (any, this text's load)",
             "pairs": "neighbour pairs",
         },
-        percent=("first_choice", "first_choice_chance", "any_choice", "any_choice_chance"),
+        percent=NEIGHBOUR_RATES,
     )
 
     st.subheader("Does the same token always go to the same expert?")

@@ -60,17 +60,56 @@ def token_layer_grid(trace: RoutingTrace, start: int = 0, stop: int | None = Non
     )
 
 
+OVERLAP_CHUNK = 1024  # distinct expert sets compared with all others at once: bounds memory on long texts
+
+
+def overlap_chance(chosen: np.ndarray, num_experts: int) -> float:
+    """Chance that two tokens drawn independently (with replacement) from these share an expert.
+
+    `chosen` [T, k] experts (DROPPED matches nothing). With k = 1 this is Σ_e p_e², p_e the share of tokens on
+    expert e; with top-k it is the same over whole sets of experts. Exact, from the distinct sets and their
+    counts: the baseline for neighbours when routing keeps this load but ignores who the neighbour is.
+    """
+    if not len(chosen):
+        return math.nan
+    member = np.zeros((len(chosen), num_experts), dtype=np.float32)
+    rows, ranks = np.nonzero(chosen != DROPPED)
+    member[rows, chosen[rows, ranks]] = 1
+    sets, counts = np.unique(member, axis=0, return_counts=True)
+    weights = counts.astype(np.float64)
+    together = 0.0
+    for start in range(0, len(sets), OVERLAP_CHUNK):  # [chunk, U] at a time: long texts have U near T
+        overlapping = (sets[start : start + OVERLAP_CHUNK] @ sets.T) > 0  # distinct sets sharing an expert
+        together += float(weights[start : start + OVERLAP_CHUNK] @ overlapping @ weights)
+    return together / len(chosen) ** 2
+
+
+def _text_chance(chosen: np.ndarray, sequence: np.ndarray, num_experts: int) -> float:
+    """overlap_chance within each text, weighted by the text's neighbour pairs (as the observed rate is)."""
+    texts, lengths = np.unique(sequence, return_counts=True)
+    pairs = lengths - 1
+    if not pairs.sum():
+        return math.nan
+    chances = [
+        overlap_chance(chosen[sequence == text], num_experts) if n else 0.0
+        for text, n in zip(texts, pairs, strict=True)
+    ]
+    return float(np.dot(chances, pairs) / pairs.sum())
+
+
 def consecutive_repeats(trace: RoutingTrace) -> pd.DataFrame:
     """Mixtral §5 (Table 5, arXiv 2401.04088): how often token i+1 goes where token i went, per MoE layer.
 
     `first_choice`: both tokens' first choices are the same expert. `any_choice`: their top-k share at least
-    one expert. Pairs are neighbours within one sequence; slots the model dropped never match. The chance
-    columns are what uniformly random top-k picks would give: 1/E, and 1 - C(E-k, k) / C(E, k) (12.5% and
-    46% for Mixtral's 8 experts, top-2), so a layer well above them routes by local context or syntax.
+    one expert. Pairs are neighbours within one sequence; slots the model dropped never match. Two chances:
+    `*_chance` is uniformly random top-k picks, 1/E and 1 - C(E-k, k) / C(E, k) (12.5% and 46% for Mixtral's 8
+    experts, top-2); `*_text_chance` keeps this text's own load: two tokens drawn independently from the same
+    text (overlap_chance). A layer above both routes by local context, not merely by favouring a few experts.
     """
     experts = trace.experts
     num_experts, top_k = trace.model.num_experts, experts.shape[2]
-    neighbours = trace.tokens.sequence[1:] == trace.tokens.sequence[:-1]  # [T-1]: pair (i, i+1) is in one text
+    sequence = trace.tokens.sequence
+    neighbours = sequence[1:] == sequence[:-1]  # [T-1]: pair (i, i+1) is in one text
     before, after = experts[:, :-1][:, neighbours], experts[:, 1:][:, neighbours]  # [L, pairs, k]
     shared = (before[:, :, :, None] == after[:, :, None, :]) & (before[:, :, :, None] != DROPPED)
     first = shared[:, :, 0, 0]
@@ -85,8 +124,10 @@ def consecutive_repeats(trace: RoutingTrace) -> pd.DataFrame:
             "layer": list(trace.model.moe_layers),
             "first_choice": rate(first),
             "first_choice_chance": 1 / num_experts,
+            "first_choice_text_chance": [_text_chance(layer[:, :1], sequence, num_experts) for layer in experts],
             "any_choice": rate(any_choice),
             "any_choice_chance": 1 - math.comb(num_experts - top_k, top_k) / math.comb(num_experts, top_k),
+            "any_choice_text_chance": [_text_chance(layer, sequence, num_experts) for layer in experts],
             "pairs": pairs,
         }
     )

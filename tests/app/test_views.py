@@ -184,7 +184,8 @@ def test_token_routing_table_is_mixtrals_consecutive_repeats(routing) -> None:
     _clean(at)
     shown = at.dataframe[0].value.reset_index(drop=True)
     expected = consecutive_repeats(routing)
-    rates = ["first_choice", "first_choice_chance", "any_choice", "any_choice_chance"]
+    rates = ["first_choice", "first_choice_chance", "first_choice_text_chance"]
+    rates += ["any_choice", "any_choice_chance", "any_choice_text_chance"]
     expected[rates] = expected[rates] * 100  # shown as percentages
     pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
     assert (shown["any_choice"] > shown["any_choice_chance"]).all()
