@@ -8,28 +8,49 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from moe_core.trace import ModelInfo, RoutingTrace, Tokens
+from moe_core.trace_checks import (
+    FORMAT_VERSION,
+    INT64_MAX,
+    MAX_TRACE_BYTES,
+    MAX_TRACE_MB,
+    MAX_TRACE_VALUES,
+    TraceFormatError,
+    build,
+    check_budget,
+    header_parts,
+    nested_array,
+    whole,
+    whole_column,
+    widths,
+)
 
-FORMAT_VERSION = 1
+__all__ = ["MAX_TRACE_BYTES", "MAX_TRACE_MB", "TraceFormatError", "load_trace", "load_trace_bytes", "save_trace"]
+
 _METADATA_KEY = b"moe_routing_trace"
-
-
-class TraceFormatError(ValueError):
-    """The file is not a routing trace this version can read."""
+MAX_PARQUET_DECODED_BYTES = 512 * 2**20  # a Parquet trace's pages, decompressed: refused above this before reading
+PARQUET_COLUMNS = {  # column -> what its values must be
+    **dict.fromkeys(("layer", "token", "id", "sequence", "position", "start", "end"), "int"),
+    "text": "string",
+    **dict.fromkeys(("logits", "probs", "weights"), "number list"),
+    "experts": "int list",
+}
 
 
 def _header(routing: RoutingTrace) -> dict[str, Any]:
+    model = routing.model
     return {
         "format_version": FORMAT_VERSION,
-        "model": {**asdict(routing.model), "moe_layers": list(routing.model.moe_layers)},
+        "model": {**asdict(model), "moe_layers": list(model.moe_layers), "notes": list(model.notes)},
         "texts": list(routing.texts),
         "truncated": list(routing.truncated),
     }
@@ -64,59 +85,57 @@ def to_json_dict(routing: RoutingTrace) -> dict[str, Any]:
     }
 
 
-def _model_info(raw: Any) -> ModelInfo:
-    if not isinstance(raw, dict):
-        raise TraceFormatError("the trace has no 'model' object")
-    known = {f.name for f in fields(ModelInfo)}
-    values = {key: value for key, value in raw.items() if key in known}
-    values["moe_layers"] = tuple(values.get("moe_layers", ()))
-    values["notes"] = tuple(values.get("notes", ()))
-    try:
-        return ModelInfo(**values)
-    except TypeError as error:
-        raise TraceFormatError(f"the trace's model description is incomplete: {error}") from error
+def _json_tokens(raw: Any) -> Tokens:
+    """The tokens list: one object per token with whole-number id, sequence, position (start/end optional)."""
+    if type(raw) is not list or any(type(t) is not dict for t in raw):
+        raise TraceFormatError("tokens must be a list of objects")
+
+    def field(name: str, default: int | None = None) -> list:
+        if default is None:
+            missing = next((i for i, token in enumerate(raw) if name not in token), None)
+            if missing is not None:
+                raise TraceFormatError(f"token {missing} lacks {name!r}")
+        return [token.get(name, default) for token in raw]
+
+    text = field("text")
+    if any(type(t) is not str for t in text):
+        raise TraceFormatError("every token text must be a string")
+    return Tokens(
+        ids=whole_column(field("id"), "token id", 0),
+        text=tuple(text),
+        offsets=np.stack(
+            [whole_column(field("start", 0), "token start", 0), whole_column(field("end", 0), "token end", 0)], axis=1
+        ),
+        sequence=whole_column(field("sequence"), "token sequence", 0),
+        position=whole_column(field("position"), "token position", 0),
+    )
 
 
-def _build(header: dict[str, Any], tokens: Tokens, arrays: dict[str, np.ndarray]) -> RoutingTrace:
-    if header.get("format_version") != FORMAT_VERSION:
-        raise TraceFormatError(f"unsupported trace format version {header.get('format_version')!r}")
-    model = _model_info(header.get("model"))
-    texts = tuple(str(t) for t in header.get("texts", ()))
-    if len(tokens) == 0 or not texts:
-        raise TraceFormatError("the trace holds no tokens")
-    if not np.isfinite(arrays["weights"]).all():
-        raise TraceFormatError("the trace's weights contain NaN or infinity")
-    try:
-        return RoutingTrace(model, texts, tokens, truncated=tuple(header.get("truncated", ())), **arrays)
-    except ValueError as error:
-        raise TraceFormatError(str(error)) from error
+def _json_arrays(raw: Any, model: ModelInfo, num_tokens: int) -> dict[str, np.ndarray]:
+    """The layers list: one object per MoE layer, in order, with [T, E] logits/probs and [T, k] experts/weights."""
+    num_layers = len(model.moe_layers)
+    if type(raw) is not list or len(raw) != num_layers or any(type(layer) is not dict for layer in raw):
+        raise TraceFormatError(f"layers must be a list of one object per MoE layer ({num_layers})")
+    for row, layer in enumerate(raw):
+        if whole(layer.get("layer"), f"layers[{row}].layer", 0) != model.moe_layers[row]:
+            raise TraceFormatError(f"layers[{row}] is layer {layer['layer']}, but model.moe_layers[{row}] is "
+                                   f"{model.moe_layers[row]}")  # fmt: skip
+        missing = [name for name in ("logits", "probs", "experts", "weights") if name not in layer]
+        if missing:
+            raise TraceFormatError(f"layers[{row}] lacks {', '.join(repr(m) for m in missing)}")
+    check_budget(model, num_tokens)
+    shapes = {name: (num_layers, num_tokens, width) for name, width in widths(model).items()}
+    return {
+        name: nested_array([layer[name] for layer in raw], shape, f"layers' {name}", integer=name == "experts")
+        for name, shape in shapes.items()
+    }
 
 
 def from_json_dict(data: Any) -> RoutingTrace:
-    """Inverse of to_json_dict, validating shapes and types."""
-    if not isinstance(data, dict):
-        raise TraceFormatError("a trace is a JSON object with 'model', 'tokens' and 'layers'")
-    try:
-        raw_tokens = data["tokens"]
-        tokens = Tokens(
-            ids=np.asarray([t["id"] for t in raw_tokens], dtype=np.int64),
-            text=tuple(str(t["text"]) for t in raw_tokens),
-            offsets=np.asarray([[t.get("start", 0), t.get("end", 0)] for t in raw_tokens], dtype=np.int64).reshape(
-                -1, 2
-            ),
-            sequence=np.asarray([t["sequence"] for t in raw_tokens], dtype=np.int64),
-            position=np.asarray([t["position"] for t in raw_tokens], dtype=np.int64),
-        )
-        layers = data["layers"]
-        arrays = {
-            "logits": np.asarray([layer["logits"] for layer in layers], dtype=np.float32),
-            "probs": np.asarray([layer["probs"] for layer in layers], dtype=np.float32),
-            "experts": np.asarray([layer["experts"] for layer in layers], dtype=np.int64),
-            "weights": np.asarray([layer["weights"] for layer in layers], dtype=np.float32),
-        }
-    except (KeyError, TypeError, ValueError) as error:
-        raise TraceFormatError(f"the trace is malformed ({type(error).__name__}: {error})") from error
-    return _build(data, tokens, arrays)
+    """Inverse of to_json_dict; every field is checked (moe_core.trace_checks) before anything is built."""
+    model, texts, truncated = header_parts(data)
+    tokens = _json_tokens(data.get("tokens"))
+    return build(model, texts, truncated, tokens, _json_arrays(data.get("layers"), model, len(tokens)))
 
 
 def to_parquet_bytes(routing: RoutingTrace) -> bytes:
@@ -153,42 +172,110 @@ def to_parquet_bytes(routing: RoutingTrace) -> bytes:
     return sink.getvalue()
 
 
+def _parquet_file(data: bytes) -> tuple[pq.ParquetFile, Any]:
+    """The file (not yet read) and its header; the token text stays dictionary-encoded until checked."""
+    try:
+        file = pq.ParquetFile(io.BytesIO(data), read_dictionary=["text"])
+        return file, json.loads((file.schema_arrow.metadata or {})[_METADATA_KEY])
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError, RecursionError) as error:
+        raise TraceFormatError(f"not a routing-trace Parquet file ({type(error).__name__})") from None
+
+
+def _kind_of(kind: str, type_: pa.DataType) -> bool:
+    if kind == "string":
+        value = type_.value_type if pa.types.is_dictionary(type_) else type_
+        return pa.types.is_string(value) or pa.types.is_large_string(value)
+    if kind == "int":
+        return pa.types.is_integer(type_)
+    if not (pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)):
+        return False
+    value = type_.value_type
+    return pa.types.is_integer(value) or (kind == "number list" and pa.types.is_floating(value))
+
+
+def _check_parquet_layout(file: pq.ParquetFile, model: ModelInfo) -> int:
+    """Columns and their types, and sizes from the file's metadata (before reading): returns T."""
+    schema, meta = file.schema_arrow, file.metadata
+    wrong = [name for name, kind in PARQUET_COLUMNS.items()
+             if schema.get_field_index(name) < 0 or not _kind_of(kind, schema.field(name).type)]  # fmt: skip
+    if wrong:
+        raise TraceFormatError(f"the Parquet trace's columns do not match: {', '.join(wrong)} missing or mistyped")
+    num_layers = len(model.moe_layers)
+    if meta.num_rows == 0 or meta.num_rows % num_layers:
+        raise TraceFormatError(f"the Parquet trace has {meta.num_rows} rows, not one per MoE layer and token")
+    num_tokens = meta.num_rows // num_layers
+    check_budget(model, num_tokens)
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    if sum(chunk.total_uncompressed_size for chunk in chunks) > MAX_PARQUET_DECODED_BYTES:
+        raise TraceFormatError(f"the Parquet trace unpacks to over {MAX_PARQUET_DECODED_BYTES // 2**20} MB")
+    if max(chunk.num_values for chunk in chunks) > MAX_TRACE_VALUES:
+        raise TraceFormatError(f"a column of the Parquet trace holds over {MAX_TRACE_VALUES:,} values")
+    return num_tokens
+
+
+def _int_values(column: pa.Array, what: str) -> np.ndarray:
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "u" and values.size and int(values.max()) > INT64_MAX:
+        raise TraceFormatError(f"{what} holds a number too large to store")
+    return values.astype(np.int64)
+
+
+def _texts(column: pa.Array) -> tuple[str, ...]:
+    """Token texts, their decoded length bounded first (a dictionary can repeat one long string per row)."""
+    if pa.types.is_dictionary(column.type):
+        lengths = pc.binary_length(column.dictionary).to_numpy(zero_copy_only=False)[column.indices.to_numpy()]
+    else:
+        lengths = pc.binary_length(column).to_numpy(zero_copy_only=False)
+    if int(lengths.sum()) > MAX_TRACE_BYTES:
+        raise TraceFormatError(f"the Parquet trace's token texts are longer than {MAX_TRACE_MB} MB")
+    return tuple(column.to_pylist())
+
+
+def _list_values(column: pa.Array, shape: tuple[int, int, int], what: str) -> np.ndarray:
+    if not pa.types.is_fixed_size_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if (lengths != shape[2]).any():
+            raise TraceFormatError(f"every {what} list must hold {shape[2]} values")
+    values = column.flatten()
+    if values.null_count or len(values) != np.prod(shape):
+        raise TraceFormatError(f"the Parquet trace's {what} must be {shape[2]} values per row, none missing")
+    return values.to_numpy(zero_copy_only=False).reshape(shape)
+
+
 def from_parquet_bytes(data: bytes) -> RoutingTrace:
+    """Inverse of to_parquet_bytes: header and layout checked from the metadata before the data is read."""
+    file, header = _parquet_file(data)
+    model, texts, truncated = header_parts(header)
+    num_tokens = _check_parquet_layout(file, model)
+    num_layers = len(model.moe_layers)
     try:
-        table = pq.read_table(io.BytesIO(data))
-        header = json.loads(table.schema.metadata[_METADATA_KEY])
-    except (pa.ArrowException, OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise TraceFormatError(f"not a routing-trace Parquet file ({type(error).__name__})") from error
-    try:
-        layers = np.asarray(header["model"]["moe_layers"])
-        num_layers = len(layers)
-        columns = {name: table.column(name).combine_chunks() for name in table.column_names}
-        num_tokens = len(table) // max(num_layers, 1)
-        first = slice(0, num_tokens)
-
-        def column(name: str) -> np.ndarray:
-            return columns[name].to_numpy(zero_copy_only=False)[first]
-
-        def stacked(name: str, dtype: type) -> np.ndarray:
-            values = columns[name].flatten().to_numpy(zero_copy_only=False)
-            return values.reshape(num_layers, num_tokens, -1).astype(dtype)
-
-        tokens = Tokens(
-            ids=column("id").astype(np.int64),
-            text=tuple(str(t) for t in column("text")),
-            offsets=np.stack([column("start"), column("end")], axis=1).astype(np.int64),
-            sequence=column("sequence").astype(np.int64),
-            position=column("position").astype(np.int64),
+        table = file.read()
+        columns = {name: table.column(name).combine_chunks() for name in PARQUET_COLUMNS}
+    except (pa.ArrowException, OSError) as error:
+        raise TraceFormatError(f"the Parquet trace cannot be read ({type(error).__name__})") from None
+    if any(column.null_count for column in columns.values()):
+        raise TraceFormatError("the Parquet trace has missing values")
+    ints = {name: _int_values(columns[name], f"column {name}").reshape(num_layers, num_tokens)
+            for name, kind in PARQUET_COLUMNS.items() if kind == "int"}  # fmt: skip
+    layout = {"layer": np.repeat(np.asarray(model.moe_layers)[:, None], num_tokens, 1), "token": np.arange(num_tokens)}
+    if any(not (ints[name] == expected).all() for name, expected in layout.items()):
+        raise TraceFormatError("the Parquet trace's rows must run over the tokens of each MoE layer in turn")
+    if any((ints[name] != ints[name][0]).any() for name in ("id", "sequence", "position", "start", "end")):
+        raise TraceFormatError("the Parquet trace's token columns differ between layers")
+    tokens = Tokens(
+        ids=ints["id"][0],
+        text=_texts(columns["text"].slice(0, num_tokens)),
+        offsets=np.stack([ints["start"][0], ints["end"][0]], axis=1),
+        sequence=ints["sequence"][0],
+        position=ints["position"][0],
+    )
+    arrays = {
+        name: _list_values(columns[name], (num_layers, num_tokens, width), name).astype(
+            np.int64 if name == "experts" else np.float32
         )
-        arrays = {
-            "logits": stacked("logits", np.float32),
-            "probs": stacked("probs", np.float32),
-            "experts": stacked("experts", np.int64),
-            "weights": stacked("weights", np.float32),
-        }
-    except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
-        raise TraceFormatError(f"the Parquet trace is malformed ({type(error).__name__}: {error})") from error
-    return _build(header, tokens, arrays)
+        for name, width in widths(model).items()
+    }
+    return build(model, texts, truncated, tokens, arrays)
 
 
 def to_json_text(routing: RoutingTrace) -> str:
@@ -205,13 +292,36 @@ def save_trace(routing: RoutingTrace, path: Path) -> None:
         raise ValueError(f"cannot save a trace as {path.suffix!r}: use .json or .parquet")
 
 
+def check_size(num_bytes: int) -> None:
+    """The documented size limit, checked before a file is parsed."""
+    if num_bytes > MAX_TRACE_BYTES:
+        raise TraceFormatError(
+            f"the file is {num_bytes / 2**20:.1f} MB; traces up to {MAX_TRACE_MB} MB can be read (trace fewer tokens)"
+        )
+
+
 def load_trace_bytes(data: bytes, filename: str) -> RoutingTrace:
-    """Read an uploaded or saved trace, choosing the format by the file name."""
+    """Read an uploaded or saved trace, choosing the format by the file name; TraceFormatError says why not."""
+    if not filename.endswith((".json", ".parquet")):
+        raise TraceFormatError(f"{filename[:80]}: a trace file ends in .json or .parquet")
+    check_size(len(data))
     if filename.endswith(".parquet"):
         return from_parquet_bytes(data)
-    if filename.endswith(".json"):
-        try:
-            return from_json_dict(json.loads(data.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise TraceFormatError(f"not valid JSON ({error})") from error
-    raise TraceFormatError(f"{filename}: a trace file ends in .json or .parquet")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TraceFormatError("not valid JSON: the file is not UTF-8 text") from None
+    except RecursionError:
+        raise TraceFormatError("not valid JSON for a trace: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, and integers of more than 4300 digits
+        raise TraceFormatError(f"not valid JSON ({str(error).splitlines()[0][:120]})") from None
+    return from_json_dict(parsed)
+
+
+def load_trace(path: Path) -> RoutingTrace:
+    """Read a trace file (the CLI's way in): the size limit is checked before the file is read."""
+    try:
+        check_size(path.stat().st_size)
+        return load_trace_bytes(path.read_bytes(), path.name)
+    except OSError as error:
+        raise TraceFormatError(f"cannot read {path.name}: {error.strerror}") from None
