@@ -19,7 +19,7 @@ from torch import nn
 from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
 
 
 @dataclass
@@ -199,7 +199,65 @@ def forward_text(model: nn.Module, batch: dict[str, torch.Tensor], **options: An
         return model(**inputs, use_cache=False, **options)
 
 
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """Texts tokenised for one pass: the trace's Tokens table, the right-padded model batch, which were cut."""
+
+    texts: tuple[str, ...]
+    tokens: Tokens
+    batch: dict[str, torch.Tensor]
+    truncated: tuple[bool, ...]
+
+
+def tokenize_texts(
+    model: nn.Module, tokenizer: Any, texts: str | Sequence[str], max_tokens: int | None = None
+) -> TokenizedBatch:
+    """Tokenise `texts` for `model`, cut to its context (or `max_tokens`); blank texts are a ValueError."""
+    texts = (texts,) if isinstance(texts, str) else tuple(texts)
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("empty text: give at least one non-blank text to trace")
+    limits = [x for x in (max_tokens, context_length(model)) if x]
+    tokens, batch, truncated = tokenize(tokenizer, texts, min(limits) if limits else None)
+    return TokenizedBatch(texts, tokens, batch, truncated)
+
+
 @torch.inference_mode()
+def trace_batch(
+    model: nn.Module,
+    tokenized: TokenizedBatch,
+    *,
+    name: str | None = None,
+    forward: Callable[[nn.Module, dict[str, torch.Tensor]], Any] = forward_text,
+) -> tuple[RoutingTrace, Any]:
+    """Route one tokenised batch through `model` and return (its RoutingTrace, what `forward` returned).
+
+    `forward` makes the pass; pass one that returns the language-model logits when they are needed too.
+    """
+    blocks, logits_index = find_moe_blocks(model, model.config.model_type)
+    adapter = adapter_for(model.config.model_type)
+    with recording(blocks, logits_index, adapter.choice) as records:
+        output = forward(model, tokenized.batch)
+    mask = tokenized.batch["attention_mask"].reshape(-1).bool()
+    keep = None if bool(mask.all()) else mask
+    logits = _gather([r.logits for r in records], keep).float()
+    experts = _gather([r.experts for r in records], keep).long()
+    weights = _gather([r.weights for r in records], keep).float()
+    probs = SCORINGS[adapter.scoring](logits)
+    label = name or model.config.name_or_path or model.config.model_type
+    info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
+    routing = RoutingTrace(
+        model=info,
+        texts=tokenized.texts,
+        tokens=tokenized.tokens,
+        logits=logits.numpy(),
+        probs=probs.numpy(),
+        experts=experts.numpy(),
+        weights=weights.numpy(),
+        truncated=tokenized.truncated,
+    )
+    return routing, output
+
+
 def trace(
     model: nn.Module,
     tokenizer: Any,
@@ -212,31 +270,4 @@ def trace(
 
     Texts longer than the model's context (or `max_tokens`) are truncated; `trace.truncated` says which.
     """
-    texts = (texts,) if isinstance(texts, str) else tuple(texts)
-    if not texts or any(not t.strip() for t in texts):
-        raise ValueError("empty text: give at least one non-blank text to trace")
-    limits = [x for x in (max_tokens, context_length(model)) if x]
-    limit = min(limits) if limits else None
-    tokens, batch, truncated = tokenize(tokenizer, texts, limit)
-    blocks, logits_index = find_moe_blocks(model, model.config.model_type)
-    adapter = adapter_for(model.config.model_type)
-    with recording(blocks, logits_index, adapter.choice) as records:
-        forward_text(model, batch)
-    mask = batch["attention_mask"].reshape(-1).bool()
-    keep = None if bool(mask.all()) else mask
-    logits = _gather([r.logits for r in records], keep).float()
-    experts = _gather([r.experts for r in records], keep).long()
-    weights = _gather([r.weights for r in records], keep).float()
-    probs = SCORINGS[adapter.scoring](logits)
-    label = name or model.config.name_or_path or model.config.model_type
-    info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
-    return RoutingTrace(
-        model=info,
-        texts=texts,
-        tokens=tokens,
-        logits=logits.numpy(),
-        probs=probs.numpy(),
-        experts=experts.numpy(),
-        weights=weights.numpy(),
-        truncated=truncated,
-    )
+    return trace_batch(model, tokenize_texts(model, tokenizer, texts, max_tokens), name=name)[0]

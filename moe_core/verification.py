@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.capture import forward_text, trace
+from moe_core.capture import forward_text, tokenize_texts, trace
 from moe_core.experts import computed_experts, expert_weights
 from moe_core.hooks import Hook, hooks_active
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
@@ -42,6 +42,7 @@ class FamilyResult:
     logits_match: bool | None  # None where the model offers no output_router_logits to compare with
     probs_match: bool | None  # weights follow the captured probs; None where that cannot be told
     detail: str
+    capped: str = ""  # verify_capped: the capacity-bound forward's verdict on this family
 
 
 @contextlib.contextmanager
@@ -199,6 +200,7 @@ def verify_family(family: str, tokenizer: Any) -> FamilyResult:
         logits_match,
         probs_match,
         "; ".join(mismatches),
+        verify_capped(family, tokenizer),
     )
 
 
@@ -245,6 +247,32 @@ def compare_with_router_logits(
     return all(any(a.shape == b.shape and np.allclose(a, b, atol=1e-5, rtol=1e-4) for b in candidates) for a in shorter)
 
 
+def verify_capped(family: str, tokenizer: Any) -> str:
+    """The capacity-bound forward on the family's tiny model: "pass", "n/a: <why>" or "FAIL: <what>".
+
+    Pass means both directions hold: with capacity to spare (CF 64, position) the logits equal the plain
+    pass's, and at CF 0.25 slots are dropped and the logits move.
+    """
+    from moe_core.capped import decide, lm_forward, run_capped, unsupported_reason
+
+    model = build_tiny_model(family)
+    reason = unsupported_reason(model)
+    if reason:
+        return f"n/a: {reason.split(': ', 2)[-1]}"
+    tokenized = tokenize_texts(model, tokenizer, VERIFY_TEXTS)
+    real = tokenized.batch["attention_mask"].bool()
+    with torch.inference_mode():
+        plain = lm_forward(model, tokenized.batch)[real]
+        roomy, _ = run_capped(model, tokenized, functools.partial(decide, capacity_factor=64.0, policy="position"))
+        tight, layers = run_capped(model, tokenized, functools.partial(decide, capacity_factor=0.25, policy="position"))
+    if not torch.allclose(roomy[real], plain, rtol=0, atol=1e-6):
+        return "FAIL: with nothing dropped the logits differ from the plain pass"
+    dropped = sum(int((~layer.kept & (layer.experts != DROPPED)).sum()) for layer in layers)
+    if dropped == 0 or torch.equal(tight[real], plain):
+        return "FAIL: at CF 0.25 nothing was dropped or the logits did not move"
+    return "pass"
+
+
 def verify_all(tokenizer: Any, families: Sequence[str] | None = None) -> list[FamilyResult]:
     results = []
     for family in families or all_families():
@@ -259,17 +287,18 @@ def verify_all(tokenizer: Any, families: Sequence[str] | None = None) -> list[Fa
 def support_table(results: Sequence[FamilyResult]) -> str:
     """The README's supported-architectures table, in Markdown, with the families not covered and why."""
     lines = [
-        "| family | capture = ablation | logits = output_router_logits | weights follow probs | MoE layers | E | k "
-        "| notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | capture = ablation | logits = output_router_logits | weights follow probs | capacity-bound forward "
+        "| MoE layers | E | k | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         logits, probs = ({True: "yes", False: "NO", None: "n/a"}[match] for match in (r.logits_match, r.probs_match))
         note = r.detail or family_spec(r.family).note
         verdict = "pass" if r.passed else "FAIL"
         lines.append(
-            f"| {r.family} | {verdict} | {logits} | {probs} | {r.layers} | {r.num_experts} | {r.top_k} | {note} |"
+            f"| {r.family} | {verdict} | {logits} | {probs} | {r.capped or 'n/a'} | {r.layers} | {r.num_experts} "
+            f"| {r.top_k} | {note} |"
         )
     for families, reason in NOT_COVERED.items():
-        lines.append(f"| {families} | not covered | | | | | | {reason} |")
+        lines.append(f"| {families} | not covered | | | | | | | {reason} |")
     return "\n".join(lines)
