@@ -14,12 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_core.capacity import GROUPS, POLICIES, check_capacity_factor, simulate_capacity
+from moe_core.capacity import (
+    EXPERT_CHOICE,
+    FORWARD_POLICIES,
+    GROUPS,
+    POLICIES,
+    check_capacity_factor,
+    simulate_capacity,
+)
+from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
 from moe_core.devices import DEVICE_CHOICES
 from moe_core.models import DEMO_MODEL, load_model
-from moe_core.trace import RoutingTrace
-from moe_core.trace_io import save_trace, to_json_dict
+from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.trace_io import model_json, save_trace, to_json_dict
 
 EXIT_BAD_INPUT = 2
 
@@ -36,6 +44,16 @@ def _capacity_factor(value: str) -> float:
         message = f"{value!r} is not a number" if "could not convert" in str(error) else str(error).split(";")[0]
         raise argparse.ArgumentTypeError(message) from None
     return factor
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,22 +83,52 @@ def build_parser() -> argparse.ArgumentParser:
     capacity_parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
     capacity_parser.add_argument("--policy", choices=POLICIES, default="position")
     capacity_parser.add_argument("--group", choices=GROUPS, default="sequence")
+    counterfactual_parser = commands.add_parser(
+        "counterfactual", help="run the model capacity-bound and print what the drops cost per token"
+    )
+    _model_arguments(counterfactual_parser)
+    counterfactual_parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    counterfactual_parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
+    counterfactual_parser.add_argument("--group", choices=GROUPS, default="sequence")
+    counterfactual_parser.add_argument("--top-k", type=_positive_int, default=None, help="what-if: k experts per token")
     commands.add_parser("architectures", help="check capture on a tiny model of every MoE family (Markdown table)")
     return parser
 
 
-def _trace(args: argparse.Namespace) -> RoutingTrace:
+def _texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text)
     if any(not text.strip() for text in texts):
         raise CliError("empty text: every --text needs some non-blank text")
-    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code, progress=_progress)
+    for number, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (surrogate-escaped by Python)
+            raise CliError(f"text {number + 1} is not valid UTF-8") from None
+    return texts
+
+
+def _load(args: argparse.Namespace) -> Any:
+    if not sys.stderr.isatty():  # piped or captured: no progress bars in the log
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    return load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code, progress=_progress)
+
+
+def _trace(args: argparse.Namespace) -> RoutingTrace:
+    texts = _texts(args)
+    loaded = _load(args)
     routing = trace(loaded.model, loaded.tokenizer, texts, name=args.model)
+    _warn_truncated(routing, args)
+    return routing
+
+
+def _warn_truncated(routing: RoutingTrace, args: argparse.Namespace) -> None:
     for number, cut in enumerate(routing.truncated):
         if cut and args.refuse_long:
             raise CliError(f"text {number + 1} is longer than the model's context ({routing.model.context_length})")
         if cut:
             print(f"warning: text {number + 1} truncated to {routing.model.context_length} tokens", file=sys.stderr)
-    return routing
 
 
 def _progress(stage: str, fraction: float) -> None:
@@ -113,6 +161,68 @@ def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str)
     }
 
 
+def _values(values: Any) -> list[float | None]:
+    """Per-token costs for JSON: rounded, null where undefined (a sequence's last token)."""
+    return [None if math.isnan(v) else round(float(v), 6) for v in values]
+
+
+def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
+    """The stable `counterfactual` contract (README, "The command line")."""
+    tokens = result.tokens
+    trim = result.policy == EXPERT_CHOICE  # rows list only the experts that took the token
+
+    def rows(experts: Any, kept: Any) -> tuple[list[list[int]], list[list[bool]]]:
+        if not trim:
+            return experts.tolist(), kept.tolist()
+        return [row[row != DROPPED].tolist() for row in experts], [k[e != DROPPED].tolist() for e, k in
+                                                                   zip(experts, kept, strict=True)]  # fmt: skip
+
+    layers = []
+    for layer in result.layers:
+        experts, kept = rows(layer.experts, layer.kept)
+        layers.append({"layer": layer.layer, "capacity": layer.capacity.tolist(), "experts": experts, "kept": kept})
+    return {
+        "model": model_json(result.model),
+        "settings": {
+            "capacity_factor": result.capacity_factor,
+            "policy": result.policy,
+            "group": result.group,
+            "top_k": result.top_k,
+            "min_capacity": result.min_capacity,
+        },
+        "tokens": [
+            {
+                "id": int(tokens.ids[i]),
+                "text": tokens.text[i],
+                "sequence": int(tokens.sequence[i]),
+                "position": int(tokens.position[i]),
+            }
+            for i in range(len(tokens))
+        ],
+        "plain": {"loss": _values(result.plain_loss)},
+        "capped": {"loss": _values(result.capped_loss), "layers": layers},
+        "delta_loss": _values(result.delta_loss),
+        "kl": _values(result.kl),
+        "top1_changed": [None if c < 0 else bool(c) for c in result.top1_changed.tolist()],
+        "summary": {
+            "mean_delta_loss": _values([result.mean_delta_loss])[0],
+            "dropped_slot_rate": _values([result.dropped_slot_rate])[0],
+            "fully_dropped_token_rate": _values([result.fully_dropped_token_rate])[0],
+        },
+    }
+
+
+def _counterfactual(args: argparse.Namespace) -> dict[str, Any]:
+    texts = _texts(args)
+    loaded = _load(args)
+    result = counterfactual(
+        loaded.model, loaded.tokenizer, texts, args.capacity_factor, args.policy, args.group, top_k=args.top_k,
+        name=args.model,
+    )  # fmt: skip
+    _warn_truncated(result.plain, args)
+    return counterfactual_json(result)
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "architectures":
         from transformers import AutoTokenizer
@@ -121,6 +231,10 @@ def run(args: argparse.Namespace) -> None:
         from moe_core.verification import support_table, verify_all
 
         print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))
+        return
+    if args.command == "counterfactual":
+        json.dump(_counterfactual(args), sys.stdout)
+        print()
         return
     routing = _trace(args)
     if args.command == "trace":

@@ -46,11 +46,16 @@ PARQUET_COLUMNS = {  # column -> what its values must be
 }
 
 
+def model_json(model: ModelInfo) -> dict[str, Any]:
+    """The "model" object of every JSON the CLI prints (trace, counterfactual)."""
+    return {**asdict(model), "moe_layers": list(model.moe_layers), "notes": list(model.notes)}
+
+
 def _header(routing: RoutingTrace) -> dict[str, Any]:
     model = routing.model
     return {
         "format_version": FORMAT_VERSION,
-        "model": {**asdict(model), "moe_layers": list(model.moe_layers), "notes": list(model.notes)},
+        "model": model_json(model),
         "texts": list(routing.texts),
         "truncated": list(routing.truncated),
     }
