@@ -13,9 +13,16 @@ import pandas as pd
 import streamlit as st
 
 from app.operator import operator_options
-from moe_core.analyses.experts import norm_preference
+from moe_core.analyses.experts import matrix_similarity_frame, norm_preference
 from moe_core.capture import trace
-from moe_core.experts import computed_experts, experts_input, moe_block, output_norms, weight_similarity
+from moe_core.experts import (
+    computed_experts,
+    experts_input,
+    matrix_similarities,
+    moe_block,
+    output_norms,
+    weight_similarity,
+)
 from moe_core.models import ASSETS, BUNDLED_MODELS, DEMO_MODEL, LoadedModel, load_model
 from moe_core.trace import RoutingTrace
 
@@ -56,10 +63,12 @@ def get_model(model_id: str) -> LoadedModel:
 
 @dataclass(frozen=True)
 class ExpertStudy:
-    """A Closer Look at one layer: the router's preference for large outputs, and the experts' weight similarity."""
+    """A Closer Look at one layer: the router's preference for large outputs, and the experts' weight similarity,
+    all weights at once ([E, E]) and per matrix beside a random-init baseline (matrix_similarity_frame)."""
 
     preference: pd.DataFrame
     similarity: np.ndarray
+    matrices: pd.DataFrame
 
 
 @st.cache_data(show_spinner="Running every expert on every token …", max_entries=16)
@@ -71,7 +80,11 @@ def get_expert_study(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]
     num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
     hidden = experts_input(model, tokenizer, texts, block)
     norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
-    return ExpertStudy(norm_preference(routing, layer_row, norms), weight_similarity(block.experts, num_weighted))
+    return ExpertStudy(
+        norm_preference(routing, layer_row, norms),
+        weight_similarity(block.experts, num_weighted),
+        matrix_similarity_frame(matrix_similarities(block.experts, num_weighted)),
+    )
 
 
 @st.cache_data(show_spinner="Routing the text …", max_entries=64)

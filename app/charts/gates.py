@@ -87,6 +87,7 @@ def similarity_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
     )
     labels = base.mark_text(fontSize=11).encode(text=alt.Text("similarity:Q", format=".2f"))
     side = min(480, max(220, 30 * num_experts))
-    title = alt.Title(f"How alike are the experts' weights at layer {layer}?", subtitle="0: unrelated · 1: copies")
+    subtitle = "all weights of each expert as one vector · 0: unrelated · 1: copies"
+    title = alt.Title(f"How alike are the experts' weights at layer {layer}?", subtitle=subtitle)
     chart = cells + labels if num_experts <= 16 else cells
     return styled(chart.properties(width=side, height=side, title=title))

@@ -23,10 +23,18 @@ the scores normalised to sum to 1.
 Last, A Closer Look into MoE (Lo et al. 2024, arXiv 2406.18219), run on the model itself: every expert computes an
 output for every token at this layer, and the table says how often the router's first choice is the expert with
 the **largest output norm** (they found routers prefer such experts) and how well the router's ranking follows the
-norms (Spearman's rho, averaged over tokens). The heatmap compares the experts' weights: cosine similarity near 0
-means they learned unrelated functions.
+norms (Spearman's rho, averaged over tokens).
+
+The weights table shows whether the experts are more alike than chance: a matrix whose mean |cosine| sits near its
+random column is as unrelated across experts as random matrices of that size. It follows the paper's §4.1: each
+weight matrix (gate, up and down projections where the experts have them) flattened to one vector per expert, and
+the cosine similarity of every pair of experts. Small values need a yardstick, because random matrices are not
+exactly orthogonal: the random columns are the same summary for seeded random matrices of the same shapes, whose
+cosines spread about 1/√(weights), so 0.01 is chance for 10,000 weights but far above it for 50 million. The
+heatmap shows every pair, all weights at once: near 0, unrelated functions; near 1, copies.
 """
 WINDOW = 64  # tokens per heatmap window: the rank labels stay legible
+SIMILARITY_COLUMNS = ("mean_abs", "max_abs", "random_mean_abs", "random_max_abs")
 
 
 def draw(context: ViewContext) -> None:
@@ -66,4 +74,20 @@ def _closer_look(context: ViewContext) -> None:
     }
     show_table(study.preference.round({"rank_correlation": 2}), labels, percent=("first_is_largest", "chance"))
     layer = context.trace.model.moe_layers[context.layer_row]
+    st.subheader(f"Are the experts' weights more alike than random ones at layer {layer}?")
+    labels = {
+        "matrix": "matrix",
+        "shape": "shape (one expert)",
+        "weights": "weights",
+        "mean_abs": "mean |cosine|",
+        "max_abs": "max |cosine|",
+        "random_mean_abs": "random init: mean |cosine|",
+        "random_max_abs": "random init: max |cosine|",
+    }
+    st.dataframe(
+        study.matrices,
+        hide_index=True,
+        column_config={name: st.column_config.Column(label) for name, label in labels.items()}
+        | {name: st.column_config.NumberColumn(labels[name], format="%.4f") for name in SIMILARITY_COLUMNS},
+    )
     show_chart(similarity_chart(similarity_frame(study.similarity), layer), "expert-similarity")

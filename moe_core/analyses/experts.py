@@ -1,12 +1,18 @@
-"""A Closer Look (Lo et al. 2024, arXiv 2406.18219) on a trace: how alike the experts are, and whether the
-router prefers the experts whose outputs have the largest norms."""
+"""A Closer Look (Lo et al. 2024, arXiv 2406.18219) on a trace: how alike the experts' weights are (§4.1), and
+whether the router prefers the experts whose outputs have the largest norms."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from moe_core.trace import RoutingTrace
+
+if TYPE_CHECKING:  # the experts module needs torch; this one stays pure
+    from moe_core.experts import MatrixSimilarity
 
 
 def similarity_frame(similarity: np.ndarray) -> pd.DataFrame:
@@ -21,6 +27,38 @@ def similarity_frame(similarity: np.ndarray) -> pd.DataFrame:
             "similarity": similarity.reshape(-1)[off_diagonal],
         }
     )
+
+
+def off_diagonal(similarity: np.ndarray) -> np.ndarray:
+    """The pairs of different experts of an [E, E] matrix, flat: an expert is always a copy of itself."""
+    return similarity[~np.eye(len(similarity), dtype=bool)]
+
+
+def _abs_summary(similarity: np.ndarray) -> tuple[float, float]:
+    pairs = np.abs(off_diagonal(similarity))
+    return (float(pairs.mean()), float(pairs.max())) if len(pairs) else (np.nan, np.nan)
+
+
+def matrix_similarity_frame(matrices: Sequence[MatrixSimilarity]) -> pd.DataFrame:
+    """Closer Look §4.1 per weight matrix, one row each, beside random matrices of the same shape.
+
+    Columns: matrix, shape ("F × H"), weights (per expert), mean_abs and max_abs (|cosine| over pairs of different
+    experts), random_mean_abs and random_max_abs (the same for the random baseline). Real values near the random
+    ones mean the experts are as unrelated as independent random matrices of that size.
+    """
+    rows = []
+    for matrix in matrices:
+        rows.append(
+            (
+                matrix.name,
+                " × ".join(str(size) for size in matrix.shape),
+                int(np.prod(matrix.shape)),
+                *_abs_summary(matrix.similarity),
+                *_abs_summary(matrix.random),
+            )
+        )
+    columns = ["matrix", "shape", "weights", "mean_abs", "max_abs", "random_mean_abs", "random_max_abs"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _row_ranks(values: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ library's frames computed here on the same trace."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from app.loading import presets
@@ -39,3 +40,18 @@ def test_load_view_balance_table_labels_each_definition(routing) -> None:
     assert "Switch aux (top-1 f)" in shown.columns and "transformers aux (top-k f)" in shown.columns
     pooled = f"{pooled_transformers_aux_loss(routing):.3f}"
     assert any(pooled in caption.value and "pooled" in caption.value for caption in at.caption)
+
+
+def test_gate_view_weights_table_is_per_matrix_with_a_random_baseline() -> None:
+    """The Closer Look weights table at the chosen layer equals matrix_similarity_frame of the demo model's experts
+    computed here: gate, up and down projections, each beside seeded random matrices of its shape."""
+    from moe_core.analyses.experts import matrix_similarity_frame
+    from moe_core.experts import matrix_similarities, moe_block
+
+    block = moe_block(load_model().model, 1)
+    expected = matrix_similarity_frame(matrix_similarities(block.experts, 8))
+    at = run_app({"view": "gates", "layer": "1"})
+    _clean(at)
+    shown = at.dataframe[1].value.reset_index(drop=True)
+    assert shown["matrix"].tolist() == ["gate_proj", "up_proj", "down_proj"]
+    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
