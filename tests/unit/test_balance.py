@@ -102,3 +102,19 @@ def test_z_loss_equals_st_moes_as_transformers_computes_it() -> None:
     assert router_z_loss(np.zeros((3, 2))) == pytest.approx(np.log(2) ** 2)
     routing = random_trace(12, num_experts=4, top_k=1, seed=5)
     assert balance_frame(routing)["z_loss"].iloc[0] == pytest.approx(router_z_loss(routing.logits[0]))
+
+
+def test_switch_loss_on_a_tiny_switch_model_that_drops_tokens(demo_tokenizer) -> None:
+    """A random-init switch_transformers with capacity 4 drops most tokens itself (DROPPED in the trace); per
+    layer, our Switch loss equals transformers' own, given the router's logits and their pre-mask argmax as
+    SwitchTransformers' _unpack_router_logits passes them."""
+    from moe_core.capture import trace
+    from moe_core.tiny_models import build_tiny_model
+
+    routing = trace(build_tiny_model("switch_transformers"), demo_tokenizer, "The quick brown fox jumps. " * 8)
+    assert (routing.experts == DROPPED).any()
+    frame = balance_frame(routing)
+    for row, logits in enumerate(routing.logits):
+        logits = torch.tensor(logits, dtype=torch.float64)[None]
+        expected = switch_balance_loss_func(logits.softmax(dim=-1), logits.argmax(dim=-1)).item()
+        assert frame["switch_aux_loss"].iloc[row] == pytest.approx(expected, rel=1e-5)
