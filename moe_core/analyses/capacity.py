@@ -46,41 +46,80 @@ def fill_frame(result: CapacityResult, layer_row: int) -> pd.DataFrame:
     )
 
 
-def drop_marks(trace: RoutingTrace, result: CapacityResult, layer_row: int) -> list[str]:
+@dataclass(frozen=True)
+class LayerSlots:
+    """One layer's slots and which of them ran: the common ground of the static simulation and the
+    capacity-bound forward, so marks and curves are drawn by one piece of code for both.
+
+    experts [T, m] (DROPPED: no assignment in that slot, e.g. the model's own drop or expert-choice padding),
+    kept [T, m] bool.
+    """
+
+    experts: np.ndarray
+    kept: np.ndarray
+
+    @classmethod
+    def simulated(cls, trace: RoutingTrace, result: CapacityResult, layer_row: int) -> LayerSlots:
+        return cls(trace.experts[layer_row], result.kept[layer_row])
+
+    @property
+    def assigned(self) -> np.ndarray:
+        """[T] slots routed to an expert before the limit."""
+        return (self.experts != DROPPED).sum(axis=1)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """[T] of those, the slots that did not run."""
+        return ((self.experts != DROPPED) & ~self.kept).sum(axis=1)
+
+    @property
+    def fully_dropped(self) -> np.ndarray:
+        """[T] bool: the token had slots and lost them all (only the residual carries it)."""
+        return (self.assigned > 0) & (self.dropped == self.assigned)
+
+
+def drop_marks(slots: LayerSlots) -> list[str]:
     """A CSS class per token: 'dropall' (every slot dropped), 'drop1' (its rank-1 slot dropped), 'drop2' (a
     lower-rank slot dropped), or '' (kept everywhere)."""
-    assigned = trace.experts[layer_row] != DROPPED
-    dropped = assigned & ~result.kept[layer_row]
+    dropped = (slots.experts != DROPPED) & ~slots.kept
     marks = np.where(dropped[:, 1:].any(axis=1), "drop2", "") if dropped.shape[1] > 1 else np.full(len(dropped), "")
     marks = np.where(dropped[:, 0], "drop1", marks)
-    return list(np.where(result.fully_dropped[layer_row], "dropall", marks))
+    return list(np.where(slots.fully_dropped, "dropall", marks))
 
 
-def drop_curve(trace: RoutingTrace, result: CapacityResult, layer_row: int, bins: int = 32) -> pd.DataFrame:
+def position_bins(position: np.ndarray, bins: int, width: int | None = None) -> tuple[np.ndarray, int]:
+    """(bin of each token, bin width): `bins` equal-width bins over positions 0 … max, or bins of a given
+    `width` (to share one chart's bins between lines); the one binning of every by-position curve."""
+    if width is None:
+        width = max(1, int(np.ceil((int(position.max()) + 1) / bins))) if len(position) else 1
+    return position // width, width
+
+
+def drop_curve(position: np.ndarray, slots: LayerSlots, bins: int = 32, width: int | None = None) -> pd.DataFrame:
     """Drop rates by position in the sequence, pooled into equal-width position bins (aggregated for the browser).
 
-    Columns: start, end (positions covered), slot_drop_rate, token_drop_rate (fully dropped), tokens.
+    Columns: start, end (positions covered), slot_drop_rate, token_drop_rate (fully dropped), tokens, slots.
     """
-    position = trace.tokens.position
-    assigned = trace.experts[layer_row] != DROPPED
-    dropped = (assigned & ~result.kept[layer_row]).sum(axis=1)
-    has_slots = assigned.any(axis=1)
-    width = max(1, int(np.ceil((position.max() + 1) / bins)))
-    bin_index = position // width
-    count = np.bincount(bin_index, minlength=bins)
-    slots = np.bincount(bin_index, weights=assigned.sum(axis=1), minlength=bins)
-    lost = np.bincount(bin_index, weights=dropped, minlength=bins)
-    full = np.bincount(bin_index, weights=result.fully_dropped[layer_row] & has_slots, minlength=bins)
-    with_slots = np.bincount(bin_index, weights=has_slots, minlength=bins)
+    if len(position) == 0:
+        return pd.DataFrame(columns=["start", "end", "slot_drop_rate", "token_drop_rate", "tokens", "slots"])
+    bin_index, width = position_bins(position, bins, width)
+    count = np.bincount(bin_index)
+    assigned = slots.assigned
+    has_slots = assigned > 0
+    total = np.bincount(bin_index, weights=assigned, minlength=len(count))
+    lost = np.bincount(bin_index, weights=slots.dropped, minlength=len(count))
+    full = np.bincount(bin_index, weights=slots.fully_dropped, minlength=len(count))
+    with_slots = np.bincount(bin_index, weights=has_slots, minlength=len(count))
     present = count > 0
     starts = np.arange(len(count)) * width
     return pd.DataFrame(
         {
             "start": starts[present],
             "end": starts[present] + width - 1,
-            "slot_drop_rate": (lost / np.maximum(slots, 1))[present],
+            "slot_drop_rate": (lost / np.maximum(total, 1))[present],
             "token_drop_rate": (full / np.maximum(with_slots, 1))[present],
             "tokens": count[present],
+            "slots": total[present].astype(np.int64),
         }
     )
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moe_core.analyses.capacity import (
+    LayerSlots,
     capacity_table,
     drop_curve,
     drop_marks,
@@ -116,20 +117,21 @@ def test_capacity_table_and_fill() -> None:
 def test_drop_marks() -> None:
     """Tokens 3 and 5 lose their only slot: fully dropped; with k=2, a lost second choice reads 'drop2'."""
     routing, result = _capacity_case()
-    assert drop_marks(routing, result, 0) == ["", "", "", "dropall", "", "dropall"]
+    assert drop_marks(LayerSlots.simulated(routing, result, 0)) == ["", "", "", "dropall", "", "dropall"]
     # k=2, E=2, T=2, CF=0.5 -> C = 1: token 0 takes e0 and e1 (rank 1 first for both tokens: t0->e0, t1->e0
     # refused), then rank 2: t0->e1 kept, t1->e1 refused.
     pair = trace_from_choices([[0, 1], [0, 1]], num_experts=2)
-    assert drop_marks(pair, simulate_capacity(pair, 0.5), 0) == ["", "dropall"]
+    assert drop_marks(LayerSlots.simulated(pair, simulate_capacity(pair, 0.5), 0)) == ["", "dropall"]
     mixed = trace_from_choices([[0, 1], [1, 0]], num_experts=2)  # C = 1: both first choices fit, seconds refused
-    assert drop_marks(mixed, simulate_capacity(mixed, 0.5), 0) == ["drop2", "drop2"]
+    assert drop_marks(LayerSlots.simulated(mixed, simulate_capacity(mixed, 0.5), 0)) == ["drop2", "drop2"]
 
 
 def test_drop_curve_bins() -> None:
     """With 3 bins of 2 positions: drops at positions 3 and 5 give rates 0, 1/2, 1/2."""
     routing, result = _capacity_case()
-    curve = drop_curve(routing, result, 0, bins=3)
+    curve = drop_curve(routing.tokens.position, LayerSlots.simulated(routing, result, 0), bins=3)
     assert curve["start"].tolist() == [0, 2, 4] and curve["tokens"].tolist() == [2, 2, 2]
+    assert curve["slots"].tolist() == [2, 2, 2]
     np.testing.assert_allclose(curve["slot_drop_rate"], [0, 0.5, 0.5])
     np.testing.assert_allclose(curve["token_drop_rate"], [0, 0.5, 0.5])
 
