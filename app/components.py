@@ -1,6 +1,7 @@
 """Small rendering pieces shared by the views: coloured token text, expert legend, charts with downloads.
 
-Token text is user input: it is always HTML-escaped here, and control characters are shown as symbols.
+Token text is user input: it is always HTML-escaped here, control characters are shown as symbols, and
+bidirectional controls as [U+202E] labels (each token is also isolated, so none can reorder its neighbours).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import streamlit as st
 
 from app.export import chart_png, chart_svg
 from app.palette import expert_colors, text_color_on
+from app.safe_text import neutral_bidi
 
 _VISIBLE_CONTROLS = {i: chr(0x2400 + i) for i in range(32) if chr(i) not in "\n\t"} | {0x7F: "\u2421"}
 
 
 def visible_text(text: str) -> str:
-    """HTML-escaped token text; control characters become their Unicode 'symbol for' glyphs."""
-    return html.escape(text.translate(_VISIBLE_CONTROLS)).replace("\n", "↵<br>")
+    """HTML-escaped token text; control characters become their Unicode 'symbol for' glyphs, bidi controls
+    labels (U+202E would otherwise show the following text reversed)."""
+    return html.escape(neutral_bidi(text.translate(_VISIBLE_CONTROLS))).replace("\n", "↵<br>")
 
 
 def token_spans(
@@ -37,9 +40,8 @@ def token_spans(
             style = "background:#FFFFFF;color:#000;outline:1px dashed #555"
         else:
             style = f"background:{colors[expert]};color:{text_color_on(colors[expert])}"
-        parts.append(
-            f'<span class="tok {css}" style="{style}" title="{html.escape(title)}">{visible_text(text)}</span>'
-        )
+        tip = html.escape(neutral_bidi(title))
+        parts.append(f'<span class="tok {css}" style="{style}" title="{tip}">{visible_text(text)}</span>')
     return '<div class="tokens">' + "".join(parts) + "</div>"
 
 
@@ -109,7 +111,7 @@ PAGE_CSS = """
 <style>
 .tokens {line-height: 2.1; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 1.0rem;
          white-space: pre-wrap; word-break: break-word; padding: 4px 0 18px 0;}
-.tok {padding: 2px 1px; margin: 0 1px 0 0; border-radius: 3px;}
+.tok {padding: 2px 1px; margin: 0 1px 0 0; border-radius: 3px; unicode-bidi: isolate;}
 .tok.drop1 {text-decoration: line-through 2px #B00020;}
 .tok.drop2 {text-decoration: underline wavy 2px #B00020;}
 .tok.dropall {outline: 3px solid #B00020; opacity: 0.55;}

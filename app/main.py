@@ -5,6 +5,7 @@ Run from the repository root: `python -m streamlit run app/main.py`.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,17 +16,30 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
 from app.loading import ExpertStudy, domain_batch, get_expert_study, get_model, get_trace, presets  # noqa: E402
 from app.operator import operator_options  # noqa: E402
-from app.state import URL_KEYS, VIEWS, Settings, from_query, to_query  # noqa: E402
+from app.safe_text import md_code, md_text  # noqa: E402
+from app.state import (  # noqa: E402
+    CF_SLIDER_MAX,
+    CF_SLIDER_MIN,
+    CF_SLIDER_STEP,
+    MAX_PROMPT_CHARS,
+    URL_KEYS,
+    VIEWS,
+    Settings,
+    from_query,
+    prompt_cut_notice,
+    to_query,
+)
 from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
-from moe_core.models import ModelLoadError, allowed_models  # noqa: E402
+from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
 from moe_core.trace import RoutingTrace  # noqa: E402
-from moe_core.trace_io import TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
+from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {
     "routing": token_routing,
@@ -34,7 +48,7 @@ VIEW_MODULES = {
     "capacity": capacity,
     "flow": layer_flow,
 }
-MAX_PROMPT_CHARS = 200_000
+SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded
 CONTINUE_TOKENS = 40  # per click of "Let the model continue": a sentence or a few lines of code
 
 
@@ -48,7 +62,7 @@ def _seed_session_from_url() -> None:
     allowed = allowed_models()
     if allowed and settings.model not in allowed:
         if "model" in st.query_params:
-            notices.append(f"Model `{settings.model[:60]}` is not offered here; showing {allowed[0]}.")
+            notices.append(f"Model {md_code(settings.model[:60])} is not offered here; showing {md_text(allowed[0])}.")
         settings = replace(settings, model=allowed[0])
     for name, value in settings.__dict__.items():
         st.session_state[name] = value
@@ -58,21 +72,44 @@ def _seed_session_from_url() -> None:
 
 def _apply_preset() -> None:
     st.session_state.prompt = presets()[st.session_state.preset]
+    st.session_state.source = "text"  # a visitor who picks a preset wants to see it, not an uploaded trace
+
+
+def _set_prompt(prompt: str, where: str) -> None:
+    """The text to trace, cut to MAX_PROMPT_CHARS with a notice (the box's own limit dropped long pastes silently)."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        prompt = prompt[:MAX_PROMPT_CHARS]
+        st.session_state.prompt_notice = prompt_cut_notice(where)
+    st.session_state.prompt = prompt
+
+
+def _typed_text() -> None:
+    _set_prompt(st.session_state.prompt, "in the box")
+    st.session_state.source = "text"
+
+
+def _new_upload() -> None:
+    st.session_state.source = "upload" if st.session_state.upload is not None else "text"
+
+
+def _shows_upload() -> bool:
+    """Whether the page shows the uploaded trace (not the text): a file is there and Show says so."""
+    return st.session_state.get("upload") is not None and st.session_state.get("source", "upload") == "upload"
 
 
 def _continue_prompt() -> None:
     """The Continue button: append the model's greedy continuation to the text; the page then traces all of it."""
     try:
-        loaded = get_model(st.session_state.model.strip())
+        loaded = get_model(model_key(st.session_state.model))
         longer = continue_text(loaded.model, loaded.tokenizer, st.session_state.prompt, CONTINUE_TOKENS)
     except (ModelLoadError, ValueError) as error:
         st.session_state.continue_error = str(error)
         return
-    st.session_state.prompt = longer[:MAX_PROMPT_CHARS]
+    _set_prompt(longer, "with its continuation")
 
 
-def _sidebar_inputs() -> bytes | None:
-    """Model, prompt and trace-upload widgets; returns the uploaded trace's bytes, if any."""
+def _sidebar_inputs() -> UploadedFile | None:
+    """Model, prompt and trace-upload widgets; returns the uploaded trace file, if any."""
     sidebar = st.sidebar
     sidebar.header("Input")
     allowed = allowed_models()
@@ -88,19 +125,29 @@ def _sidebar_inputs() -> bytes | None:
         on_change=_apply_preset,
         placeholder="Choose a preset …",
     )
-    sidebar.text_area("Text", key="prompt", height=180, max_chars=MAX_PROMPT_CHARS)
+    sidebar.text_area("Text", key="prompt", height=180, on_change=_typed_text)
+    if notice := st.session_state.pop("prompt_notice", None):
+        sidebar.warning(notice)
     sidebar.button(
         f"Let the model continue ({CONTINUE_TOKENS} tokens)",
         key="continue",
         on_click=_continue_prompt,
-        disabled=st.session_state.get("upload") is not None,  # the page shows the uploaded trace, not the text
+        disabled=_shows_upload(),
         help="Appends what the model writes next (greedy, so the same text always gets the same continuation); "
         "then its own writing is routed like the rest.",
     )
     if error := st.session_state.pop("continue_error", None):
-        sidebar.warning(f"Cannot continue the text: {error}")
-    upload = sidebar.file_uploader("…or view a saved trace", type=["json", "parquet"], key="upload")
-    return None if upload is None else upload.getvalue()
+        sidebar.warning(f"Cannot continue the text: {md_text(error)}")
+    upload = sidebar.file_uploader(
+        f"…or view a saved trace (JSON or Parquet, up to {MAX_TRACE_MB} MB)",
+        type=["json", "parquet"],
+        key="upload",
+        max_upload_size=MAX_TRACE_MB,
+        on_change=_new_upload,
+    )
+    if upload is not None:
+        sidebar.radio("Show", list(SOURCES), key="source", format_func=SOURCES.get, horizontal=True)
+    return upload
 
 
 def _sidebar_settings(routing: RoutingTrace) -> None:
@@ -116,9 +163,9 @@ def _sidebar_settings(routing: RoutingTrace) -> None:
     sidebar.header("Capacity")
     sidebar.slider(
         "Capacity factor",
-        0.25,
-        4.0,
-        step=0.05,
+        CF_SLIDER_MIN,
+        CF_SLIDER_MAX,
+        step=CF_SLIDER_STEP,
         key="capacity_factor",
         help="C = ceil(factor · k · tokens / experts) slots per expert and sequence.",
     )
@@ -137,24 +184,50 @@ def _current_settings() -> Settings:
     return Settings(**{name: st.session_state[name] for name in URL_KEYS})
 
 
-def _routing(upload: bytes | None) -> tuple[RoutingTrace, bool]:
-    """The trace to show, and whether a model is behind it (False for an uploaded trace)."""
-    if upload is not None:
+def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
+    """The uploaded trace, parsed once per file (a 131 MB trace was re-parsed in 9-14 s on every rerun)."""
+    data = upload.getvalue()
+    key = (upload.name, hashlib.blake2b(data, digest_size=16).hexdigest())
+    parsed = st.session_state.get("parsed_upload")
+    if parsed is None or parsed[0] != key:
         try:
-            return load_trace_bytes(upload, st.session_state.upload.name), False
+            result: RoutingTrace | str = load_trace_bytes(data, upload.name)
         except TraceFormatError as error:
-            st.error(f"That file is not a routing trace this app can read: {error}")
-            st.stop()
+            result = str(error)
+        parsed = st.session_state.parsed_upload = (key, result)
+    if isinstance(parsed[1], str):
+        st.error(f"That file is not a routing trace this app can read: {md_text(parsed[1])}")
+        st.stop()
+    return parsed[1]
+
+
+def _routing(upload: UploadedFile | None) -> tuple[RoutingTrace, str | None]:
+    """The trace to show, and the model behind it (None for an uploaded trace)."""
+    if upload is not None and _shows_upload():
+        return _uploaded_trace(upload), None
     prompt = st.session_state.prompt
     if not prompt.strip():
         st.info("Type some text in the sidebar (or pick a preset) to see how it is routed.")
         st.stop()
     try:
-        model_id = st.session_state.model.strip()
-        return get_trace(get_model(model_id), model_id, (prompt,)), True
+        model_id = model_key(st.session_state.model)  # one key per model, whatever the spelling of its folder
+        return get_trace(get_model(model_id), model_id, (prompt,)), model_id
     except ModelLoadError as error:
-        st.error(f"Cannot use this model: {error}")
+        st.error(f"Cannot use this model: {md_text(error)}")
         st.stop()
+
+
+def _source_note(upload: UploadedFile | None, model_id: str | None) -> None:
+    """Say plainly which input the page shows when a file is uploaded (the text box stays visible beside it)."""
+    if upload is None:
+        return
+    if model_id is None:
+        st.info(
+            f"Showing the uploaded trace {md_code(upload.name)}, not the text in the sidebar. A link cannot carry "
+            "a file, so this page's link keeps only the view settings."
+        )
+    else:
+        st.info(f"Showing the text in the sidebar; the uploaded trace {md_code(upload.name)} is set aside (Show).")
 
 
 def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
@@ -191,7 +264,8 @@ def main() -> None:
     html_block(PAGE_CSS)
     _seed_session_from_url()
     upload = _sidebar_inputs()
-    routing, has_model = _routing(upload)
+    routing, model_id = _routing(upload)
+    has_model = model_id is not None
     _sidebar_settings(routing)
     settings = _current_settings()
     if settings.present:
@@ -199,13 +273,14 @@ def main() -> None:
     info = routing.model
     st.title("MoE Routing Explorer")
     st.caption(
-        f"**{info.name}** · {info.architecture} · {info.num_experts} experts, top-{info.top_k} ({info.scoring}) · "
-        f"{len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · {info.device}, {info.dtype}"
-        + (" · uploaded trace" if not has_model else "")
+        f"**{md_text(info.name)}** · {md_text(info.architecture)} · {info.num_experts} experts, top-{info.top_k} "
+        f"({md_text(info.scoring)}) · {len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · "
+        f"{md_text(info.device)}, {md_text(info.dtype)}" + (" · uploaded trace" if not has_model else "")
     )
     for note in info.notes:
-        st.caption(f"ⓘ {note}")
-    for notice in st.session_state.notices:
+        st.caption(f"ⓘ {md_text(note)}")
+    _source_note(upload, model_id)
+    for notice in st.session_state.notices:  # escaped where they were written (app/state.py)
         st.warning(notice)
     if any(routing.truncated):
         st.warning(
@@ -220,19 +295,19 @@ def main() -> None:
         label_visibility="collapsed",
     )
     settings = _current_settings()
-    model_id, layer_row = settings.model.strip(), routing.layer_index(settings.layer)
+    layer_row = routing.layer_index(settings.layer)
     context = ViewContext(
         trace=routing,
         settings=settings,
         layer_row=layer_row,
-        domain_batch=_domain_batch_trace(model_id) if has_model else (lambda: None),
-        expert_study=_expert_study(model_id, routing.texts, layer_row) if has_model else (lambda: None),
+        domain_batch=_domain_batch_trace(model_id) if model_id else (lambda: None),
+        expert_study=_expert_study(model_id, routing.texts, layer_row) if model_id else (lambda: None),
     )
     VIEW_MODULES[settings.view].draw(context)
     if settings.present:
         st.button("Exit presentation mode", on_click=lambda: st.session_state.update(present=False))
     _trace_downloads(routing)
-    st.query_params.from_dict(to_query(settings))
+    st.query_params.from_dict(to_query(settings, with_input=has_model))  # no text or model for an upload
 
 
 main()

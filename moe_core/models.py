@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_MODEL = "demo-mixtral"
 BUNDLED_MODELS: dict[str, Path] = {DEMO_MODEL: ASSETS / "models" / DEMO_MODEL}
 ALLOWED_MODELS_ENV = "MOE_EXPLORER_ALLOWED_MODELS"  # comma-separated; set on a public deployment
+MAX_MODEL_ID_CHARS = 512  # longer strings are no model (a path component over 255 bytes raised OSError)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)  # org/name, as the hub allows
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done)
 
@@ -44,24 +47,60 @@ def allowed_models() -> tuple[str, ...] | None:
     return names or None
 
 
+def _not_available(model_id: str) -> ModelLoadError:
+    """One message for every string that is not a model, whether or not a server path by that name exists."""
+    shown = model_id if len(model_id) <= 80 else model_id[:80] + "…"
+    return ModelLoadError(
+        f"{shown!r} is not available: not a model here (no model folder or hub id by that name); pass a bundled "
+        f"name ({', '.join(BUNDLED_MODELS)}), a model folder on this server, or a hub id such as org/name"
+    )
+
+
+def _model_folder(model_id: str) -> Path | None:
+    """The resolved folder when `model_id` names a local folder holding a config.json (one path per folder)."""
+    try:
+        path = Path(model_id).expanduser()
+        return path.resolve() if (path / "config.json").is_file() else None
+    except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, unknown ~user
+        return None
+
+
+def _locate(model_id: str) -> str | None:
+    """The folder or hub id to load for a stripped id; None when it is no model at all."""
+    if model_id in BUNDLED_MODELS:
+        return str(BUNDLED_MODELS[model_id])
+    folder = _model_folder(model_id)
+    if folder is not None:
+        return str(folder)
+    return model_id if HUB_ID.fullmatch(model_id) and ".." not in model_id and "--" not in model_id else None
+
+
 def resolve(model_id: str) -> str:
-    """The folder or hub id to load for `model_id`; raises ModelLoadError for what cannot be loaded."""
+    """The folder or hub id to load for `model_id`; raises ModelLoadError for what cannot be loaded.
+
+    A path that is not a model folder, missing or not, gets the same "not available" message: a visitor
+    learns nothing about which server paths exist.
+    """
     model_id = model_id.strip()
     if not model_id:
         raise ModelLoadError("no model given: pass a bundled name, a local folder or a hub id")
+    source = _locate(model_id) if len(model_id) <= MAX_MODEL_ID_CHARS else None
     allowed = allowed_models()
-    if allowed is not None and model_id not in allowed:
-        raise ModelLoadError(f"model {model_id!r} is not allowed here; this deployment offers: {', '.join(allowed)}")
-    if model_id in BUNDLED_MODELS:
-        return str(BUNDLED_MODELS[model_id])
-    path = Path(model_id).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{model_id} has no config.json: not a transformers model folder")
-        return str(path)
-    if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
-        raise ModelLoadError(f"no model folder at {model_id}: check the path")
-    return model_id
+    if allowed is not None and model_id not in allowed and (source is None or source not in map(_locate, allowed)):
+        shown = model_id if len(model_id) <= 80 else model_id[:80] + "…"
+        raise ModelLoadError(f"model {shown!r} is not allowed here; this deployment offers: {', '.join(allowed)}")
+    if source is None:
+        raise _not_available(model_id)
+    return source
+
+
+def model_key(model_id: str) -> str:
+    """One name per model, for caches and traces: a bundled name as is, a folder's resolved path, a hub id.
+
+    Six spellings of one folder (./m, m/, /abs/m, ~/m, ...) once loaded six copies. Raises like resolve.
+    """
+    source = resolve(model_id)
+    return model_id.strip() if model_id.strip() in BUNDLED_MODELS else source
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
