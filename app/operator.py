@@ -2,7 +2,9 @@
 
     python -m streamlit run app/main.py -- --model mistralai/Mixtral-8x7B-v0.1 --device auto-map
 
-A public deployment also sets MOE_EXPLORER_ALLOWED_MODELS (see moe_core.models) to lock the model list.
+A shared or public server should also set MOE_EXPLORER_ALLOWED_MODELS (see moe_core.models) to lock the model
+list: without it any visitor may load any hub id or any model folder on the server (a path that is not a model
+folder is refused with the same words whether or not it exists).
 """
 
 from __future__ import annotations

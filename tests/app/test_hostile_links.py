@@ -174,6 +174,16 @@ def test_changing_the_text_after_an_upload_shows_the_text_and_says_so() -> None:
     assert at.query_params["text"] == "Now route this sentence instead."
 
 
+def test_picking_a_preset_after_an_upload_shows_the_preset() -> None:
+    """A preset chosen while a trace is uploaded is what the page then routes (it silently kept the upload)."""
+    at = run_app({"text": "hello"}, setup=_upload(_trace_json(name="uploaded-model")))
+    preset = at.selectbox(key="preset")
+    preset.set_value(preset.options[0]).run()
+    _assert_clean(at)
+    assert "demo-mixtral" in at.caption[0].value and at.radio(key="source").value == "text"
+    assert at.query_params["text"] == at.text_area(key="prompt").value
+
+
 def test_uploaded_trace_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Switching views with the same upload does not parse the file again."""
     calls = []
