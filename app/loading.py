@@ -14,6 +14,8 @@ import streamlit as st
 
 from app.operator import operator_options
 from moe_core.analyses.experts import matrix_similarity_frame, norm_preference
+from moe_core.batches import WINDOW_TOKENS, DomainBatch, equal_windows
+from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
 from moe_core.experts import (
     computed_experts,
@@ -116,3 +118,33 @@ def presets() -> dict[str, str]:
         name: ("\n\n".join(t[:1200] for t in domain_batch()) if text == HELD_OUT_MARKER else text)
         for name, text in raw.items()
     }
+
+
+@dataclass(frozen=True)
+class LabBatch:
+    """The built-in batch of equal-length windows, traced once per model, and the domain of each window."""
+
+    trace: RoutingTrace
+    windows: DomainBatch
+
+
+LAB_CACHE_ENTRIES = 4  # equal-window batches: about 8 MB each for the demo model
+
+
+@st.cache_resource(show_spinner="Routing the built-in batch of equal-length windows …", max_entries=LAB_CACHE_ENTRIES)
+def get_lab_batch(_loaded: LoadedModel, model_id: str) -> LabBatch:
+    """Traced once per process and model, shared by every session without a copy (st.cache_resource)."""
+    windows = equal_windows(_loaded.tokenizer)
+    routing = trace(_loaded.model, _loaded.tokenizer, windows.texts, name=model_id, max_tokens=WINDOW_TOKENS)
+    return LabBatch(routing, windows)
+
+
+COUNTERFACTUAL_ENTRIES = 16  # at 4,096 tokens and a 4096-word vocabulary about 2 MB each (no logits kept)
+
+
+@st.cache_resource(show_spinner="Running the model capacity-bound …", max_entries=COUNTERFACTUAL_ENTRIES)
+def get_counterfactual(
+    _loaded: LoadedModel, model_id: str, texts: tuple[str, ...], capacity_factor: float, policy: str, group: str
+) -> Counterfactual:
+    """The plain and the capacity-bound pass of `texts`, shared by every session that asks for the same run."""
+    return counterfactual(_loaded.model, _loaded.tokenizer, texts, capacity_factor, policy, group, name=model_id)

@@ -19,7 +19,16 @@ import streamlit as st  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
-from app.loading import ExpertStudy, domain_batch, get_expert_study, get_model, get_trace, presets  # noqa: E402
+from app.loading import (  # noqa: E402
+    ExpertStudy,
+    domain_batch,
+    get_counterfactual,
+    get_expert_study,
+    get_lab_batch,
+    get_model,
+    get_trace,
+    presets,
+)
 from app.operator import operator_options  # noqa: E402
 from app.safe_text import md_code, md_text  # noqa: E402
 from app.state import (  # noqa: E402
@@ -36,6 +45,7 @@ from app.state import (  # noqa: E402
 )
 from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
+from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
 from moe_core.trace import RoutingTrace  # noqa: E402
@@ -235,6 +245,13 @@ def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
     return lambda: get_trace(get_model(model_id), model_id, domain_batch())
 
 
+def _counterfactual(model_id: str) -> Callable[[tuple[str, ...], float, str, str], Counterfactual]:
+    """The capacity-bound forward of some texts, run only when the capacity view's toggle asks for it."""
+    return lambda texts, factor, policy, group: get_counterfactual(
+        get_model(model_id), model_id, texts, factor, policy, group
+    )
+
+
 def _expert_study(model_id: str, texts: tuple[str, ...], layer_row: int) -> Callable[[], ExpertStudy]:
     """A Closer Look at the chosen layer of the current text, run only when a view asks for it."""
     return lambda: get_expert_study(get_model(model_id), model_id, texts, layer_row)
@@ -302,6 +319,8 @@ def main() -> None:
         layer_row=layer_row,
         domain_batch=_domain_batch_trace(model_id) if model_id else (lambda: None),
         expert_study=_expert_study(model_id, routing.texts, layer_row) if model_id else (lambda: None),
+        lab_batch=(lambda: get_lab_batch(get_model(model_id), model_id)) if model_id else (lambda: None),
+        counterfactual=_counterfactual(model_id) if model_id else None,
     )
     VIEW_MODULES[settings.view].draw(context)
     if settings.present:

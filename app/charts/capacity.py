@@ -6,12 +6,13 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import styled
+from moe_core.analyses.drops import POOLED
 
 KEPT, OVERFLOW = "#4C78A8", "#E45756"
 
 
-def fill_chart(frame: pd.DataFrame, title: str, second: str = "overflow") -> alt.TopLevelMixin:
-    """Stacked bars per expert: kept slots and the slots refused (`second`), with a rule at the capacity."""
+def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.TopLevelMixin:
+    """Stacked bars per expert: kept slots and the slots dropped (`second`), with a rule at the capacity."""
     long = frame.melt(id_vars="expert", value_vars=["kept", second], var_name="slots", value_name="count")
     bars = (
         alt.Chart(long)
@@ -52,3 +53,106 @@ def drop_curve_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
         .properties(height=240, title=title)
     )
     return styled(chart)
+
+
+_LINE_COLORS = ["#222222", "#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D"]
+RATE_AXIS = alt.Axis(format="%")
+POSITION_TITLE = "position in the text (bin start)"
+
+
+def _rate_lines(frame: pd.DataFrame, field: str, title: str) -> alt.Chart:
+    """One line per value of `field`, in order of appearance; the pooled line (listed first) thick and dark."""
+    names = list(dict.fromkeys(frame[field]))
+    scale = alt.Scale(domain=names, range=_LINE_COLORS[: len(names)])
+    return (
+        alt.Chart(frame)
+        .mark_line(point=alt.OverlayMarkDef(size=30))
+        .encode(
+            x=alt.X("start:Q", title=POSITION_TITLE),
+            y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
+            color=alt.Color(f"{field}:N", title=None, scale=scale, legend=alt.Legend(orient="top", columns=3)),
+            strokeWidth=alt.condition(f"datum.{field} == '{POOLED}'", alt.value(4), alt.value(2)),
+            tooltip=[
+                alt.Tooltip(f"{field}:N", title=title),
+                "start:Q",
+                "end:Q",
+                alt.Tooltip("slot_drop_rate:Q", title="slots dropped", format=".1%"),
+                alt.Tooltip("slots:Q", title="slots in this bin"),
+            ],
+        )
+    )
+
+
+
+def _slot_bars(frame: pd.DataFrame) -> alt.Chart:
+    """Thin bars under a curve: the slots each bin holds (equal bars = a fair comparison across positions)."""
+    return (
+        alt.Chart(frame)
+        .mark_bar(color="#9E9E9E")
+        .encode(
+            x=alt.X("start:Q", title=POSITION_TITLE),
+            y=alt.Y("slots:Q", title="slots", axis=alt.Axis(tickCount=2)),
+            tooltip=["start:Q", "end:Q", alt.Tooltip("slots:Q", title="slots in this bin")],
+        )
+        .properties(height=50)
+    )
+
+
+def domain_curves_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
+    """Drop rate by position, one line per domain plus the pooled line, with the slots per bin beneath."""
+    pooled = frame[frame["domain"] == POOLED]
+    lines = _rate_lines(frame, "domain", "domain").properties(height=260, title=title)
+    return styled(alt.vconcat(lines, _slot_bars(pooled), spacing=4))
+
+
+def control_curves_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
+    """The controls: the serving order decides where drops fall, not the tokens."""
+    return styled(_rate_lines(frame, "control", "serving").properties(height=260, title=title))
+
+
+def sweep_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
+    """Small multiples: the pooled drop curve at each capacity factor."""
+    frame = frame.assign(cf=frame["capacity_factor"].map(lambda f: f"CF {f:g}"))
+    chart = (
+        alt.Chart(frame)
+        .mark_area(line={"color": OVERFLOW}, color=OVERFLOW, opacity=0.35)
+        .encode(
+            x=alt.X("start:Q", title="position"),
+            y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
+            tooltip=["cf:N", "start:Q", "end:Q", alt.Tooltip("slot_drop_rate:Q", format=".1%")],
+        )
+        .properties(height=150, width=200)
+        .facet(column=alt.Column("cf:N", title=None, sort=list(dict.fromkeys(frame["cf"]))))
+        .properties(title=title)
+    )
+    return styled(chart)
+
+
+def sequence_drops_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
+    """One bar per text of the batch: with one capacity for the whole batch, the later texts lose most."""
+    chart = (
+        alt.Chart(frame)
+        .mark_bar(color=OVERFLOW)
+        .encode(
+            x=alt.X("sequence:O", title="text in the batch (served in this order)"),
+            y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
+            tooltip=["sequence:O", alt.Tooltip("slot_drop_rate:Q", format=".1%"), "slots:Q"],
+        )
+        .properties(height=200, title=title)
+    )
+    return styled(chart)
+
+
+def delta_loss_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
+    """Mean Δloss (nats per token) by position: what the drops cost the model's next-token predictions."""
+    line = (
+        alt.Chart(frame)
+        .mark_line(point=True, color="#B00020")
+        .encode(
+            x=alt.X("start:Q", title=POSITION_TITLE),
+            y=alt.Y("mean_delta_loss:Q", title="Δloss (nats per token)"),
+            tooltip=["start:Q", "end:Q", "tokens:Q", alt.Tooltip("mean_delta_loss:Q", title="Δloss", format="+.3f")],
+        )
+    )
+    zero = alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="#777", strokeDash=[4, 3]).encode(y="y:Q")
+    return styled((zero + line).properties(height=240, title=title))

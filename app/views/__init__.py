@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.loading import ExpertStudy
+from app.loading import ExpertStudy, LabBatch
 from app.state import Settings
+from moe_core.capped import Counterfactual
 from moe_core.trace import RoutingTrace
+
+
+def _none(*_args: object) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -20,3 +25,7 @@ class ViewContext:
     layer_row: int  # row of settings.layer in the trace's [L, ...] arrays
     domain_batch: Callable[[], RoutingTrace | None]
     expert_study: Callable[[], ExpertStudy | None]
+    # The capacity lab, both None without a model: the built-in equal-length batch, and the capacity-bound
+    # forward of some texts at (capacity factor, policy, group).
+    lab_batch: Callable[[], LabBatch | None] = _none
+    counterfactual: Callable[[tuple[str, ...], float, str, str], Counterfactual] | None = None

@@ -5,6 +5,7 @@ All read a CapacityResult from moe_core.capacity.simulate_capacity on the same t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,35 +15,26 @@ from moe_core.capacity import CapacityResult
 from moe_core.trace import DROPPED, RoutingTrace
 
 
-def capacity_table(trace: RoutingTrace, result: CapacityResult) -> pd.DataFrame:
-    """Per MoE layer: C (largest group's), the busiest expert's demand, slots dropped and the drop rate."""
-    demand = result.demand.sum(axis=1)
-    dropped = demand - result.fill.sum(axis=1)
+def capacity_table(layers: Sequence[int], slots: Sequence[LayerSlots], capacity: np.ndarray) -> pd.DataFrame:
+    """Per MoE layer: C (largest group's), the busiest expert's demand, slots dropped and the drop rate (NaN
+    where a layer has no slots: nothing to rate). Reads the static result or the capacity-bound pass alike."""
+    demand = np.array([s.demand.max(initial=0) for s in slots], dtype=np.int64)
+    assigned = np.array([s.assigned.sum() for s in slots], dtype=np.int64)
+    dropped = np.array([s.dropped.sum() for s in slots], dtype=np.int64)
+    rate = np.full(len(slots), np.nan)
+    np.divide(dropped, assigned, out=rate, where=assigned > 0)
     return pd.DataFrame(
-        {
-            "layer": list(trace.model.moe_layers),
-            "capacity": result.capacity_per_layer,
-            "busiest_demand": result.demand.max(axis=1),
-            "dropped_slots": dropped,
-            "drop_rate": result.drop_rate,  # NaN where a layer has no slots (nothing to rate), as the result says
-        }
-    )
+        {"layer": list(layers), "capacity": capacity, "busiest_demand": demand, "dropped_slots": dropped,
+         "drop_rate": rate}
+    )  # fmt: skip
 
 
-def fill_frame(result: CapacityResult, layer_row: int) -> pd.DataFrame:
-    """Per expert at one layer: kept slots, overflow (routed but dropped), and the slots it can accept in all.
-
-    With several groups (one per sequence), an expert can accept C_g slots in each group g, so `capacity`
-    is the sum of the groups' C; with one sequence it is plain C.
-    """
-    fill, demand = result.fill[layer_row], result.demand[layer_row]
+def fill_frame(slots: LayerSlots, capacity: int) -> pd.DataFrame:
+    """Per expert at one layer: kept slots, dropped slots (routed there but over C), and the slots it can accept
+    in all (`capacity`: the sum of the groups' C, since an expert takes C_g slots in each group g)."""
+    fill, demand = slots.fill, slots.demand
     return pd.DataFrame(
-        {
-            "expert": np.arange(len(fill)),
-            "kept": fill,
-            "overflow": demand - fill,
-            "capacity": int(result.capacity[layer_row].sum()),
-        }
+        {"expert": np.arange(len(fill)), "kept": fill, "dropped": demand - fill, "capacity": int(capacity)}
     )
 
 
@@ -57,10 +49,25 @@ class LayerSlots:
 
     experts: np.ndarray
     kept: np.ndarray
+    num_experts: int
 
     @classmethod
     def simulated(cls, trace: RoutingTrace, result: CapacityResult, layer_row: int) -> LayerSlots:
-        return cls(trace.experts[layer_row], result.kept[layer_row])
+        return cls(trace.experts[layer_row], result.kept[layer_row], trace.model.num_experts)
+
+    def rows(self, rows: np.ndarray) -> LayerSlots:
+        """The slots of some tokens only (a boolean or index selection)."""
+        return LayerSlots(self.experts[rows], self.kept[rows], self.num_experts)
+
+    @property
+    def demand(self) -> np.ndarray:
+        """[E] slots routed to each expert before the limit."""
+        return np.bincount(self.experts[self.experts != DROPPED], minlength=self.num_experts)
+
+    @property
+    def fill(self) -> np.ndarray:
+        """[E] slots each expert kept."""
+        return np.bincount(self.experts[(self.experts != DROPPED) & self.kept], minlength=self.num_experts)
 
     @property
     def assigned(self) -> np.ndarray:
@@ -152,18 +159,18 @@ def serving_order(trace: RoutingTrace, result: CapacityResult, layer_row: int, s
 
 
 def fill_after(order: ServingOrder, steps: int, num_experts: int) -> pd.DataFrame:
-    """Each expert's kept slots after the first `steps` slots were served. Columns: expert, kept, refused."""
+    """Each expert's kept slots after the first `steps` slots were served. Columns: expert, kept, dropped."""
     expert, kept = order.expert[:steps], order.kept[:steps]
     return pd.DataFrame(
         {
             "expert": np.arange(num_experts),
             "kept": np.bincount(expert[kept], minlength=num_experts),
-            "refused": np.bincount(expert[~kept], minlength=num_experts),
+            "dropped": np.bincount(expert[~kept], minlength=num_experts),
         }
     )
 
 
 def first_drop(order: ServingOrder) -> int | None:
     """Index in the serving order of the first slot that found its expert full (None: nothing dropped)."""
-    refused = np.flatnonzero(~order.kept)
-    return int(refused[0]) if len(refused) else None
+    dropped = np.flatnonzero(~order.kept)
+    return int(dropped[0]) if len(dropped) else None

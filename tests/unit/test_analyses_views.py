@@ -99,7 +99,7 @@ def test_flow_pair_uses_previous_pair_at_the_end() -> None:
 
 def _capacity_case():
     # 6 tokens, E=2, k=1, all to expert 0 except token 4. CF=1 -> C = ceil(1·1·6/2) = 3.
-    # position order: tokens 0,1,2 take expert 0's three slots; token 3 and 5 are refused; token 4 fits expert 1.
+    # position order: tokens 0,1,2 take expert 0's three slots; token 3 and 5 are dropped; token 4 fits expert 1.
     routing = trace_from_choices([[0], [0], [0], [0], [1], [0]], num_experts=2)
     return routing, simulate_capacity(routing, 1.0)
 
@@ -107,11 +107,13 @@ def _capacity_case():
 def test_capacity_table_and_fill() -> None:
     """C = 3; expert 0 keeps 3 of 5, expert 1 keeps 1; 2 of 6 slots dropped."""
     routing, result = _capacity_case()
-    table = capacity_table(routing, result).iloc[0]
+    slots = LayerSlots.simulated(routing, result, 0)
+    table = capacity_table(routing.model.moe_layers, [slots], result.capacity_per_layer).iloc[0]
     assert (table["capacity"], table["busiest_demand"], table["dropped_slots"]) == (3, 5, 2)
     assert table["drop_rate"] == pytest.approx(2 / 6)
-    fill = fill_frame(result, 0)
-    assert fill["kept"].tolist() == [3, 1] and fill["overflow"].tolist() == [2, 0] and set(fill["capacity"]) == {3}
+    fill = fill_frame(slots, int(result.capacity[0].sum()))
+    assert fill["kept"].tolist() == [3, 1] and fill["dropped"].tolist() == [2, 0] and set(fill["capacity"]) == {3}
+    assert fill["kept"].tolist() == result.fill[0].tolist()  # the same numbers the simulation counted
 
 
 def test_drop_marks() -> None:
@@ -119,10 +121,10 @@ def test_drop_marks() -> None:
     routing, result = _capacity_case()
     assert drop_marks(LayerSlots.simulated(routing, result, 0)) == ["", "", "", "dropall", "", "dropall"]
     # k=2, E=2, T=2, CF=0.5 -> C = 1: token 0 takes e0 and e1 (rank 1 first for both tokens: t0->e0, t1->e0
-    # refused), then rank 2: t0->e1 kept, t1->e1 refused.
+    # dropped), then rank 2: t0->e1 kept, t1->e1 dropped.
     pair = trace_from_choices([[0, 1], [0, 1]], num_experts=2)
     assert drop_marks(LayerSlots.simulated(pair, simulate_capacity(pair, 0.5), 0)) == ["", "dropall"]
-    mixed = trace_from_choices([[0, 1], [1, 0]], num_experts=2)  # C = 1: both first choices fit, seconds refused
+    mixed = trace_from_choices([[0, 1], [1, 0]], num_experts=2)  # C = 1: both first choices fit, seconds dropped
     assert drop_marks(LayerSlots.simulated(mixed, simulate_capacity(mixed, 0.5), 0)) == ["drop2", "drop2"]
 
 
@@ -144,11 +146,11 @@ def test_step_through_fills_then_refuses() -> None:
     assert fill_after(order, 3, 2)["kept"].tolist() == [3, 0]
     assert first_drop(order) == 3
     final = fill_after(order, len(order.token), 2)
-    assert final["kept"].tolist() == result.fill[0].tolist() and final["refused"].tolist() == [2, 0]
+    assert final["kept"].tolist() == result.fill[0].tolist() and final["dropped"].tolist() == [2, 0]
 
 
 def test_step_through_score_order() -> None:
-    """Score policy serves the most confident first: the least confident token is the one refused."""
+    """Score policy serves the most confident first: the least confident token is the one dropped."""
     routing = trace_from_choices([[0], [0]], [[0.6], [0.9]], num_experts=2)  # C = ceil(0.5·1·2/2) = 1
     result = simulate_capacity(routing, 0.5, policy="score")
     order = serving_order(routing, result, 0)
