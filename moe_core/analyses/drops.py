@@ -42,8 +42,7 @@ def curves_by_domain(trace: RoutingTrace, slots: LayerSlots, domains: Sequence[s
     frames = [drop_curve(position, slots, width=width).assign(domain=POOLED)]
     for domain in dict.fromkeys(domains):
         rows = sequence_domain == domain
-        part = LayerSlots(slots.experts[rows], slots.kept[rows])
-        frames.append(drop_curve(position[rows], part, width=width).assign(domain=domain))
+        frames.append(drop_curve(position[rows], slots.rows(rows), width=width).assign(domain=domain))
     return pd.concat(frames, ignore_index=True)
 
 
