@@ -20,6 +20,7 @@ from app.charts.capacity import (
     sweep_chart,
 )
 from app.components import explainer, html_block, routed_text, show_chart, show_table
+from app.safe_text import md_text, neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
     LayerSlots,
@@ -278,7 +279,7 @@ def _step_through(context: ViewContext, result: CapacityResult) -> None:
         else:
             token = int(order.token[drop])
             st.warning(
-                f"First drop at slot {drop + 1}: token #{token} “{routing.tokens.text[token]}” (choice "
+                f"First drop at slot {drop + 1}: token #{token} “{md_text(routing.tokens.text[token])}” (choice "
                 f"{int(order.rank[drop]) + 1}) finds expert {int(order.expert[drop])} full."
             )
     with chart:
@@ -293,7 +294,8 @@ def _fill_step(routing: RoutingTrace, order: ServingOrder, step: int) -> alt.Top
     frame = fill_after(order, step, routing.model.num_experts)
     frame["capacity"] = order.capacity
     served = int(order.token[step - 1])
-    return fill_chart(frame, f"After {step} slots (last: token #{served} “{routing.tokens.text[served]}”)")
+    shown = neutral_bidi(one_line(routing.tokens.text[served]))
+    return fill_chart(frame, f"After {step} slots (last: token #{served} “{shown}”)")
 
 
 def _play(routing: RoutingTrace, order: ServingOrder, chart: DeltaGenerator) -> None:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart, similarity_chart
 from app.components import explainer, show_chart, show_table
+from app.safe_text import neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.experts import similarity_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, token_distribution
@@ -49,7 +50,7 @@ def draw(context: ViewContext) -> None:
     if st.session_state.get("token", 0) >= num_tokens:
         st.session_state.token = 0
     token = st.number_input("Token # for the full distribution", 0, num_tokens - 1, key="token", step=1)
-    label = f"#{token} “{routing.tokens.text[token]}”"
+    label = f"#{token} “{neutral_bidi(one_line(routing.tokens.text[token]))}”"
     show_chart(distribution_chart(token_distribution(routing, row, token), info.scoring, label), "gate-token")
     show_chart(entropy_chart(entropy_frame(routing, row), info.num_experts), "gate-entropy")
     _closer_look(context)
