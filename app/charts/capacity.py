@@ -9,6 +9,9 @@ from app.charts.common import styled
 from moe_core.analyses.drops import POOLED
 
 KEPT, OVERFLOW = "#4C78A8", "#E45756"
+_LINE_COLORS = ["#222222", "#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D"]
+RATE_AXIS = alt.Axis(format="%")
+POSITION_TITLE = "position in the text (bin start)"
 
 
 def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.TopLevelMixin:
@@ -45,7 +48,7 @@ def drop_curve_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("start:Q", title="position in the sequence (bin start)"),
+            x=alt.X("start:Q", title=POSITION_TITLE),
             y=alt.Y("value:Q", title="share dropped", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             color=alt.Color("rate:N", title=None, scale=alt.Scale(range=[OVERFLOW, "#54A24B"])),
             tooltip=["start:Q", "end:Q", "tokens:Q", "rate:N", alt.Tooltip("value:Q", format=".1%")],
@@ -55,22 +58,23 @@ def drop_curve_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     return styled(chart)
 
 
-_LINE_COLORS = ["#222222", "#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D"]
-RATE_AXIS = alt.Axis(format="%")
-POSITION_TITLE = "position in the text (bin start)"
+def _position_axis(frame: pd.DataFrame) -> alt.X:
+    """Positions 0 … the last bin's end, shared by a curve and the slot bars under it."""
+    return alt.X("start:Q", title=POSITION_TITLE, scale=alt.Scale(domain=[0, int(frame["end"].max()) + 1]))
 
 
-def _rate_lines(frame: pd.DataFrame, field: str, title: str) -> alt.Chart:
+def _rate_lines(frame: pd.DataFrame, field: str, title: str, columns: int = 3) -> alt.Chart:
     """One line per value of `field`, in order of appearance; the pooled line (listed first) thick and dark."""
     names = list(dict.fromkeys(frame[field]))
     scale = alt.Scale(domain=names, range=_LINE_COLORS[: len(names)])
+    legend = alt.Legend(orient="top", columns=columns, labelLimit=500)
     return (
         alt.Chart(frame)
         .mark_line(point=alt.OverlayMarkDef(size=30))
         .encode(
-            x=alt.X("start:Q", title=POSITION_TITLE),
+            x=_position_axis(frame),
             y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
-            color=alt.Color(f"{field}:N", title=None, scale=scale, legend=alt.Legend(orient="top", columns=3)),
+            color=alt.Color(f"{field}:N", title=None, scale=scale, legend=legend),
             strokeWidth=alt.condition(f"datum.{field} == '{POOLED}'", alt.value(4), alt.value(2)),
             tooltip=[
                 alt.Tooltip(f"{field}:N", title=title),
@@ -83,15 +87,21 @@ def _rate_lines(frame: pd.DataFrame, field: str, title: str) -> alt.Chart:
     )
 
 
-
 def _slot_bars(frame: pd.DataFrame) -> alt.Chart:
     """Thin bars under a curve: the slots each bin holds (equal bars = a fair comparison across positions)."""
+    frame = frame.assign(stop=frame["end"] + 1)
     return (
         alt.Chart(frame)
-        .mark_bar(color="#9E9E9E")
+        .mark_bar(color="#9E9E9E", stroke="white", strokeWidth=1)
         .encode(
-            x=alt.X("start:Q", title=POSITION_TITLE),
-            y=alt.Y("slots:Q", title="slots", axis=alt.Axis(tickCount=2)),
+            x=_position_axis(frame),
+            x2="stop:Q",
+            y=alt.Y(
+                "slots:Q",
+                title="slots",
+                scale=alt.Scale(domain=[0, int(frame["slots"].max()) or 1]),
+                axis=alt.Axis(values=[0, int(frame["slots"].max())], format=",d"),
+            ),
             tooltip=["start:Q", "end:Q", alt.Tooltip("slots:Q", title="slots in this bin")],
         )
         .properties(height=50)
@@ -107,7 +117,7 @@ def domain_curves_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
 
 def control_curves_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     """The controls: the serving order decides where drops fall, not the tokens."""
-    return styled(_rate_lines(frame, "control", "serving").properties(height=260, title=title))
+    return styled(_rate_lines(frame, "control", "serving", columns=2).properties(height=260, title=title))
 
 
 def sweep_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:

@@ -197,16 +197,11 @@ def _your_text_curves(
     st.subheader("Drop rate by position: your text")
     if note := curve_readiness(routing):
         st.info(note)
-    curve = drop_curve_chart(drop_curve(routing.tokens.position, slots), f"Your text ({source})")
-    if capped is None:
-        show_chart(curve, "drops-prompt")
-        return
-    left, right = st.columns(2)
-    with left:
-        show_chart(curve, "drops-prompt")
-    with right:
+    show_chart(drop_curve_chart(drop_curve(routing.tokens.position, slots), f"Your text ({source})"), "drops-prompt")
+    if capped is not None:
         frame = delta_loss_curve(capped.tokens.position, capped.delta_loss)
-        show_chart(delta_loss_chart(frame, "What the drops cost, by position"), "delta-loss")
+        title = "What the drops cost, by position (capacity-bound minus plain)"
+        show_chart(delta_loss_chart(frame, title), "delta-loss")
 
 
 def _honest_batch(context: ViewContext) -> None:

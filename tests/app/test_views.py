@@ -145,7 +145,7 @@ def test_unusual_routers_render_in_every_view(demo_tokenizer, family: str, sums_
         at = run_app({"view": view, "layer": layer}, setup=_upload(payload))
         _clean(at)
         if view == "flow" and len(routing.model.moe_layers) == 1:  # LongCat's tiny model: one MoE layer
-            assert "single MoE layer" in at.info[0].value
+            assert any("single MoE layer" in info.value for info in at.info)
         else:
             assert at.get("vega_lite_chart"), view
     gates = charts(run_app({"view": "gates", "layer": layer}, setup=_upload(payload)))
