@@ -190,8 +190,8 @@ def test_families_it_cannot_run_on_say_why(demo_tokenizer: Any) -> None:
 
 
 def test_switch_drops_on_top_of_its_own_capacity(demo_tokenizer: Any) -> None:
-    """Switch (one-hot call): the model's own drops stay DROPPED and never run; a tight capacity drops more and moves the
-    logits; capacity to spare leaves them unchanged."""
+    """Switch (one-hot call): the model's own drops stay DROPPED and never run; a tight capacity drops more and
+    moves the logits; capacity to spare leaves them unchanged."""
     switch = build_tiny_model("switch_transformers")
     roomy = counterfactual(switch, demo_tokenizer, TEXTS, 64.0)
     np.testing.assert_array_equal(np.nan_to_num(roomy.delta_loss), 0.0)
