@@ -18,6 +18,32 @@ from tests.e2e.browser import app_server, chromium, wait_for_charts  # noqa: E40
 
 OUT = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1440, "height": 1500}
+LAB_VIEWPORT = {"width": 1440, "height": 5200}  # the lab is long; Streamlit scrolls inside its main pane
+LAB_SECTIONS = {  # (top, bottom) pixel rows of the lab screenshot cut into README images
+    "capacity-lab-cost": (380, 2000),
+    "capacity-lab-end": (2000, 3900),
+}
+
+
+def capacity_lab(browser, url: str) -> None:
+    """The capacity view with the capacity-bound forward on, cut into its cost and drop-towards-the-end parts."""
+    from PIL import Image
+
+    page = browser.new_page(viewport=LAB_VIEWPORT)
+    page.goto(f"{url}/?view=capacity&cf=0.75")
+    wait_for_charts(page)
+    page.get_by_text("Run the model capacity-bound").click()
+    time.sleep(1.0)
+    wait_for_charts(page)
+    time.sleep(2.0)
+    whole = OUT / "capacity-lab-full.png"
+    page.screenshot(path=whole)
+    page.close()
+    image = Image.open(whole)
+    for name, (top, bottom) in LAB_SECTIONS.items():
+        image.crop((0, top, image.width, bottom)).save(OUT / f"{name}.png")
+        print(f"wrote {OUT / f'{name}.png'}")
+    whole.unlink()
 
 
 def main() -> None:
@@ -41,6 +67,7 @@ def main() -> None:
             page.screenshot(path=OUT / f"{name}.png")
             page.close()
             print(f"wrote {OUT / f'{name}.png'}")
+        capacity_lab(browser, url)
 
 
 if __name__ == "__main__":

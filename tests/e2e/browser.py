@@ -32,7 +32,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def app_server(timeout: float = 60.0) -> Iterator[str]:
-    """Start `streamlit run app/main.py` on a free loopback port; always stopped on exit."""
+    """Start `streamlit run app/main.py` on a free loopback port; always stopped on exit. Yields its URL."""
+    with running_app(timeout) as (url, _pid):
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(timeout: float = 60.0) -> Iterator[tuple[str, int]]:
+    """app_server, yielding (URL, the server's process id) for checks on the server process itself."""
     port = free_port()
     command = [
         sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
@@ -52,7 +59,7 @@ def app_server(timeout: float = 60.0) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the app did not start: {process.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.3)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
