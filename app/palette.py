@@ -39,3 +39,24 @@ def text_color_on(background: str) -> str:
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
     return "#000000" if luminance > 0.179 else "#FFFFFF"
+
+
+# Sequential ramps drawn with interpolate="rgb", so heat_ink can tell the cell colour Vega draws (d3's 9-step
+# schemes "blues" and "purples").
+BLUES = ("#F7FBFF", "#DEEBF7", "#C6DBEF", "#9ECAE1", "#6BAED6", "#4292C6", "#2171B5", "#08519C", "#08306B")
+PURPLES = ("#FCFBFD", "#EFEDF5", "#DADAEB", "#BCBDDC", "#9E9AC8", "#807DBA", "#6A51A3", "#54278F", "#3F007D")
+
+
+def ramp_color(fraction: float, ramp: tuple[str, ...]) -> str:
+    """The colour at `fraction` (clipped to [0, 1]) of a ramp, linearly interpolated in RGB as Vega does."""
+    position = min(max(float(fraction), 0.0), 1.0) * (len(ramp) - 1)
+    low = min(int(position), len(ramp) - 2)
+    mix = position - low
+    a, b = ramp[low], ramp[low + 1]
+    channels = (round((1 - mix) * int(a[i : i + 2], 16) + mix * int(b[i : i + 2], 16)) for i in (1, 3, 5))
+    return "#" + "".join(f"{c:02X}" for c in channels)
+
+
+def heat_ink(fraction: float, ramp: tuple[str, ...]) -> str:
+    """Text colour for a number printed on a heatmap cell at `fraction` of the ramp (white on dark cells)."""
+    return text_color_on(ramp_color(fraction, ramp))

@@ -8,19 +8,42 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
+from app.charts.labels import EXPERT_LABEL, token_axis
+from app.palette import BLUES, heat_ink
+from moe_core.analyses.gates import binned_entropy
 from moe_core.routers import SUM_TO_ONE
 
-HEAT_SCHEME = "blues"
+ENTROPY_POINTS = 300  # past this many tokens the entropy curve is drawn as means of equal bins
 
 
-def gate_heatmap_chart(frame: pd.DataFrame, scoring: str) -> alt.TopLevelMixin:
-    """Rect per (token, expert), shade = score; chosen cells carry their rank (1 = first choice)."""
-    base = alt.Chart(frame).encode(
-        x=alt.X("token:O", title="token #", axis=alt.Axis(labelOverlap=True, labelAngle=0)),
-        y=alt.Y("expert:O", title="expert"),
+def heat_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """gate_heatmap plus `ink`: black or white, whichever reads on the cell's blue (the domain runs 0 to the
+    window's highest score), so the rank numbers stay legible on the darkest cells."""
+    shown = frame.copy()
+    top = float(shown["prob"].max()) if len(shown) else 1.0
+    shown["ink"] = [heat_ink(p / top if top > 0 else 0.0, BLUES) for p in shown["prob"]]
+    return shown
+
+
+def gate_heatmap_chart(frame: pd.DataFrame, scoring: str, total_tokens: int | None = None) -> alt.TopLevelMixin:
+    """Rect per (token, expert), shade = score; chosen cells carry their rank (1 = first choice) in black or
+    white by the cell's shade. Token text under the columns; hovering a column outlines it."""
+    shown = heat_frame(frame)
+    first, last = int(shown["token"].min()), int(shown["token"].max())
+    total = total_tokens if total_tokens is not None else last + 1
+    texts = shown.drop_duplicates("token").sort_values("token")["text"].tolist()
+    hover = alt.selection_point(name="column", fields=["token"], on="pointerover", clear="pointerout", empty=False)
+    base = alt.Chart(shown).encode(
+        x=alt.X("token:O", sort="ascending", axis=token_axis(texts, first, "token")),
+        y=alt.Y("expert:O", title="expert", axis=alt.Axis(labelExpr=EXPERT_LABEL)),
     )
+    top = float(shown["prob"].max()) if len(shown) else 1.0
     cells = base.mark_rect().encode(
-        color=alt.Color("prob:Q", title=scoring, scale=alt.Scale(scheme=HEAT_SCHEME, domainMin=0)),
+        color=alt.Color(
+            "prob:Q", title=scoring, scale=alt.Scale(range=list(BLUES), interpolate="rgb", domain=[0, top or 1.0])
+        ),
+        stroke=alt.condition(hover, alt.value("#000000"), alt.value("transparent")),
+        strokeWidth=alt.condition(hover, alt.value(2), alt.value(0)),
         tooltip=[
             alt.Tooltip("token:O", title="token #"),
             alt.Tooltip("text:N"),
@@ -31,12 +54,17 @@ def gate_heatmap_chart(frame: pd.DataFrame, scoring: str) -> alt.TopLevelMixin:
     )
     chosen = (
         base.transform_filter(alt.datum.rank > 0)
-        .mark_text(fontSize=11, fontWeight="bold")
-        .encode(text="rank:O", color=alt.value("#B00020"))
+        .mark_text(fontSize=12, fontWeight="bold")
+        .encode(text="rank:O", color=alt.Color("ink:N", scale=None))
     )
-    num_experts = frame["expert"].nunique()
-    title = alt.Title("Router scores of every token for every expert", subtitle="numbers: the chosen experts' rank")
-    return styled((cells + chosen).properties(height=min(640, max(160, 22 * num_experts)), title=title))
+    num_experts = shown["expert"].nunique()
+    window = f"tokens {first}–{last} of {total}" if (first, last + 1) != (0, total) else f"all {total} tokens"
+    title = alt.Title(
+        "Router scores of every token for every expert",
+        subtitle=f"{window} · darker: higher score · numbers: the chosen experts' rank (1 = first choice)",
+    )
+    chart = (cells.add_params(hover) + chosen).resolve_scale(color="independent")  # ink is a literal colour
+    return styled(chart.properties(height=min(640, max(160, 22 * num_experts)), title=title))
 
 
 def distribution_chart(frame: pd.DataFrame, scoring: str, token_label: str) -> alt.TopLevelMixin:
@@ -47,7 +75,7 @@ def distribution_chart(frame: pd.DataFrame, scoring: str, token_label: str) -> a
         alt.Chart(frame)
         .mark_bar()
         .encode(
-            x=alt.X("expert:O", title="expert"),
+            x=alt.X("expert:O", title="expert", axis=alt.Axis(labelExpr=EXPERT_LABEL)),
             y=alt.Y("prob:Q", title=f"router score ({scoring})"),
             color=alt.condition(
                 alt.datum.rank > 0, expert_color("expert", num_experts, legend=False), alt.value("#CCCCCC")
@@ -60,19 +88,42 @@ def distribution_chart(frame: pd.DataFrame, scoring: str, token_label: str) -> a
 
 
 def entropy_chart(frame: pd.DataFrame, num_experts: int) -> alt.TopLevelMixin:
-    """Routing entropy per token, with the maximum log2(E) (router undecided) as a dashed rule."""
-    line = (
-        alt.Chart(frame)
-        .mark_line(point=len(frame) <= 200)
-        .encode(
-            x=alt.X("token:Q", title="token #"),
-            y=alt.Y("entropy:Q", title="entropy (bits)", scale=alt.Scale(domain=[0, math.log2(num_experts)])),
-            tooltip=["token:Q", "text:N", alt.Tooltip("entropy:Q", format=".2f")],
+    """Routing entropy per token, with the maximum log2(E) (router undecided) as a dashed rule. Past
+    ENTROPY_POINTS tokens, the mean of each bin of tokens, with a band from its lowest to its highest token."""
+    ceiling = math.log2(num_experts)
+    y_scale = alt.Scale(domain=[0, ceiling])
+    if len(frame) <= ENTROPY_POINTS:
+        curve = (
+            alt.Chart(frame)
+            .mark_line(point=len(frame) <= 200)
+            .encode(
+                x=alt.X("token:Q", title="token #"),
+                y=alt.Y("entropy:Q", title="entropy (bits)", scale=y_scale),
+                tooltip=["token:Q", "text:N", alt.Tooltip("entropy:Q", format=".2f")],
+            )
         )
-    )
-    rule = alt.Chart(pd.DataFrame({"max": [math.log2(num_experts)]})).mark_rule(strokeDash=[6, 4]).encode(y="max:Q")
-    title = alt.Title("How undecided the router is, token by token", subtitle=f"dashed: log2({num_experts}), all equal")
-    return styled((line + rule).properties(height=220, title=title))
+        detail = "one point per token"
+    else:
+        bins = binned_entropy(frame, ENTROPY_POINTS)
+        size = int(bins["tokens"].iloc[0])
+        base = alt.Chart(bins).encode(x=alt.X("start:Q", title="token #"))
+        band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+        mean = base.mark_line().encode(
+            y=alt.Y("mean:Q", title="entropy (bits)", scale=y_scale),
+            tooltip=[
+                alt.Tooltip("start:Q", title="from token #"),
+                alt.Tooltip("stop:Q", title="to (excl.)"),
+                alt.Tooltip("mean:Q", format=".2f"),
+                alt.Tooltip("low:Q", format=".2f"),
+                alt.Tooltip("high:Q", format=".2f"),
+            ],
+        )
+        curve = band + mean
+        detail = f"line: mean of each {size} tokens · band: their lowest to highest"
+    rule = alt.Chart(pd.DataFrame({"max": [ceiling]})).mark_rule(strokeDash=[6, 4]).encode(y="max:Q")
+    subtitle = f"{detail} · dashed: log2({num_experts}), all experts equal"
+    title = alt.Title("How undecided the router is, token by token", subtitle=subtitle)
+    return styled((curve + rule).properties(height=220, title=title))
 
 
 def similarity_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:

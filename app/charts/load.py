@@ -6,27 +6,61 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
+from app.charts.labels import EXPERT_LABEL
 from app.charts.matrix import expert_matrix_chart
 
 LOAD_ROW_WIDTH = 920  # px the small multiples of one row share: the main column at a 1440 px window, less the y axis
+GROUPED_BARS = 96  # up to this many bars (layers × experts) in one chart that fills the page's width
 
 
 def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLevelMixin:
-    """Bars per expert, small multiples per layer filling the row; dashed rule at the uniform load.
+    """Bars per expert per layer, with a dashed line at the uniform load of each layer.
 
-    Four layers to a row, or two when there are many experts, so each bar stays wide enough to read.
+    Up to GROUPED_BARS bars: one chart, a group of bars per layer, as wide as the page at any window size.
+    More: small multiples per layer (four or two to a row, of fixed width, so each bar stays wide enough).
     """
-    num_layers = frame["layer"].nunique()
-    columns = max(1, min(num_layers, 4 if num_experts <= 16 else 2))
     label = "top-1 tokens" if count == "top1" else "top-k slots"
+    title = alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")
+    num_layers = frame["layer"].nunique()
+    tooltip = [
+        "layer:O",
+        alt.Tooltip("expert:O"),
+        f"{count}:Q",
+        alt.Tooltip(f"{count}_uniform:Q", title="even", format=".1f"),
+    ]
+    if num_layers * num_experts <= GROUPED_BARS:
+        x = alt.X(
+            "layer:O",
+            title="MoE layer",
+            scale=alt.Scale(paddingInner=0.15),
+            axis=alt.Axis(labelExpr="'layer ' + datum.label"),
+        )
+        bars = (
+            alt.Chart()
+            .mark_bar()
+            .encode(
+                x=x,
+                xOffset=alt.XOffset("expert:O", scale=alt.Scale(paddingInner=0.1)),
+                y=alt.Y(f"{count}:Q", title=label),
+                color=expert_color("expert", num_experts),
+                tooltip=tooltip,
+            )
+        )
+        even = (
+            alt.Chart()
+            .mark_bar(filled=False, stroke="black", strokeDash=[6, 4], strokeWidth=1.5)
+            .encode(x=x, y=f"mean({count}_uniform):Q", y2=f"mean({count}_uniform):Q")
+        )
+        return styled(alt.layer(bars, even, data=frame).properties(height=260, title=title))
+    columns = max(1, min(num_layers, 4 if num_experts <= 16 else 2))
     bars = (
         alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("expert:O", title="expert"),
+            x=alt.X("expert:O", title="expert", axis=alt.Axis(labelExpr=EXPERT_LABEL)),
             y=alt.Y(f"{count}:Q", title=label),
             color=expert_color("expert", num_experts, legend=False),
-            tooltip=["layer:O", "expert:O", f"{count}:Q"],
+            tooltip=tooltip,
         )
     )
     uniform = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(y=f"mean({count}_uniform):Q")
@@ -35,7 +69,7 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
         .properties(height=130, width=LOAD_ROW_WIDTH // columns - 20)
         .facet(facet=alt.Facet("layer:O", title="MoE layer"), columns=columns)
     )
-    return styled(chart.properties(title=alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")))
+    return styled(chart.properties(title=title))
 
 
 FIGURES = {"max_over_mean": "max / mean load", "switch_aux_loss": "Switch aux (top-1 f)"}
@@ -67,7 +101,7 @@ def coactivation_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
         column_title="also routed to expert j",
         share_title="share of i's tokens",
         title=f"Which experts work together at layer {layer}",
-        subtitle="numbers: tokens routed to both",
+        subtitle="colour and numbers: share of expert i's tokens also routed to j (darker = more)",
     )
 
 

@@ -1,29 +1,128 @@
-"""Expert × expert heatmaps (layer flow, co-activation): shade = share of the row, numbers = token counts."""
+"""Expert × expert heatmaps (layer flow, co-activation) and the layer-flow overview.
+
+In a heatmap the colour and the number are the same quantity, the share of the row, and each row says how
+many tokens that share is of. A share of a handful of tokens means little (one token makes a 100% cell), so
+rows under MIN_ROW_TOKENS are drawn grey, without numbers.
+"""
 
 from __future__ import annotations
+
+import json
 
 import altair as alt
 import pandas as pd
 
 from app.charts.common import styled
+from app.charts.labels import EXPERT_LABEL
+from app.palette import PURPLES, heat_ink
+
+MIN_ROW_TOKENS = 5  # rows with fewer tokens are greyed out: their shares are mostly chance
+THIN_ROW_COLOR = "#E4E4E4"
+NUMBERS_UP_TO = 16  # experts: more would not leave room for a number in each cell
+
+
+def matrix_cells(frame: pd.DataFrame, min_row: int = MIN_ROW_TOKENS) -> pd.DataFrame:
+    """matrix_frame plus what the heatmap draws: `thin` (the row has fewer than `min_row` tokens), `label`
+    (the share as "42%"; empty for 0 and in thin rows) and `ink` (black or white on the cell's purple)."""
+    cells = frame.copy()
+    cells["thin"] = cells["row_total"] < min_row
+    cells["label"] = [
+        "" if thin or count == 0 else f"{share:.0%}"
+        for thin, count, share in zip(cells["thin"], cells["count"], cells["share"], strict=True)
+    ]
+    cells["ink"] = [heat_ink(share, PURPLES) for share in cells["share"]]
+    return cells
+
+
+def row_label_expr(frame: pd.DataFrame) -> str:
+    """y-axis labelExpr: "E3 · 12" for expert 3's row of 12 tokens (numbers only, so nothing to escape)."""
+    totals = frame.drop_duplicates("source").set_index("source")["row_total"]
+    num_experts = int(max(frame["source"].max(), frame["target"].max())) + 1 if len(frame) else 1
+    by_expert = [int(totals.get(expert, 0)) for expert in range(num_experts)]
+    return f"'E' + datum.label + ' · ' + {json.dumps(by_expert)}[datum.value]"
 
 
 def expert_matrix_chart(
     frame: pd.DataFrame, row_title: str, column_title: str, share_title: str, title: str, subtitle: str
 ) -> alt.TopLevelMixin:
-    """Heatmap of a matrix_frame (source, target, count, share): square, sized to the number of experts."""
-    num_experts = max(frame["source"].max(), frame["target"].max()) + 1 if len(frame) else 1
-    base = alt.Chart(frame).encode(
-        x=alt.X("target:O", title=column_title),
-        y=alt.Y("source:O", title=row_title),
+    """Heatmap of a matrix_frame (source, target, count, share, row_total): square, sized to the experts.
+
+    Colour and number are both the share of the row; the row labels carry the row's tokens; thin rows grey.
+    """
+    cells = matrix_cells(frame)
+    num_experts = int(max(cells["source"].max(), cells["target"].max())) + 1 if len(cells) else 1
+    base = alt.Chart(cells).encode(
+        x=alt.X("target:O", title=column_title, axis=alt.Axis(labelExpr=EXPERT_LABEL)),
+        y=alt.Y("source:O", title=f"{row_title} · its tokens", axis=alt.Axis(labelExpr=row_label_expr(cells))),
     )
-    cells = base.mark_rect().encode(
-        color=alt.Color("share:Q", title=share_title, scale=alt.Scale(scheme="purples", domain=[0, 1])),
-        tooltip=["source:O", "target:O", "count:Q", alt.Tooltip("share:Q", format=".0%")],
+    shade = alt.Color("share:Q", title=share_title, scale=alt.Scale(range=list(PURPLES), interpolate="rgb",
+                      domain=[0, 1]), legend=alt.Legend(format=".0%"))  # fmt: skip
+    rects = base.mark_rect().encode(
+        color=alt.condition(alt.datum.thin, alt.value(THIN_ROW_COLOR), shade),
+        tooltip=[
+            alt.Tooltip("source:O", title="row expert"),
+            alt.Tooltip("target:O", title="column expert"),
+            alt.Tooltip("count:Q", title="tokens"),
+            alt.Tooltip("row_total:Q", title="tokens in the row"),
+            alt.Tooltip("share:Q", title="share of the row", format=".0%"),
+        ],
     )
-    labels = base.mark_text(fontSize=12).encode(
-        text=alt.condition(alt.datum.count > 0, "count:Q", alt.value("")),
-        color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")),
+    layered = rects
+    if num_experts <= NUMBERS_UP_TO:
+        labels = base.mark_text(fontSize=12).encode(text="label:N", color=alt.Color("ink:N", scale=None))
+        layered = (rects + labels).resolve_scale(color="independent")
+    side = min(560, max(240, 34 * num_experts))
+    full = f"{subtitle} · grey rows: under {MIN_ROW_TOKENS} tokens, too few for a share"
+    return styled(layered.properties(height=side, width=side, title=alt.Title(title, subtitle=full)))
+
+
+def flow_pair_chart(frame: pd.DataFrame, source_layer: int, target_layer: int) -> alt.TopLevelMixin:
+    """Layer flow of one pair: row = top-1 expert at the first layer, column = at the next; share of the row."""
+    return expert_matrix_chart(
+        frame,
+        row_title=f"top-1 expert at layer {source_layer}",
+        column_title=f"top-1 expert at layer {target_layer}",
+        share_title="share of row",
+        title=f"Where tokens go from layer {source_layer} to layer {target_layer}",
+        subtitle="colour and numbers: share of the row's tokens (darker = more)",
     )
-    side = min(560, max(240, 34 * int(num_experts)))
-    return styled((cells + labels).properties(height=side, width=side, title=alt.Title(title, subtitle=subtitle)))
+
+
+FLOW_SERIES = {
+    "followed": "follow their group's path",
+    "shuffled": "chance: next layer shuffled",
+    "even": "chance: even next layer (1/E)",
+}
+
+
+def flow_overview_chart(summary: pd.DataFrame, chosen_from: int | None = None) -> alt.TopLevelMixin:
+    """All layer pairs at once (a flow_summary): the share of tokens following their group's most common path,
+    against the two chance levels. The pair drawn in detail below is marked."""
+    long = summary.assign(pair=[f"{a}→{b}" for a, b in zip(summary["from_layer"], summary["to_layer"], strict=True)])
+    long = long.melt(id_vars=["pair", "from_layer", "tokens"], value_vars=list(FLOW_SERIES), var_name="series")
+    long["series"] = long["series"].map(FLOW_SERIES)
+    order = [f"{a}→{b}" for a, b in zip(summary["from_layer"], summary["to_layer"], strict=True)]
+    base = alt.Chart(long).encode(x=alt.X("pair:O", title="MoE layer pair", sort=order))
+    lines = base.mark_line(point=True).encode(
+        y=alt.Y("value:Q", title="share of tokens", axis=alt.Axis(format=".0%"), scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color(
+            "series:N", title=None, sort=list(FLOW_SERIES.values()),
+            scale=alt.Scale(domain=list(FLOW_SERIES.values()), range=["#54278F", "#888888", "#BBBBBB"]),
+            legend=alt.Legend(orient="top", labelLimit=400),
+        ),
+        strokeDash=alt.StrokeDash(
+            "series:N", sort=list(FLOW_SERIES.values()), legend=None,
+            scale=alt.Scale(domain=list(FLOW_SERIES.values()), range=[[1, 0], [6, 4], [2, 3]]),
+        ),
+        tooltip=["pair:N", "series:N", alt.Tooltip("value:Q", format=".1%"), "tokens:Q"],
+    )  # fmt: skip
+    layered = lines
+    if chosen_from is not None and (summary["from_layer"] == chosen_from).any():
+        chosen = order[int((summary["from_layer"] == chosen_from).to_numpy().argmax())]
+        marker = alt.Chart(pd.DataFrame({"pair": [chosen]})).mark_rule(color="#B0B0B0", strokeWidth=8, opacity=0.35)
+        layered = marker.encode(x=alt.X("pair:O", sort=order)) + lines
+    title = alt.Title(
+        "Every layer pair: do tokens keep travelling together?",
+        subtitle="above the grey chance lines: the previous layer's expert predicts the next · wide grey: shown below",
+    )
+    return styled(layered.properties(height=220, title=title))

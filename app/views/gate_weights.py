@@ -34,7 +34,7 @@ exactly orthogonal: the random columns are the same summary for seeded random ma
 cosines spread about 1/√(weights), so 0.01 is chance for 10,000 weights but far above it for 50 million. The
 heatmap shows every pair, all weights at once: near 0, unrelated functions; near 1, copies.
 """
-WINDOW = 64  # tokens per heatmap window: the rank labels stay legible
+WINDOW = 64  # tokens per heatmap window: the rank numbers and every token's text label stay legible
 SIMILARITY_COLUMNS = ("mean_abs", "max_abs", "random_mean_abs", "random_max_abs")
 
 
@@ -45,8 +45,10 @@ def draw(context: ViewContext) -> None:
     num_tokens = len(routing.tokens)
     start = 0
     if num_tokens > WINDOW:
-        start = st.slider("Heatmap window start (token)", 0, num_tokens - WINDOW, 0, step=8, key="gate_start")
-    show_chart(gate_heatmap_chart(gate_heatmap(routing, row, start, start + WINDOW), info.scoring), "gate-heatmap")
+        last = num_tokens - WINDOW
+        start = st.slider(f"Heatmap: first of {WINDOW} tokens shown", 0, last, 0, step=8, key="gate_start")
+    heat = gate_heatmap(routing, row, start, start + WINDOW)
+    show_chart(gate_heatmap_chart(heat, info.scoring, num_tokens), "gate-heatmap")
     if st.session_state.get("token", 0) >= num_tokens:
         st.session_state.token = 0
     token = st.number_input("Token # for the full distribution", 0, num_tokens - 1, key="token", step=1)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.flow import transition_chart
+from app.charts.matrix import MIN_ROW_TOKENS, flow_overview_chart, flow_pair_chart
 from app.components import explainer, show_chart
 from app.views import ViewContext
-from moe_core.analyses.flow import flow_pair, transition_counts, transition_frame
+from moe_core.analyses.flow import flow_pair, flow_summary, transition_frame
 
 TITLE = "Layer flow"
-EXPLAINER = """
-Each cell counts the tokens whose first-choice expert is the row's at one MoE layer and the column's at the
-next. A bright cell means a group of tokens travels together through the network. Expert numbers are not
-related across layers (expert 3 at layer 1 has nothing to do with expert 3 at layer 2), so the diagonal is not
-special; what matters is how concentrated each row is.
+EXPLAINER = f"""
+Do tokens that share an expert at one layer also share one at the next? The first chart answers it for every
+pair of consecutive MoE layers at once: the share of tokens that take their group's most common path, against
+two chance levels, an even next layer (1/E) and the next layer's own choices shuffled across tokens (same load,
+no link to the previous layer; small groups raise it, since a group of one token always follows its path).
+
+The heatmap shows one pair, the layer chosen in the sidebar and the next: each row is the tokens whose
+first-choice expert is the row's at the first layer (the row label says how many), and each cell the share of
+them whose first choice at the next layer is the column's. A dark cell means a group of tokens travels together
+through the network. Rows of fewer than {MIN_ROW_TOKENS} tokens are grey: their shares are mostly chance.
+Expert numbers are not related across layers (expert 3 at layer 1 has nothing to do with expert 3 at layer 2),
+so the diagonal is not special; what matters is how concentrated each row is.
 """
 
 
@@ -26,14 +33,13 @@ def draw(context: ViewContext) -> None:
         st.info("This model has a single MoE layer: flow needs two.")
         return
     layers = routing.model.moe_layers
+    summary = flow_summary(routing)
+    show_chart(flow_overview_chart(summary, layers[start]), "layer-flow-overview")
+    pair = summary.iloc[start]
+    columns = st.columns(3)
+    columns[0].metric(f"Follow their group's path, layer {layers[start]} → {layers[start + 1]}", f"{pair.followed:.0%}")
+    columns[1].metric("Chance: next layer shuffled", f"{pair.shuffled:.0%}")
+    columns[2].metric("Chance: even next layer (1/E)", f"{pair.even:.0%}")
     if start != context.layer_row:
         st.caption(f"Layer {layers[context.layer_row]} is the last MoE layer: showing the pair before it.")
-    show_chart(transition_chart(transition_frame(routing, start), layers[start], layers[start + 1]), "layer-flow")
-    counts = transition_counts(routing, start)
-    concentration = counts.max(axis=1).sum() / max(counts.sum(), 1)
-    st.metric(
-        "Tokens that follow their group's most common path",
-        f"{concentration:.0%}",
-        help=f"Per row, the share in its busiest column, pooled; {1 / routing.model.num_experts:.0%} if routing "
-        "at the next layer ignored the previous one and were even.",
-    )
+    show_chart(flow_pair_chart(transition_frame(routing, start), layers[start], layers[start + 1]), "layer-flow")

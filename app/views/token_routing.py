@@ -12,8 +12,9 @@ from moe_core.analyses.routing import consecutive_repeats, token_frame, token_id
 TITLE = "Token routing"
 EXPLAINER = """
 Each token of your text is coloured by the expert the router ranked **first** at the chosen layer (hover a token
-for all its experts and their gate weights). The grid below shows the same for **every** MoE layer: colour is the
-top-1 expert, shade is its gate weight (pale = the router hesitated). Compare with Mixtral's Fig. 8 (arXiv
+for all its experts and their gate weights). The grid below shows the same for **every** MoE layer, a window of
+tokens at a time with each token's text under its column: colour is the top-1 expert, and a dot marks a cell where
+the router hesitated (the bigger the dot, the lower the top-1 gate weight). Compare with Mixtral's Fig. 8 (arXiv
 2401.04088): consecutive tokens and tokens of the same kind often share an expert.
 
 The neighbours table shows whether that holds beyond the load: a rate above both of its chances means the router
@@ -35,7 +36,8 @@ NEIGHBOUR_RATES = (
     "any_choice_chance",
     "any_choice_text_chance",
 )
-GRID_WINDOW = 256  # tokens per grid window: wider grids are unreadable and slow to draw
+GRID_WINDOW = 64  # tokens per grid window: each keeps its own text label at a 1440 px window
+TEXT_BOX_PX = 320  # the routed text scrolls inside a box this tall, so a long text does not push the grid away
 
 
 def draw(context: ViewContext) -> None:
@@ -45,12 +47,15 @@ def draw(context: ViewContext) -> None:
     layer = routing.model.moe_layers[row]
     st.subheader(f"Top-1 expert of each token at layer {layer}")
     html_block(legend(routing.model.num_experts))
-    html_block(routed_text(frame, routing.model.num_experts))
+    text = routed_text(frame, routing.model.num_experts)
+    html_block(f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">{text}</div>')
     start = 0
     if len(frame) > GRID_WINDOW:
-        start = st.slider("Grid window start (token)", 0, len(frame) - GRID_WINDOW, 0, step=16, key="grid_start")
+        last = len(frame) - GRID_WINDOW
+        start = st.slider(f"Grid: first of {GRID_WINDOW} tokens shown", 0, last, 0, step=16, key="grid_start")
     grid = token_layer_grid(routing, start, start + GRID_WINDOW)
-    show_chart(token_layer_grid_chart(grid, routing.model.num_experts), "token-layer-grid")
+    chart = token_layer_grid_chart(grid, routing.model.num_experts, len(frame), routing.model.top_k)
+    show_chart(chart, "token-layer-grid")
 
     st.subheader("Do neighbouring tokens share experts?")
     show_table(

@@ -32,3 +32,36 @@ def flow_pair(trace: RoutingTrace, layer_row: int) -> int | None:
     if num_layers < 2:
         return None
     return min(layer_row, num_layers - 2)
+
+
+def followed_share(counts: np.ndarray) -> float:
+    """Share of the tokens that take their row's busiest column: Σ_rows max(row) / all tokens (NaN if none)."""
+    total = counts.sum()
+    return float(counts.max(axis=1).sum() / total) if total else float("nan")
+
+
+def flow_summary(trace: RoutingTrace, shuffles: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Every pair of consecutive MoE layers at once: how many tokens follow their group's most common path.
+
+    `followed` is followed_share of the pair's transition counts. `shuffled` is the same with the next
+    layer's first choices shuffled across tokens (both layers keep their load, the link between them is gone),
+    averaged over `shuffles` seeded shuffles: the chance level, which small rows push above 1/E (a row of one
+    token always follows its path). `even` is 1/E, the level of an even next layer ignoring the previous one.
+    Columns: from_layer, to_layer, followed, shuffled, even, tokens (tokens with a first choice at both).
+    """
+    rng = np.random.default_rng(seed)
+    num_experts = trace.model.num_experts
+    layers = trace.model.moe_layers
+    rows = []
+    for row in range(len(layers) - 1):
+        source, target = trace.experts[row, :, 0], trace.experts[row + 1, :, 0]
+        valid = (source >= 0) & (target >= 0)
+        source, target = source[valid], target[valid]
+        chance = []
+        for _ in range(shuffles):
+            counts = np.zeros((num_experts, num_experts), dtype=np.int64)
+            np.add.at(counts, (source, rng.permutation(target)), 1)
+            chance.append(followed_share(counts))
+        followed = followed_share(transition_counts(trace, row))
+        rows.append((layers[row], layers[row + 1], followed, float(np.mean(chance)), 1 / num_experts, len(source)))
+    return pd.DataFrame(rows, columns=["from_layer", "to_layer", "followed", "shuffled", "even", "tokens"])

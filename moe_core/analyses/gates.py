@@ -66,3 +66,27 @@ def entropy_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
             "entropy": routing_entropy(trace.probs[layer_row].astype(np.float64)),
         }
     )
+
+
+def binned_entropy(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """entropy_frame in consecutive bins of tokens, at most `max_points` of them, so a curve over thousands of
+    tokens stays readable (and light to draw). Bins are equal-sized (the last one may be shorter).
+
+    Columns: start, stop (token range [start, stop)), tokens, mean, low, high (the bin's smallest and largest
+    entropy).
+    """
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}")
+    size = max(1, -(-len(frame) // max_points))  # ceil: tokens per bin
+    groups = frame["entropy"].groupby(np.arange(len(frame)) // size)
+    starts = groups.size().index.to_numpy() * size
+    return pd.DataFrame(
+        {
+            "start": starts,
+            "stop": np.minimum(starts + size, len(frame)),
+            "tokens": groups.size().to_numpy(),
+            "mean": groups.mean().to_numpy(),
+            "low": groups.min().to_numpy(),
+            "high": groups.max().to_numpy(),
+        }
+    )

@@ -49,16 +49,24 @@ def _clean(at) -> None:
 
 
 def test_token_routing_grid_is_the_top1_of_every_layer(routing) -> None:
-    """The grid gets one row per (token, layer) with that token's top-1 expert and weight, colour = expert."""
+    """The grid gets one row per (token, layer) of its first 64-token window with that token's top-1 expert;
+    colour = expert at full strength (no opacity), the weight a separate dot; the tokens' text on the x axis."""
+    from app.charts.labels import token_label
+
     at = run_app({"view": "routing"})
     _clean(at)
     found = charts(at)
     grid = frame_with(found, "token", "layer", "top1", "top1_weight")
-    assert len(grid) == len(routing.tokens) * 4
-    expected = routing.experts[:, :, 0]
+    assert len(grid) == 64 * 4 and len(routing.tokens) > 64
+    expected = routing.experts[:, :64, 0]
     np.testing.assert_array_equal(grid.sort_values(["layer", "token"])["top1"].to_numpy(), expected.reshape(-1))
     spec = found[0][0]
-    assert spec["encoding"]["color"]["field"] == "top1" and spec["encoding"]["opacity"]["field"] == "top1_weight"
+    cells, dots = spec["layer"]
+    assert cells["encoding"]["color"]["field"] == "top1" and "opacity" not in json.dumps(cells)
+    assert dots["encoding"]["size"]["field"] == "top1_weight"
+    labels = json.loads(cells["encoding"]["x"]["axis"]["labelExpr"].split("[datum.value")[0])
+    assert labels == [token_label(text) for text in routing.tokens.text[:64]]
+    assert f"tokens 0–63 of {len(routing.tokens)}" in spec["title"]["subtitle"]
 
 
 def test_gate_view_shows_probs_and_the_picked_token(routing) -> None:
@@ -66,8 +74,11 @@ def test_gate_view_shows_probs_and_the_picked_token(routing) -> None:
     at = run_app({"view": "gates", "token": "5", "layer": "2"})
     _clean(at)
     found = charts(at)
-    heat = frame_with(found, "token", "expert", "prob", "rank")
+    heat = frame_with(found, "token", "expert", "prob", "rank", "ink")
     assert len(heat) == 64 * 8
+    top = heat["prob"].idxmax()
+    assert heat.loc[top, "ink"] == "#FFFFFF" and heat.loc[heat["prob"].idxmin(), "ink"] == "#000000"
+    assert "labelExpr" in found[0][0]["layer"][0]["encoding"]["x"]["axis"]
     np.testing.assert_allclose(heat["prob"].to_numpy().reshape(64, 8), routing.probs[2, :64], atol=1e-6)
     picked = next(f for _, frames in found for f in frames if {"expert", "weight"} <= set(f.columns))
     np.testing.assert_allclose(picked["prob"], routing.probs[2, 5], atol=1e-6)
@@ -82,7 +93,9 @@ def test_load_view_counts_first_choices(routing) -> None:
     """Bars = tokens whose first choice is each expert, per layer; the uniform line is T/E."""
     at = run_app({"view": "load"})
     _clean(at)
-    load = frame_with(charts(at), "layer", "expert", "top1", "top1_uniform")
+    found = charts(at)
+    assert "facet" not in found[0][0] and "width" not in found[0][0]  # one chart, stretched to the page
+    load = frame_with(found, "layer", "expert", "top1", "top1_uniform")
     for layer in range(4):
         expected = np.bincount(routing.experts[layer, :, 0], minlength=8)
         np.testing.assert_array_equal(load.query("layer == @layer")["top1"], expected)
@@ -113,10 +126,27 @@ def test_flow_view_counts_transitions(routing) -> None:
     """Cell (a, b) counts tokens with first choice a at layer 0 and b at layer 1."""
     at = run_app({"view": "flow", "layer": "0"})
     _clean(at)
-    flow = frame_with(charts(at), "source", "target", "count", "share")
+    found = charts(at)
+    flow = frame_with(found, "source", "target", "count", "share", "label")
     expected = np.zeros((8, 8), dtype=int)
     np.add.at(expected, (routing.experts[0, :, 0], routing.experts[1, :, 0]), 1)
     np.testing.assert_array_equal(flow.sort_values(["source", "target"])["count"].to_numpy().reshape(8, 8), expected)
+    shown = flow.query("not thin and count > 0")
+    assert (shown["label"] == [f"{share:.0%}" for share in shown["share"]]).all()  # the number is the colour
+
+
+def test_flow_view_shows_every_pair_against_chance(routing) -> None:
+    """The overview has all three layer pairs, each with its followed share and both chance levels."""
+    from moe_core.analyses.flow import flow_summary
+
+    at = run_app({"view": "flow", "layer": "1"})
+    _clean(at)
+    overview = frame_with(charts(at), "pair", "series", "value")
+    assert sorted(set(overview["pair"])) == ["0→1", "1→2", "2→3"]
+    expected = flow_summary(routing)
+    followed = overview[overview["series"].str.startswith("follow")].sort_values("pair")["value"].to_numpy()
+    np.testing.assert_allclose(followed, expected["followed"], rtol=1e-6)
+    assert [m.value for m in at.metric][1:] == [f"{expected['shuffled'][1]:.0%}", "12%"]
 
 
 def _upload(payload: bytes):
@@ -161,7 +191,7 @@ def test_many_experts_render(demo_tokenizer) -> None:
     at = run_app({"view": "routing"}, setup=_upload(payload))
     _clean(at)
     spec = charts(at)[0][0]
-    assert len(set(spec["encoding"]["color"]["scale"]["range"])) == 64
+    assert len(set(spec["layer"][0]["encoding"]["color"]["scale"]["range"])) == 64
     for view in ("gates", "load", "capacity", "flow"):
         _clean(run_app({"view": view}, setup=_upload(payload)))
 
