@@ -11,12 +11,17 @@ CHART_HEIGHT = 320
 
 
 def expert_color(field: str, num_experts: int, title: str = "expert", legend: bool = True) -> alt.Color:
-    """Nominal colour by expert index with the app's fixed palette (expert i is always the same colour)."""
+    """Nominal colour by expert index with the app's fixed palette (expert i is always the same colour); the
+    legend names experts "E0", "E1", … exactly as the chips above the text do."""
     return alt.Color(
         f"{field}:N",
         title=title,
         scale=alt.Scale(domain=list(range(num_experts)), range=list(expert_colors(num_experts))),
-        legend=alt.Legend(orient="top", direction="horizontal", columns=min(num_experts, 16)) if legend else None,
+        legend=alt.Legend(
+            orient="top", direction="horizontal", columns=min(num_experts, 16), labelExpr="'E' + datum.label"
+        )
+        if legend
+        else None,
     )
 
 
