@@ -7,6 +7,7 @@ that routers prefer the experts whose outputs have larger norms.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,13 +171,26 @@ def _require_experts_call(model: nn.Module) -> None:
         )
 
 
+class _InputSeen(Exception):
+    """Raised by the hook once the block's experts input is read: nothing after that layer needs to run."""
+
+
 @torch.inference_mode()
 def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block: MoeBlock) -> torch.Tensor:
-    """[tokens, H] the hidden states `block`'s experts receive for `texts`, padding rows dropped: one forward."""
+    """[tokens, H] the hidden states `block`'s experts receive for `texts`, padding rows dropped.
+
+    The pass stops at that block (the layers after it are never run), so reading layer 0's input costs one
+    embedding and one attention, not a whole forward.
+    """
     _require_experts_call(model)
     _, batch, _ = tokenize(tokenizer, list(texts), context_length(model))  # truncated as trace() truncates
     seen: list[torch.Tensor] = []
-    with hooks_active([(block.experts, "pre", lambda _module, args, _kwargs: seen.append(args[0]))]):
+
+    def keep(_module: nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
+        seen.append(args[0])
+        raise _InputSeen
+
+    with contextlib.suppress(_InputSeen), hooks_active([(block.experts, "pre", keep)]):
         forward_text(model, batch)
     hidden = seen[0].reshape(-1, seen[0].shape[-1])
     return hidden[batch["attention_mask"].reshape(-1).bool().to(hidden.device)]

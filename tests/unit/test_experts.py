@@ -129,3 +129,26 @@ def test_norm_preference_leaves_out_zero_computation_classes() -> None:
     row = norm_preference(routing, 0, np.array([[1.0, 2.0], [1.0, 2.0]])).iloc[0]
     assert row["first_is_largest"] == 1.0 and row["chance"] == 0.5
     assert row["rank_correlation"] == pytest.approx(1.0)  # both tokens rank experts 0 < 1 by score and by norm
+
+
+def test_experts_input_stops_the_pass_at_its_layer(demo_tokenizer: Any) -> None:
+    """Reading layer 0's experts input runs no later layer: a hook on layer 1 never fires."""
+    model = build_tiny_model("mixtral")
+    fired: list[int] = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda _m, _a: fired.append(1))
+    try:
+        experts_input(model, demo_tokenizer, [TEXT], moe_block(model, 0))
+    finally:
+        handle.remove()
+    assert fired == []
+
+
+def test_experts_input_is_cut_to_the_context_like_the_trace(demo_tokenizer: Any) -> None:
+    """A text past the context gives as many input rows as the trace has tokens (it was one more: a crash)."""
+    from moe_core.capture import trace
+
+    model = build_tiny_model("mixtral")
+    long = "word " * (model.config.max_position_embeddings + 5)
+    routing = trace(model, demo_tokenizer, long)
+    hidden = experts_input(model, demo_tokenizer, [long], moe_block(model, 0))
+    assert hidden.shape[0] == len(routing.tokens) == model.config.max_position_embeddings
