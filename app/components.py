@@ -13,7 +13,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.export import chart_png, chart_svg
+from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE, styled
+from app.export import ChartStamp, chart_png, chart_svg
 from app.palette import expert_colors, text_color_on
 from app.safe_text import neutral_bidi
 
@@ -71,22 +72,43 @@ def explainer(text: str) -> None:
 
 
 CHART_CHROME_PX = 190  # title, subtitle, top legend and axes around a chart's plot height
+CHART_SETTINGS_KEY = "chart_settings"  # session state: (ChartStamp | None, presentation mode), set by main
 
 
-def frame_height(chart: alt.TopLevelMixin) -> int | None:
-    """Pixel height for the chart's frame: its plot height plus room for title, legend and axes.
+def set_chart_settings(stamp: ChartStamp | None, present: bool) -> None:
+    """Called by main before a view draws. Views build their charts without knowing the page's settings, so
+    show_chart reads them here: the stamp for downloads and the presentation flag for chart text size."""
+    st.session_state[CHART_SETTINGS_KEY] = (stamp, present)
+
+
+def chart_settings() -> tuple[ChartStamp | None, bool]:
+    return st.session_state.get(CHART_SETTINGS_KEY, (None, False))
+
+
+def frame_height(chart: alt.TopLevelMixin, present: bool = False) -> int | None:
+    """Pixel height for the chart's frame: its plot height plus room for title, legend and axes (more room for
+    presentation mode's larger text).
 
     Streamlit otherwise fits the whole chart, legend included, into the plot height and squeezes the plot.
     """
     height = getattr(chart, "height", alt.Undefined)
-    return int(height) + CHART_CHROME_PX if isinstance(height, int | float) else None
+    chrome = CHART_CHROME_PX * (PRESENT_FONT_SIZE / FONT_SIZE if present else 1)
+    return int(height + chrome) if isinstance(height, int | float) else None
 
 
 def show_table(frame: pd.DataFrame, labels: dict[str, str], percent: tuple[str, ...] = ()) -> None:
     """A table with readable column names; `percent` columns (shares in [0, 1]) shown as 12.3%, one decimal for
-    every row, so a projected table lines up."""
+    every row, so a projected table lines up.
+
+    Presentation mode draws it as an HTML table: st.dataframe paints its cells on a canvas that no stylesheet
+    can enlarge (zooming it overflowed the page).
+    """
     shown = frame.copy()
     shown[list(percent)] = shown[list(percent)] * 100
+    if chart_settings()[1]:
+        styler = shown.rename(columns=labels).style.hide(axis="index").format(precision=3)
+        st.table(styler.format({labels.get(name, name): "{:.1f}%" for name in percent}))
+        return
     config = {name: st.column_config.NumberColumn(label, format="%.1f%%" if name in percent else None)
               for name, label in labels.items()}  # fmt: skip
     st.dataframe(shown, hide_index=True, column_config=config)
@@ -95,16 +117,23 @@ def show_table(frame: pd.DataFrame, labels: dict[str, str], percent: tuple[str, 
 def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
     """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked).
 
-    theme=None: the chart looks exactly like its exported PNG/SVG, with the large projector-friendly fonts.
+    theme=None: the chart looks exactly like its exported PNG/SVG, with the large projector-friendly fonts
+    (larger still in presentation mode). Downloads carry the page's settings in their title and file name.
     """
-    height = frame_height(chart)
+    stamp, present = chart_settings()
+    if present:
+        chart = styled(chart, present=True)
+    height = frame_height(chart, present)
     st.altair_chart(chart, width="stretch", theme=None, **({"height": height} if height else {}))
     exports = (("PNG", chart_png, "image/png"), ("SVG", chart_svg, "image/svg+xml"))
-    for column, (kind, render, mime) in zip(st.columns([1, 1, 4])[:2], exports, strict=True):
-        column.download_button(
-            f"Download {kind}", data=lambda render=render: render(chart), file_name=f"{name}.{kind.lower()}",
-            mime=mime, key=f"{kind.lower()}-{name}", on_click="ignore",
-        )  # fmt: skip
+    with st.container(horizontal=True):  # each button as wide as its label: none is cut to "Downloa…"
+        for kind, render, mime in exports:
+            extension = kind.lower()
+            st.download_button(
+                f"Download {kind}", data=lambda render=render: render(chart, stamp), mime=mime,
+                file_name=stamp.file_name(name, extension) if stamp else f"{name}.{extension}",
+                key=f"{extension}-{name}", on_click="ignore",
+            )  # fmt: skip
 
 
 PAGE_CSS = """
@@ -121,12 +150,25 @@ PAGE_CSS = """
 </style>
 """
 
+# Presentation mode: no sidebar or header; body text, headings and tables (show_table's HTML tables) larger; the
+# control bar (view, layer, capacity factor, policy) a little smaller than the body so it fits on one or two rows.
 PRESENTATION_CSS = """
 <style>
-header, [data-testid="stSidebar"], [data-testid="stToolbar"], footer {display: none !important;}
-.block-container {padding-top: 1rem; max-width: 96vw;}
-html, body, [data-testid="stMarkdownContainer"] p {font-size: 1.3rem;}
+header, [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stToolbar"],
+footer {display: none !important;}
+.block-container {padding: 1rem 2.5rem 2rem 2.5rem; max-width: none;}
+html, body, [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {font-size: 1.3rem;}
+[data-testid="stCaptionContainer"] p {font-size: 1.1rem;}
 .tokens {font-size: 1.6rem; line-height: 2.3;}
-h1, h2, h3 {font-size: 2.0rem !important;}
+h1 {font-size: 1.9rem !important; padding: 0 0 0.5rem 0 !important;}
+h2, h3 {font-size: 1.8rem !important;}
+[data-testid="stWidgetLabel"] p {font-size: 1.15rem;}
+[data-testid="stTable"] th, [data-testid="stTable"] td {font-size: 1.3rem; padding: 0.35rem 0.9rem;}
+.st-key-control-bar {padding: 0.4rem 1rem;}
+.st-key-control-bar [data-testid="stMarkdownContainer"] p {font-size: 1.05rem;}
+.st-key-control-bar [data-testid="stWidgetLabel"] p {font-size: 1.1rem;}
+.chip {font-size: 1.1rem;}
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] * {white-space: normal !important;
+  overflow: visible !important; text-overflow: clip !important;}
 </style>
 """

@@ -16,9 +16,11 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
-from app.components import PAGE_CSS, PRESENTATION_CSS, html_block  # noqa: E402
+from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, set_chart_settings  # noqa: E402
+from app.export import ChartStamp  # noqa: E402
 from app.loading import (  # noqa: E402
     ExpertStudy,
     domain_batch,
@@ -160,18 +162,23 @@ def _sidebar_inputs() -> UploadedFile | None:
     return upload
 
 
-def _sidebar_settings(routing: RoutingTrace) -> None:
-    sidebar = st.sidebar
-    sidebar.header("View")
+def _moe_layers(routing: RoutingTrace) -> list[int]:
+    """The trace's MoE layers; a layer from the link that is not one of them becomes the first, with a notice."""
     layers = list(routing.model.moe_layers)
     if st.session_state.layer not in layers:
         if "layer" in st.query_params and "layer_notice" not in st.session_state:
             st.session_state.notices.append(f"Layer {st.session_state.layer} is not an MoE layer; showing {layers[0]}.")
             st.session_state.layer_notice = True
         st.session_state.layer = layers[0]
-    sidebar.select_slider("Layer", options=layers, key="layer")
-    sidebar.header("Capacity")
-    sidebar.slider(
+    return layers
+
+
+def _layer_slider(where: DeltaGenerator, layers: list[int]) -> None:
+    where.select_slider("Layer", options=layers, key="layer")
+
+
+def _capacity_factor_slider(where: DeltaGenerator) -> None:
+    where.slider(
         "Capacity factor",
         CF_SLIDER_MIN,
         CF_SLIDER_MAX,
@@ -179,15 +186,61 @@ def _sidebar_settings(routing: RoutingTrace) -> None:
         key="capacity_factor",
         help="C = ceil(factor · k · tokens / experts) slots per expert and sequence.",
     )
-    sidebar.radio(
+
+
+def _policy_radio(where: DeltaGenerator) -> None:
+    where.radio(
         "Slot order",
         POLICIES,
         key="policy",
         horizontal=True,
         help="position: first come, first served (GShard, OpenMoE). score: most confident first.",
     )
+
+
+def _view_selector(where: DeltaGenerator) -> None:
+    where.segmented_control(
+        "View",
+        VIEWS,
+        key="view",
+        format_func=lambda v: VIEW_MODULES[v].TITLE,
+        required=True,
+        label_visibility="collapsed",
+    )
+
+
+def _sidebar_settings(layers: list[int]) -> None:
+    """The sidebar's view settings. In presentation mode the sidebar is hidden, so layer, capacity factor and
+    policy move to the control bar (a widget can be drawn only once per run)."""
+    sidebar = st.sidebar
+    if not st.session_state.present:
+        sidebar.header("View")
+        _layer_slider(sidebar, layers)
+        sidebar.header("Capacity")
+        _capacity_factor_slider(sidebar)
+        _policy_radio(sidebar)
     sidebar.radio("Capacity group", GROUPS, key="group", horizontal=True)
     sidebar.toggle("Presentation mode", key="present", help="Hide the chrome, large type: for projectors.")
+
+
+def _leave_presentation() -> None:
+    st.session_state.present = False
+
+
+def _view_controls(layers: list[int]) -> None:
+    """The view picker; in presentation mode a compact bar that also holds layer, capacity factor and policy,
+    so a teacher can drive the page without leaving the mode."""
+    if not st.session_state.present:
+        _view_selector(st.container())
+        return
+    with st.container(border=True, key="control-bar"):
+        with st.container(horizontal=True, vertical_alignment="center", gap="medium"):
+            _view_selector(st)
+            st.button("Exit presentation", key="exit_present", on_click=_leave_presentation)
+        layer, factor, policy = st.columns([3, 3, 2], gap="large", vertical_alignment="bottom")
+        _layer_slider(layer, layers)
+        _capacity_factor_slider(factor)
+        _policy_radio(policy)
 
 
 def _current_settings() -> Settings:
@@ -283,7 +336,8 @@ def main() -> None:
     upload = _sidebar_inputs()
     routing, model_id = _routing(upload)
     has_model = model_id is not None
-    _sidebar_settings(routing)
+    layers = _moe_layers(routing)
+    _sidebar_settings(layers)
     settings = _current_settings()
     if settings.present:
         html_block(PRESENTATION_CSS)
@@ -303,15 +357,10 @@ def main() -> None:
         st.warning(
             f"The text is longer than the model's context: only the first {info.context_length} tokens are shown."
         )
-    st.segmented_control(
-        "View",
-        VIEWS,
-        key="view",
-        format_func=lambda v: VIEW_MODULES[v].TITLE,
-        required=True,
-        label_visibility="collapsed",
-    )
+    _view_controls(layers)
     settings = _current_settings()
+    stamp = ChartStamp(info.name, settings.layer, settings.capacity_factor, settings.policy)  # on downloads
+    set_chart_settings(stamp, settings.present)
     layer_row = routing.layer_index(settings.layer)
     context = ViewContext(
         trace=routing,
@@ -323,8 +372,6 @@ def main() -> None:
         counterfactual=_counterfactual(model_id) if model_id else None,
     )
     VIEW_MODULES[settings.view].draw(context)
-    if settings.present:
-        st.button("Exit presentation mode", on_click=lambda: st.session_state.update(present=False))
     _trace_downloads(routing)
     st.query_params.from_dict(to_query(settings, with_input=has_model))  # no text or model for an upload
 

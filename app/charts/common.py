@@ -7,6 +7,7 @@ import altair as alt
 from app.palette import expert_colors
 
 FONT_SIZE = 14
+PRESENT_FONT_SIZE = 20  # presentation mode: axes, legends and titles read from the back of a room
 CHART_HEIGHT = 320
 
 
@@ -25,11 +26,17 @@ def expert_color(field: str, num_experts: int, title: str = "expert", legend: bo
     )
 
 
-def styled(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
-    """Readable on a projector: larger labels and titles."""
+def styled(chart: alt.TopLevelMixin, present: bool = False) -> alt.TopLevelMixin:
+    """Readable on a projector: larger labels and titles; larger still in presentation mode.
+
+    Each call replaces the axis, legend and title config, so show_chart can restyle a chart a view built.
+    Legend labels and titles are never cut ("follow their grou…"): a limit of 0 is none.
+    """
+    size = PRESENT_FONT_SIZE if present else FONT_SIZE
     return (
-        chart.configure_axis(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
+        chart.configure_axis(labelFontSize=size, titleFontSize=size)
         .configure_axisX(labelAngle=0)
-        .configure_legend(labelFontSize=FONT_SIZE, titleFontSize=FONT_SIZE)
-        .configure_title(fontSize=FONT_SIZE + 2)
+        .configure_legend(labelFontSize=size, titleFontSize=size, symbolSize=size * 8, labelLimit=0, titleLimit=0)
+        .configure_header(labelFontSize=size, titleFontSize=size)  # facet row and column labels
+        .configure_title(fontSize=size + 2, subtitleFontSize=size - 1)
     )

@@ -1,0 +1,95 @@
+"""Presentation mode a teacher can drive: a control bar in the page, large chart and table text, stamped downloads."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import altair as alt
+import pandas as pd
+import pyarrow.ipc
+from streamlit.testing.v1 import AppTest
+
+from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE
+from app.export import ChartStamp, export_spec
+from tests.app.conftest import run_app
+
+TEXT = "The teacher moves the layer while the class watches the routing change."
+
+
+def _keys(block: object, kind: str) -> set[str]:
+    return {widget.key for widget in getattr(block, kind)}
+
+
+def _chart_configs(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec).get("config", {}) for chart in at.get("vega_lite_chart")]
+
+
+def test_control_bar_holds_view_layer_capacity_factor_and_policy() -> None:
+    """present=1 draws view, layer, capacity factor and policy in the page, not in the hidden sidebar."""
+    at = run_app({"text": TEXT, "present": "1"})
+    assert not at.exception and not at.error
+    main = at.main
+    assert "layer" in _keys(main, "select_slider") and "capacity_factor" in _keys(main, "slider")
+    assert "policy" in _keys(main, "radio") and at.segmented_control(key="view").value == "routing"
+    assert not {"layer", "capacity_factor"} & (_keys(at.sidebar, "select_slider") | _keys(at.sidebar, "slider"))
+    assert "policy" not in _keys(at.sidebar, "radio")
+
+
+def test_control_bar_values_reach_the_view_and_the_link() -> None:
+    """Moving the bar's layer, capacity factor and policy redraws the capacity view with them and updates the URL."""
+    at = run_app({"text": TEXT, "present": "1", "view": "capacity"})
+    at.select_slider(key="layer").set_value(2)
+    at.slider(key="capacity_factor").set_value(0.5)
+    at.radio(key="policy").set_value("score")
+    at.run()
+    assert not at.exception and not at.error
+    shown = "\n".join(m.value for m in at.markdown)
+    assert "**Layer 2:** C = max(1, ⌈0.5 ·" in shown, shown[:2000]
+    assert (at.query_params["layer"], at.query_params["cf"], at.query_params["policy"]) == ("2", "0.5", "score")
+
+
+def test_exit_puts_the_controls_back_in_the_sidebar_with_their_values() -> None:
+    """Exit presentation: the sidebar holds layer and capacity factor again, still at the values set in the bar."""
+    at = run_app({"text": TEXT, "present": "1", "layer": "1", "cf": "1.5"})
+    at.button(key="exit_present").click().run()
+    assert not at.exception and at.toggle(key="present").value is False
+    assert "layer" in _keys(at.sidebar, "select_slider") and "capacity_factor" in _keys(at.sidebar, "slider")
+    assert at.select_slider(key="layer").value == 1 and at.slider(key="capacity_factor").value == 1.5
+
+
+def test_chart_text_scales_with_the_mode() -> None:
+    """Axis, legend, facet header and title fonts are PRESENT_FONT_SIZE in the mode and FONT_SIZE outside it."""
+    for params, size in (({"text": TEXT, "view": "load"}, FONT_SIZE), ({"text": TEXT, "view": "load", "present": "1"},
+                                                                         PRESENT_FONT_SIZE)):  # fmt: skip
+        configs = _chart_configs(run_app(params))
+        assert configs, params
+        for config in configs:
+            assert config["axis"]["labelFontSize"] == size and config["legend"]["labelFontSize"] == size
+            assert config["header"]["labelFontSize"] == size and config["title"]["fontSize"] == size + 2
+
+
+def test_tables_become_html_tables_in_the_mode() -> None:
+    """show_table's tables are st.table in the mode (CSS can enlarge them), with their labels and percentages."""
+    normal = run_app({"text": TEXT})
+    present = run_app({"text": TEXT, "present": "1"})
+    assert not normal.table and normal.dataframe
+    assert present.table
+    shown = pyarrow.ipc.open_stream(present.table[0].proto.arrow_data.styler.display_values).read_pandas()
+    assert "same first choice" in present.table[0].value.columns and present.table[0].proto.hide_index
+    assert all(re.fullmatch(r"\d+\.\d%", value) for value in shown.iloc[:, 1]), shown  # as st.dataframe shows them
+    assert '[data-testid="stTable"] th' in "\n".join(m.value for m in present.markdown)
+
+
+def test_downloads_carry_the_settings_in_title_and_file_name() -> None:
+    """A downloaded chart names model, layer, CF and policy in its subtitle (after the chart's own) and file name."""
+    stamp = ChartStamp("org/Some MoE", 3, 1.25, "score")
+    chart = alt.Chart(pd.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
+    titled = chart.properties(title=alt.Title("Load", subtitle="dashed: even"))
+    assert export_spec(titled, stamp)["title"] == {
+        "text": "Load",
+        "subtitle": ["dashed: even", "org/Some MoE · layer 3 · CF 1.25 · policy score"],
+    }
+    assert export_spec(chart.properties(title="Load"), stamp)["title"]["subtitle"] == stamp.line()
+    assert export_spec(chart, stamp)["title"] == {"text": stamp.line()}
+    assert stamp.file_name("expert-load", "png") == "expert-load_org-Some-MoE_layer3_cf1.25_score.png"

@@ -1,0 +1,108 @@
+"""Presentation mode in a real browser at projector sizes: the control bar on the first screen, nothing cut short.
+
+Screenshots of every view at both sizes are saved under pytest's temporary folder, in `artefacts/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from app.state import VIEWS
+from tests.e2e.browser import app_server, chromium, wait_for_charts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SIZES = ((1280, 720), (1920, 1080))
+TEXT = "A teacher projects this page: the router sends every token to two of eight experts, layer by layer."
+# Buttons wider inside than out, any element cut with an ellipsis, and chart text Vega cut with "…".
+CUT_SHORT = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const cut = [...main.querySelectorAll('*')].filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth
+      && (e.tagName === 'BUTTON' || getComputedStyle(e).textOverflow === 'ellipsis'));
+  const charts = [...main.querySelectorAll('[data-testid="stVegaLiteChart"] svg text')]
+      .filter(t => t.textContent.includes('…'));
+  return [...cut, ...charts].map(e => `${e.tagName}: ${e.textContent.slice(0, 50)}`);
+}"""
+BAR_CONTROLS = ".st-key-control-bar [data-testid='stSlider'], .st-key-control-bar [data-testid='stRadio']"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with app_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artefacts")
+
+
+def _open(browser: Browser, server: str, size: tuple[int, int], view: str) -> Page:
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.goto(f"{server}/?present=1&view={view}&text={quote(TEXT)}")
+    wait_for_charts(page)
+    page.wait_for_timeout(500)  # Vega lays out its text after the chart element appears
+    return page
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_nothing_is_cut_short(server: str, browser: Browser, artefacts: Path, size: tuple[int, int]) -> None:
+    """In every view, at 1280×720 and 1920×1080, no button, label or chart text is truncated; screenshots saved."""
+    for view in VIEWS:
+        page = _open(browser, server, size, view)
+        try:
+            page.screenshot(path=artefacts / f"presentation-{view}-{size[0]}.png")
+            assert page.evaluate(CUT_SHORT) == [], (view, size)
+            assert page.locator('[data-testid="stMain"] button').count() > 0
+        finally:
+            page.close()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_control_bar_is_on_the_first_screen(server: str, browser: Browser, size: tuple[int, int]) -> None:
+    """The bar's layer, capacity-factor and policy controls are visible without scrolling; the sidebar is hidden."""
+    page = _open(browser, server, size, "routing")
+    try:
+        controls = page.locator(BAR_CONTROLS)
+        assert controls.count() == 3
+        for index in range(3):
+            box = controls.nth(index).bounding_box()
+            assert box is not None and box["y"] + box["height"] <= size[1] and box["x"] + box["width"] <= size[0]
+        assert not page.locator('[data-testid="stSidebar"]').is_visible()
+    finally:
+        page.close()
+
+
+def test_moving_the_bar_layer_redraws_the_view(server: str, browser: Browser) -> None:
+    """A teacher presses → on the bar's layer slider: the routed text's heading follows, still in the mode."""
+    page = _open(browser, server, SIZES[0], "routing")
+    try:
+        page.locator(".st-key-control-bar [data-testid='stSlider'] input").first.press("ArrowRight")
+        page.wait_for_function("() => document.body.innerText.includes('each token at layer 1')", timeout=60_000)
+        assert page.locator(".st-key-control-bar").is_visible()
+    finally:
+        page.close()
+
+
+def test_downloaded_chart_is_named_after_its_settings(server: str, browser: Browser) -> None:
+    """Download PNG in the mode gives a file named after the chart, model, layer, CF and policy."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
+    try:
+        page.goto(f"{server}/?present=1&view=load&layer=2&cf=1.5&policy=score&text={quote(TEXT)}")
+        wait_for_charts(page)
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download PNG").first.click()
+        assert download.value.suggested_filename == "expert-load-top1_demo-mixtral_layer2_cf1.50_score.png"
+    finally:
+        page.close()
