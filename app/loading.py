@@ -6,26 +6,15 @@ import json
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 from app.operator import operator_options
-from moe_core.analyses.experts import matrix_similarity_frame, norm_preference
-from moe_core.batches import WINDOW_TOKENS, DomainBatch, equal_windows
+from moe_core.batches import WINDOW_TOKENS, DomainBatch, equal_windows, held_out_texts
 from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
-from moe_core.experts import (
-    computed_experts,
-    experts_input,
-    matrix_similarities,
-    moe_block,
-    output_norms,
-    weight_similarity,
-)
-from moe_core.models import ASSETS, BUNDLED_MODELS, DEMO_MODEL, LoadedModel, load_model
+from moe_core.experts import ExpertStudy, expert_study
+from moe_core.models import ASSETS, LoadedModel, load_model
 from moe_core.trace import RoutingTrace
 
 PRESETS_FILE = ASSETS / "presets" / "prompts.json"
@@ -63,30 +52,10 @@ def get_model(model_id: str) -> LoadedModel:
         return loaded
 
 
-@dataclass(frozen=True)
-class ExpertStudy:
-    """A Closer Look at one layer: the router's preference for large outputs, and the experts' weight similarity,
-    all weights at once ([E, E]) and per matrix beside a random-init baseline (matrix_similarity_frame)."""
-
-    preference: pd.DataFrame
-    similarity: np.ndarray
-    matrices: pd.DataFrame
-
-
 @st.cache_data(show_spinner="Running every expert on every token …", max_entries=16)
 def get_expert_study(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...], layer_row: int) -> ExpertStudy:
-    """Cached by (model_id, texts, layer): one more forward, then every expert on every token of one layer."""
-    model, tokenizer = _loaded.model, _loaded.tokenizer
-    routing = get_trace(_loaded, model_id, texts)
-    block = moe_block(model, layer_row)
-    num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
-    hidden = experts_input(model, tokenizer, texts, block)
-    norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
-    return ExpertStudy(
-        norm_preference(routing, layer_row, norms),
-        weight_similarity(block.experts, num_weighted),
-        matrix_similarity_frame(matrix_similarities(block.experts, num_weighted)),
-    )
+    """Cached by (model_id, texts, layer): a pass up to that layer, then every expert on every token of it."""
+    return expert_study(_loaded.model, _loaded.tokenizer, get_trace(_loaded, model_id, texts), layer_row)
 
 
 @st.cache_data(show_spinner="Routing the text …", max_entries=64)
@@ -95,20 +64,9 @@ def get_trace(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]) -> Ro
     return trace(_loaded.model, _loaded.tokenizer, texts, name=model_id)
 
 
-def held_out_folder() -> Path:
-    return BUNDLED_MODELS[DEMO_MODEL] / "held_out"
-
-
-@lru_cache(maxsize=1)
 def domain_batch() -> tuple[str, ...]:
     """The built-in multi-domain batch of longer texts (held-out excerpts the demo model never saw)."""
-    return tuple(p.read_text(encoding="utf-8") for p in sorted(held_out_folder().glob("*.txt")))
-
-
-@lru_cache(maxsize=1)
-def domain_names() -> tuple[str, ...]:
-    """The domain of each text of domain_batch(), in the same order: its file name ("code", "prose", ...)."""
-    return tuple(p.stem for p in sorted(held_out_folder().glob("*.txt")))
+    return tuple(held_out_texts().values())
 
 
 @lru_cache(maxsize=1)

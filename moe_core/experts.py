@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from transformers.integrations import moe as transformers_moe
@@ -22,6 +23,7 @@ from moe_core.capture import context_length, forward_text
 from moe_core.hooks import hooks_active
 from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
+from moe_core.trace import RoutingTrace
 
 DEFAULT_GATE = getattr(transformers_moe, "_default_apply_gate", None)  # act(gate) * up of a [gate; up] output
 
@@ -230,3 +232,29 @@ def computed_experts(model: nn.Module, num_classes: int) -> int:
 def moe_block(model: nn.Module, layer_row: int) -> MoeBlock:
     """The MoE block at row `layer_row` of a trace of this model."""
     return find_moe_blocks(model, model.config.model_type)[0][layer_row]
+
+
+@dataclass(frozen=True)
+class ExpertStudy:
+    """A Closer Look at one layer: the router's preference for large outputs, and the experts' weight similarity,
+    all weights at once ([E, E]) and per matrix beside a random-init baseline (matrix_similarity_frame)."""
+
+    preference: pd.DataFrame
+    similarity: np.ndarray
+    matrices: pd.DataFrame
+
+
+def expert_study(model: nn.Module, tokenizer: Any, routing: RoutingTrace, layer_row: int) -> ExpertStudy:
+    """A Closer Look (arXiv 2406.18219) on the model itself at one layer of `routing`: the layer's experts input
+    (a pass that stops at that layer), every real expert run on every token, and the weight similarities."""
+    from moe_core.analyses.experts import matrix_similarity_frame, norm_preference
+
+    block = moe_block(model, layer_row)
+    num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
+    hidden = experts_input(model, tokenizer, routing.texts, block)
+    norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
+    return ExpertStudy(
+        norm_preference(routing, layer_row, norms),
+        weight_similarity(block.experts, num_weighted),
+        matrix_similarity_frame(matrix_similarities(block.experts, num_weighted)),
+    )

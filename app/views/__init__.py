@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.loading import ExpertStudy, LabBatch
+from app.loading import LabBatch
 from app.state import Settings
 from moe_core.capped import Counterfactual
+from moe_core.experts import ExpertStudy
 from moe_core.trace import RoutingTrace
 
 

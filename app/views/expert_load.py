@@ -6,7 +6,6 @@ import streamlit as st
 
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
 from app.components import explainer, show_chart
-from app.loading import domain_names
 from app.views import ViewContext
 from moe_core.analyses.load import (
     balance_frame,
@@ -15,6 +14,7 @@ from moe_core.analyses.load import (
     load_frame,
     pooled_transformers_aux_loss,
 )
+from moe_core.batches import held_out_texts
 
 TITLE = "Expert load"
 EXPLAINER = """
@@ -84,4 +84,5 @@ def draw(context: ViewContext) -> None:
     if batch is None:
         st.caption("Routing by domain needs a model, to run its held-out texts: not available for an uploaded trace.")
     else:
-        show_chart(domain_chart(domain_share_frame(batch, context.layer_row, domain_names()), layer), "domains")
+        frame = domain_share_frame(batch, context.layer_row, tuple(held_out_texts()))
+        show_chart(domain_chart(frame, layer), "domains")

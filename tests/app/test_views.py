@@ -245,11 +245,12 @@ def test_token_routing_says_when_no_id_repeats() -> None:
 
 def test_load_view_routes_the_held_out_domains() -> None:
     """The domain chart shows domain_share_frame of the held-out batch traced here, one row per domain."""
-    from app.loading import domain_batch, domain_names
+    from app.loading import domain_batch
     from moe_core.analyses.load import domain_share_frame
+    from moe_core.batches import held_out_texts
 
     loaded = load_model()
-    expected = domain_share_frame(trace(loaded.model, loaded.tokenizer, domain_batch()), 1, domain_names())
+    expected = domain_share_frame(trace(loaded.model, loaded.tokenizer, domain_batch()), 1, tuple(held_out_texts()))
     at = run_app({"view": "load", "layer": "1"})
     _clean(at)
     shown = frame_with(charts(at), "domain", "expert", "share")
