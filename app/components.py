@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -96,22 +97,38 @@ def frame_height(chart: alt.TopLevelMixin, present: bool = False) -> int | None:
     return int(height + chrome) if isinstance(height, int | float) else None
 
 
-def show_table(frame: pd.DataFrame, labels: dict[str, str], percent: tuple[str, ...] = ()) -> None:
+def show_table(
+    frame: pd.DataFrame,
+    labels: dict[str, str],
+    percent: tuple[str, ...] = (),
+    decimals: dict[str, int] | None = None,
+    helps: dict[str, str] | None = None,
+) -> None:
     """A table with readable column names; `percent` columns (shares in [0, 1]) shown as 12.3%, one decimal for
-    every row, so a projected table lines up.
+    every row, so a projected table lines up; `decimals` fixes other columns' digits, `helps` their tooltips.
 
     Presentation mode draws it as an HTML table: st.dataframe paints its cells on a canvas that no stylesheet
     can enlarge (zooming it overflowed the page).
     """
     shown = frame.copy()
     shown[list(percent)] = shown[list(percent)] * 100
+    digits = dict(decimals or {}) | dict.fromkeys(percent, 1)
+    suffix = dict.fromkeys(percent, "%")
     if chart_settings()[1]:
         styler = shown.rename(columns=labels).style.hide(axis="index").format(precision=3)
-        st.table(styler.format({labels.get(name, name): "{:.1f}%" for name in percent}))
+        formats = {labels.get(c, c): f"{{:.{d}f}}{suffix.get(c, '')}" for c, d in digits.items()}
+        st.table(styler.format(formats))
         return
-    config = {name: st.column_config.NumberColumn(label, format="%.1f%%" if name in percent else None)
-              for name, label in labels.items()}  # fmt: skip
-    st.dataframe(shown, hide_index=True, column_config=config)
+    helps = helps or {}
+
+    def column(name: str) -> Any:
+        label, help_text = labels.get(name, name), helps.get(name)
+        if name not in digits:
+            return st.column_config.Column(label, help=help_text)
+        number_format = f"%.{digits[name]}f" + ("%%" if name in suffix else "")
+        return st.column_config.NumberColumn(label, format=number_format, help=help_text)
+
+    st.dataframe(shown, hide_index=True, column_config={name: column(name) for name in shown.columns})
 
 
 def show_chart(chart: alt.TopLevelMixin, name: str) -> None:

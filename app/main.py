@@ -39,13 +39,13 @@ from app.state import (  # noqa: E402
     CF_SLIDER_STEP,
     MAX_PROMPT_CHARS,
     URL_KEYS,
-    VIEWS,
     Settings,
     from_query,
     prompt_cut_notice,
     to_query,
 )
-from app.views import ViewContext, capacity, expert_load, gate_weights, layer_flow, token_routing  # noqa: E402
+from app.view_registry import VIEWS, view_module  # noqa: E402
+from app.views import ViewContext  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
@@ -53,13 +53,7 @@ from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E
 from moe_core.trace import RoutingTrace  # noqa: E402
 from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
 
-VIEW_MODULES = {
-    "routing": token_routing,
-    "gates": gate_weights,
-    "load": expert_load,
-    "capacity": capacity,
-    "flow": layer_flow,
-}
+VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
 SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded
 CONTINUE_TOKENS = 40  # per click of "Let the model continue": a sentence or a few lines of code
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 from app.safe_text import md_code, md_text
+from app.view_registry import VIEWS
 from moe_core.capacity import CAPACITY_FACTOR_MAX, CAPACITY_FACTOR_MIN, GROUPS, POLICIES, check_capacity_factor
 from moe_core.models import DEMO_MODEL
 
-VIEWS = ("routing", "gates", "load", "capacity", "flow")
 COMPRESSED_PREFIX = "z."  # prompts longer than RAW_PROMPT_LIMIT travel zlib-compressed, base64url
 RAW_PROMPT_LIMIT = 300
 MAX_PROMPT_CHARS = 200_000  # longer texts (typed, from a link, continued) are cut here, with a notice

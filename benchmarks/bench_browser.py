@@ -17,7 +17,7 @@ import time
 from playwright.sync_api import Page
 
 from app.loading import domain_batch
-from app.state import VIEWS
+from app.view_registry import VIEWS
 from moe_core.models import load_model
 from tests.e2e.browser import CHART, IDLE, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
 

@@ -30,3 +30,8 @@ class ViewContext:
     # forward of some texts at (capacity factor, policy, group).
     lab_batch: Callable[[], LabBatch | None] = _none
     counterfactual: Callable[[tuple[str, ...], float, str, str], Counterfactual] | None = None
+
+    @property
+    def layer(self) -> int:
+        """The model's layer number of the chosen MoE layer (what the page calls it)."""
+        return self.trace.model.moe_layers[self.layer_row]

@@ -89,7 +89,7 @@ def draw(context: ViewContext) -> None:
     explainer(EXPLAINER)
     result = simulate_capacity(routing, settings.capacity_factor, policy=settings.policy, group=settings.group)
     capped = _capped_run(context)
-    _capacity_line(routing, result, row)
+    _capacity_line(routing, result, row, context.layer)
     if capped is not None:
         _cost_summary(capped)
     slots = _layer_slots(routing, result, capped)
@@ -100,7 +100,7 @@ def draw(context: ViewContext) -> None:
         {"busiest_demand": "busiest expert's demand", "dropped_slots": "dropped slots", "drop_rate": "drop rate"},
         percent=("drop_rate",),
     )
-    layer = info.moe_layers[row]
+    layer = context.layer
     total_capacity = int(result.capacity[row].sum() if capped is None else capped.layers[row].capacity.sum())
     show_chart(
         fill_chart(fill_frame(slots[row], total_capacity), f"Fill of each expert at layer {layer} ({source})"),
@@ -134,14 +134,14 @@ def _capped_run(context: ViewContext) -> Counterfactual | None:
         return None
 
 
-def _capacity_line(routing: RoutingTrace, result: CapacityResult, row: int) -> None:
+def _capacity_line(routing: RoutingTrace, result: CapacityResult, row: int, layer: int) -> None:
     """C at this layer, with the numbers that make it, read from the result (not recomputed)."""
     info = routing.model
     group_sizes = result.group_sizes
     tokens = int(group_sizes[0]) if len(group_sizes) else 0
     per = " (first text; each text is its own group)" if result.group == "sequence" and len(group_sizes) > 1 else ""
     st.markdown(
-        f"**Layer {info.moe_layers[row]}:** C = max({result.min_capacity}, ⌈{result.capacity_factor:g} · "
+        f"**Layer {layer}:** C = max({result.min_capacity}, ⌈{result.capacity_factor:g} · "
         f"{info.top_k} · {tokens} / {info.num_experts}⌉) = **{int(result.capacity[row, 0])}** slots per expert{per}"
     )
 

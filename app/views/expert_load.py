@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
-from app.components import explainer, show_chart
+from app.components import explainer, show_chart, show_table
 from app.views import ViewContext
 from moe_core.analyses.load import (
     balance_frame,
@@ -65,16 +65,15 @@ def draw(context: ViewContext) -> None:
     show_chart(load_chart(load_frame(routing), count, routing.model.num_experts), f"expert-load-{count}")
     balance = balance_frame(routing)
     labels = {name: label for name, (label, _) in BALANCE_COLUMNS.items()}
-    config = {label: st.column_config.NumberColumn(help=meaning, format="%.3f")
-              for label, meaning in BALANCE_COLUMNS.values()}  # fmt: skip
-    st.dataframe(balance.rename(columns=labels), hide_index=True, column_config=config)
+    helps = {name: meaning for name, (_, meaning) in BALANCE_COLUMNS.items()}
+    show_table(balance, labels, decimals=dict.fromkeys(BALANCE_COLUMNS, 3), helps=helps)
     st.caption(
         f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
         f"training adds it (before its coefficient): {pooled_transformers_aux_loss(routing):.3f} "
         f"({top_k} under perfectly even routing)."
     )
     show_chart(balance_chart(balance), "balance")
-    layer = routing.model.moe_layers[context.layer_row]
+    layer = context.layer
     if top_k == 1:
         st.info(f"Top-1 routing: each token has one expert at layer {layer}, so no two experts are co-activated.")
     else:

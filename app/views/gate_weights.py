@@ -76,7 +76,7 @@ def _closer_look(context: ViewContext) -> None:
         "tokens": "tokens",
     }
     show_table(study.preference.round({"rank_correlation": 2}), labels, percent=("first_is_largest", "chance"))
-    layer = context.trace.model.moe_layers[context.layer_row]
+    layer = context.layer
     st.subheader(f"Are the experts' weights more alike than random ones at layer {layer}?")
     labels = {
         "matrix": "matrix",
@@ -87,10 +87,5 @@ def _closer_look(context: ViewContext) -> None:
         "random_mean_abs": "random init: mean |cosine|",
         "random_max_abs": "random init: max |cosine|",
     }
-    st.dataframe(
-        study.matrices,
-        hide_index=True,
-        column_config={name: st.column_config.Column(label) for name, label in labels.items()}
-        | {name: st.column_config.NumberColumn(labels[name], format="%.4f") for name in SIMILARITY_COLUMNS},
-    )
+    show_table(study.matrices, labels, decimals=dict.fromkeys(SIMILARITY_COLUMNS, 4))
     show_chart(similarity_chart(similarity_frame(study.similarity), layer), "expert-similarity")

@@ -44,7 +44,7 @@ def draw(context: ViewContext) -> None:
     routing, row = context.trace, context.layer_row
     explainer(EXPLAINER)
     frame = token_frame(routing, row)
-    layer = routing.model.moe_layers[row]
+    layer = context.layer
     st.subheader(f"Top-1 expert of each token at layer {layer}")
     html_block(legend(routing.model.num_experts))
     text = routed_text(frame, routing.model.num_experts)

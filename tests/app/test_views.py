@@ -102,7 +102,7 @@ def test_load_view_counts_first_choices(routing) -> None:
     assert set(load["top1_uniform"]) == {len(routing.tokens) / 8}
     balance = at.dataframe[0].value
     counts = np.bincount(routing.experts[0].reshape(-1), minlength=8)
-    assert balance["max / mean"].iloc[0] == pytest.approx(counts.max() / counts.mean())
+    assert balance["max_over_mean"].iloc[0] == pytest.approx(counts.max() / counts.mean())
 
 
 @pytest.mark.parametrize("factor", [0.5, 1.5])

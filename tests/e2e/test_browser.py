@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import Browser, Page
 
-from app.state import VIEWS
+from app.view_registry import VIEWS
 from tests.e2e.browser import PROMPT, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
