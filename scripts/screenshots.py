@@ -55,12 +55,14 @@ def main() -> None:
         "load": f"view=load&text={quote(mixed)}",
         "capacity": "view=capacity&cf=0.75",
         "flow": f"view=flow&text={quote(mixed)}",
-        "presentation": f"view=routing&present=1&text={quote(texts['Python code'])}",
     }
+    presenting = f"view=routing&present=1&text={quote(texts['Python code'])}"
+    projector = {"presentation-1280": (presenting, {"width": 1280, "height": 720}),
+                 "presentation-1920": (presenting, {"width": 1920, "height": 1080})}  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
     with app_server() as url, chromium() as browser:
-        for name, query in shots.items():
-            page = browser.new_page(viewport=VIEWPORT)
+        for name, (query, viewport) in {**{n: (q, VIEWPORT) for n, q in shots.items()}, **projector}.items():
+            page = browser.new_page(viewport=viewport)
             page.goto(f"{url}/?{query}")
             wait_for_charts(page)
             time.sleep(1.0)  # let the last chart finish its transition

@@ -96,6 +96,7 @@ def _slot_bars(frame: pd.DataFrame) -> alt.Chart:
         .encode(
             x=_position_axis(frame),
             x2="stop:Q",
+            y2=alt.datum(0),  # a ranged x makes Vega-Lite draw a bar as a line at y: give it a floor
             y=alt.Y(
                 "slots:Q",
                 title="slots",
