@@ -171,9 +171,9 @@ def kept_slots(
     key_capacity = np.zeros((num_layers, num_groups, num_buckets), dtype=np.int64)
     key_capacity[:, :, 1:] = group_capacity[:, None]
     key_capacity = key_capacity.ravel()
-    # The first slot each key turns away, or (where nothing is turned away) the next key's first slot.
-    first_refused = np.append(ordered, np.iinfo(packed_type).max)[np.minimum(block[:-1] + key_capacity, block[1:])]
-    kept = packed < first_refused[(packed >> shift).astype(np.intp)]  # intp: numpy indexes fastest with it
+    # The first slot each key drops, or (where nothing is turned away) the next key's first slot.
+    first_dropped = np.append(ordered, np.iinfo(packed_type).max)[np.minimum(block[:-1] + key_capacity, block[1:])]
+    kept = packed < first_dropped[(packed >> shift).astype(np.intp)]  # intp: numpy indexes fastest with it
     per_key = np.diff(block).reshape(num_layers, num_groups, num_buckets)[:, :, 1:]
     return kept, per_key
 

@@ -8,7 +8,7 @@ import pandas as pd
 from app.charts.common import styled
 from moe_core.analyses.drops import POOLED
 
-KEPT, OVERFLOW = "#4C78A8", "#E45756"
+KEPT, DROPPED = "#4C78A8", "#E45756"
 _LINE_COLORS = ["#222222", "#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D"]
 RATE_AXIS = alt.Axis(format="%")
 POSITION_TITLE = "position in the text (bin start)"
@@ -23,7 +23,7 @@ def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.
         .encode(
             x=alt.X("expert:O", title="expert"),
             y=alt.Y("count:Q", title="slots", stack=True),
-            color=alt.Color("slots:N", title=None, scale=alt.Scale(domain=["kept", second], range=[KEPT, OVERFLOW])),
+            color=alt.Color("slots:N", title=None, scale=alt.Scale(domain=["kept", second], range=[KEPT, DROPPED])),
             order=alt.Order("slots:N", sort="ascending"),
             tooltip=["expert:O", "slots:N", "count:Q"],
         )
@@ -50,7 +50,7 @@ def drop_curve_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
         .encode(
             x=alt.X("start:Q", title=POSITION_TITLE),
             y=alt.Y("value:Q", title="share dropped", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            color=alt.Color("rate:N", title=None, scale=alt.Scale(range=[OVERFLOW, "#54A24B"])),
+            color=alt.Color("rate:N", title=None, scale=alt.Scale(range=[DROPPED, "#54A24B"])),
             tooltip=["start:Q", "end:Q", "tokens:Q", "rate:N", alt.Tooltip("value:Q", format=".1%")],
         )
         .properties(height=240, title=title)
@@ -126,7 +126,7 @@ def sweep_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     frame = frame.assign(cf=frame["capacity_factor"].map(lambda f: f"CF {f:g}"))
     chart = (
         alt.Chart(frame)
-        .mark_area(line={"color": OVERFLOW}, color=OVERFLOW, opacity=0.35)
+        .mark_area(line={"color": DROPPED}, color=DROPPED, opacity=0.35)
         .encode(
             x=alt.X("start:Q", title="position"),
             y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
@@ -143,7 +143,7 @@ def sequence_drops_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     """One bar per text of the batch: with one capacity for the whole batch, the later texts lose most."""
     chart = (
         alt.Chart(frame)
-        .mark_bar(color=OVERFLOW)
+        .mark_bar(color=DROPPED)
         .encode(
             x=alt.X("sequence:O", title="text in the batch (served in this order)"),
             y=alt.Y("slot_drop_rate:Q", title="slots dropped", scale=alt.Scale(domain=[0, 1]), axis=RATE_AXIS),
