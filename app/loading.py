@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 
 import streamlit as st
 
 from app.operator import operator_options
-from moe_core.batches import WINDOW_TOKENS, DomainBatch, equal_windows, held_out_texts
+from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
 from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
 from moe_core.experts import ExpertStudy, expert_study
@@ -78,23 +77,13 @@ def presets() -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class LabBatch:
-    """The built-in batch of equal-length windows, traced once per model, and the domain of each window."""
-
-    trace: RoutingTrace
-    windows: DomainBatch
-
-
 LAB_CACHE_ENTRIES = 4  # equal-window batches: about 8 MB each for the demo model
 
 
 @st.cache_resource(show_spinner="Routing the built-in batch of equal-length windows …", max_entries=LAB_CACHE_ENTRIES)
 def get_lab_batch(_loaded: LoadedModel, model_id: str) -> LabBatch:
     """Traced once per process and model, shared by every session without a copy (st.cache_resource)."""
-    windows = equal_windows(_loaded.tokenizer)
-    routing = trace(_loaded.model, _loaded.tokenizer, windows.texts, name=model_id, max_tokens=WINDOW_TOKENS)
-    return LabBatch(routing, windows)
+    return trace_equal_windows(_loaded.model, _loaded.tokenizer, name=model_id)
 
 
 COUNTERFACTUAL_ENTRIES = 16  # at 4,096 tokens and a 4096-word vocabulary about 2 MB each (no logits kept)

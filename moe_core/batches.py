@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_core.models import BUNDLED_MODELS, DEMO_MODEL
+from moe_core.trace import RoutingTrace
 
 WINDOW_TOKENS = 384  # per window: 4 windows of the shortest domain fit, and C is large enough to fill gradually
 WINDOWS_PER_DOMAIN = 4
@@ -76,3 +77,19 @@ def _token_starts(tokenizer: Any, text: str) -> list[int]:
         return [start for start, _ in spans]
     count = max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return [round(i * len(text) / count) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class LabBatch:
+    """The equal-length windows traced: every sequence exactly `window` tokens, and each one's domain."""
+
+    trace: RoutingTrace
+    windows: DomainBatch
+
+
+def trace_equal_windows(model: Any, tokenizer: Any, name: str | None = None, window: int = WINDOW_TOKENS) -> LabBatch:
+    """Trace `equal_windows` cut to exactly `window` tokens each (the capacity lab's fair batch)."""
+    from moe_core.capture import trace
+
+    windows = equal_windows(tokenizer, window=window)
+    return LabBatch(trace(model, tokenizer, windows.texts, name=name, max_tokens=window), windows)

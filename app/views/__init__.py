@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.loading import LabBatch
 from app.state import Settings
+from moe_core.batches import LabBatch
 from moe_core.capped import Counterfactual
 from moe_core.experts import ExpertStudy
 from moe_core.trace import RoutingTrace

@@ -113,3 +113,13 @@ def test_delta_loss_by_position_and_the_tail_cost() -> None:
 def test_curve_readiness(lengths: list[int], says: str) -> None:
     note = curve_readiness(random_trace(lengths, num_experts=4, top_k=1))
     assert (says in note) if says else note == ""
+
+
+def test_traced_windows_are_all_exactly_one_length(demo_tokenizer: Any) -> None:
+    """The lab's batch: every traced window holds exactly `window` tokens, with its domain beside it."""
+    from moe_core.batches import trace_equal_windows
+    from moe_core.tiny_models import build_tiny_model
+
+    lab = trace_equal_windows(build_tiny_model("mixtral"), demo_tokenizer, window=64)
+    lengths = np.bincount(lab.trace.tokens.sequence)
+    assert set(lengths.tolist()) == {64} and len(lengths) == len(lab.windows.domains)
