@@ -8,6 +8,8 @@ Those are what the model used, which for bias- or group-limited routers is not t
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -190,13 +192,23 @@ def context_length(model: nn.Module) -> int | None:
 
 def forward_text(model: nn.Module, batch: dict[str, torch.Tensor], **options: Any) -> Any:
     """One pass of the model over the input text, on the model's device: the encoder of an encoder-decoder
-    model (it reads the text), a causal LM without a cache (hybrid models' caches reject a prompt-only pass)."""
+    model (it reads the text), a causal LM without a cache (hybrid models' caches reject a prompt-only pass).
+
+    Capture needs the routing, not the language-model head: where the model takes `logits_to_keep`, only the last
+    position's logits are computed ([T, vocab] logits cost ~1 GB at DeepSeek-V3's vocabulary and 8,192 tokens).
+    """
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
     with forward_lock(model):
         if getattr(model.config, "is_encoder_decoder", False):
             return model.get_encoder()(**inputs, **options)
-        return model(**inputs, use_cache=False, **options)
+        keep = {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+        return model(**inputs, use_cache=False, **keep, **options)
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @dataclass(frozen=True)

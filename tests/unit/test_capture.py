@@ -120,3 +120,13 @@ def test_model_info_follows_dtype_changes(demo_tokenizer: Any) -> None:
     assert trace(model, demo_tokenizer, "hi", name="a").model.dtype == "float32"
     described = trace(model.to(torch.bfloat16), demo_tokenizer, "hi", name="b").model
     assert (described.dtype, described.name) == ("bfloat16", "b")
+
+
+def test_the_routing_pass_skips_the_language_model_head(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
+    """Capture's pass keeps one position's next-token logits (logits_to_keep=1), not [T, vocab]."""
+    from moe_core.capture import forward_text
+
+    _, batch, _ = tokenize(demo_tokenizer, TEXTS, None)
+    with torch.inference_mode():
+        output = forward_text(mixtral, batch)
+    assert output.logits.shape == (2, 1, mixtral.config.vocab_size)
