@@ -22,6 +22,7 @@ from moe_core.models import load_model
 from tests.e2e.browser import CHART, IDLE, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
 
 TARGETS = {512: 2.0, 4096: 5.0}
+SUFFIX_ROOM = 16  # tokens left for the " run N" suffix
 
 
 def prompt_of(tokenizer: object, tokens: int) -> str:
@@ -38,16 +39,27 @@ def caption(page: Page) -> str:
     return page.evaluate(f"() => {CAPTION}")
 
 
+EXCEPTION = '[data-testid="stException"]'
+
+
+def wait_or_fail(page: Page, condition: str, timeout_ms: float = 120_000) -> None:
+    """Until the JS `condition` holds, or at once with the app's own error if the page shows a Streamlit
+    exception (a crash used to leave this benchmark waiting the full timeout)."""
+    page.wait_for_function(f"() => document.querySelector({EXCEPTION!r}) || ({condition})()", timeout=timeout_ms)
+    if page.locator(EXCEPTION).count():
+        raise RuntimeError(f"the app raised: {page.locator(EXCEPTION).first.inner_text()[:500]}")
+
+
 def charts_drawn(page: Page, before: str | None = None) -> None:
     """Until the model caption changed from `before` (a new trace), the script is idle and every chart drawn."""
     if before is not None:
-        page.wait_for_function(f"() => {CAPTION} !== {before!r}", timeout=120_000)
-    page.wait_for_function(IDLE, timeout=120_000)
-    page.wait_for_selector(CHART, timeout=120_000)
-    page.wait_for_function(
+        wait_or_fail(page, f"() => {CAPTION} !== {before!r}")
+    wait_or_fail(page, IDLE)
+    wait_or_fail(page, f"() => document.querySelector({CHART!r})")
+    wait_or_fail(
+        page,
         "() => [...document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')]"
         ".every(c => c.querySelector('canvas, svg.marks'))",
-        timeout=120_000,
     )
 
 
@@ -56,7 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     tokenizer = load_model().tokenizer
-    prompts = {n: prompt_of(tokenizer, n) for n in TARGETS}
+    prompts = {n: prompt_of(tokenizer, n - SUFFIX_ROOM) for n in TARGETS}
     results: dict[tuple[int, str], list[float]] = {}
     with app_server() as url, chromium() as browser:
         for repeat in range(args.repeats):
@@ -64,8 +76,9 @@ def main() -> None:
                 page = browser.new_page(viewport=VIEWPORT)
                 page.goto(f"{url}/?text=warm-up%20{repeat}")
                 wait_for_charts(page)
-                # A fresh suffix each repeat so the trace is computed, not served from the cache.
-                text = f"{prompt[:-12]} run {repeat}"
+                # A fresh suffix each repeat so the trace is computed, not served from the cache; the prompt was
+                # cut SUFFIX_ROOM tokens short so that the text stays inside the model's context.
+                text = f"{prompt} run {repeat}"
                 before = caption(page)
                 start = time.perf_counter()
                 submit_prompt(page, text)
@@ -75,7 +88,7 @@ def main() -> None:
                     label = page.locator('[data-testid="stButtonGroup"] button').nth(VIEWS.index(view))
                     start = time.perf_counter()
                     label.click()
-                    page.wait_for_function(f"() => location.search.includes('view={view}')", timeout=120_000)
+                    wait_or_fail(page, f"() => location.search.includes('view={view}')")
                     charts_drawn(page)
                     results.setdefault((tokens, view), []).append(time.perf_counter() - start)
                 print(f"{tokens} tokens, repeat {repeat + 1}: {caption(page)}", flush=True)
