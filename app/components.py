@@ -170,6 +170,7 @@ PAGE_CSS = """
 .tok.drop1 {text-decoration: line-through 2px #B00020;}
 .tok.drop2 {text-decoration: underline wavy 2px #B00020;}
 .tok.dropall {outline: 3px solid #B00020; opacity: 0.55;}
+.tok.own {font-style: italic; text-decoration: underline dotted 2px #333; text-underline-offset: 3px;}
 .legend {margin: 0.2rem 0 0.6rem 0;}
 .chip {display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 10px;
        font-size: 0.85rem; font-weight: 600;}

@@ -105,13 +105,25 @@ def _shows_upload() -> bool:
 
 def _continue_prompt() -> None:
     """The Continue button: append the model's greedy continuation to the text; the page then traces all of it."""
+    before = st.session_state.prompt
     try:
         loaded = get_model(model_key(st.session_state.model))
-        longer = continue_text(loaded.model, loaded.tokenizer, st.session_state.prompt, CONTINUE_TOKENS)
+        longer = continue_text(loaded.model, loaded.tokenizer, before, CONTINUE_TOKENS)
     except (ModelLoadError, ValueError) as error:
         st.session_state.continue_error = str(error)
         return
     _set_prompt(longer, "with its continuation")
+    # Where the model's own writing begins: continuing its own text again keeps the first start.
+    if st.session_state.get("continued_text") != before:
+        st.session_state.continued_at = len(before)
+    st.session_state.continued_text = st.session_state.prompt
+
+
+def _continued_at(model_id: str | None) -> int | None:
+    """The character where the model's own writing begins in the shown text, while it is exactly what it wrote."""
+    if model_id is None or st.session_state.get("continued_text") != st.session_state.prompt:
+        return None
+    return st.session_state.get("continued_at")
 
 
 def _sidebar_inputs() -> UploadedFile | None:
@@ -364,6 +376,7 @@ def main() -> None:
         expert_study=_expert_study(model_id, routing.texts, layer_row) if model_id else (lambda: None),
         lab_batch=(lambda: get_lab_batch(get_model(model_id), model_id)) if model_id else (lambda: None),
         counterfactual=_counterfactual(model_id) if model_id else None,
+        continued_at=_continued_at(model_id),
     )
     VIEW_MODULES[settings.view].draw(context)
     _trace_downloads(routing)

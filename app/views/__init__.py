@@ -30,6 +30,7 @@ class ViewContext:
     # forward of some texts at (capacity factor, policy, group).
     lab_batch: Callable[[], LabBatch | None] = _none
     counterfactual: Callable[[tuple[str, ...], float, str, str], Counterfactual] | None = None
+    continued_at: int | None = None  # character of the text where "Let the model continue" writing begins
 
     @property
     def layer(self) -> int:

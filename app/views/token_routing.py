@@ -7,7 +7,13 @@ import streamlit as st
 from app.charts.routing import token_layer_grid_chart
 from app.components import explainer, html_block, legend, routed_text, show_chart, show_table
 from app.views import ViewContext
-from moe_core.analyses.routing import consecutive_repeats, token_frame, token_id_consistency, token_layer_grid
+from moe_core.analyses.routing import (
+    consecutive_repeats,
+    continuation_marks,
+    token_frame,
+    token_id_consistency,
+    token_layer_grid,
+)
 
 TITLE = "Token routing"
 EXPLAINER = """
@@ -47,7 +53,10 @@ def draw(context: ViewContext) -> None:
     layer = context.layer
     st.subheader(f"Top-1 expert of each token at layer {layer}")
     html_block(legend(routing.model.num_experts))
-    text = routed_text(frame, routing.model.num_experts)
+    marks = continuation_marks(routing, context.continued_at)
+    if context.continued_at is not None and "own" in marks:
+        html_block('<span class="tok own">the model\'s own writing</span> (from "Let the model continue")')
+    text = routed_text(frame, routing.model.num_experts, marks)
     html_block(f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">{text}</div>')
     start = 0
     if len(frame) > GRID_WINDOW:

@@ -154,3 +154,12 @@ def token_id_consistency(trace: RoutingTrace, min_count: int = 2, shuffles: int 
     frame = pd.DataFrame(rows, columns=["layer", "consistency", "shuffled"])
     frame["ids"] = int((counts >= min_count).sum())
     return frame
+
+
+def continuation_marks(trace: RoutingTrace, continued_at: int | None) -> list[str]:
+    """'own' for each token of the first text that starts at or after character `continued_at` (the model's
+    own writing, from "Let the model continue"), '' elsewhere; all '' when nothing was continued."""
+    if continued_at is None:
+        return [""] * len(trace.tokens)
+    own = (trace.tokens.sequence == 0) & (trace.tokens.offsets[:, 0] >= continued_at)
+    return ["own" if flag else "" for flag in own.tolist()]

@@ -168,6 +168,18 @@ def test_continue_appends_the_models_own_writing_and_traces_it() -> None:
     assert at.text_area(key="prompt").value == expected
     tokens = len(loaded.tokenizer(expected)["input_ids"])
     assert f"· {tokens} tokens ·" in at.caption[0].value
+    # The model's own writing is marked: exactly the tokens that start at or after the typed text's end.
+    routing = trace(loaded.model, loaded.tokenizer, expected)
+    starts = routing.tokens.offsets[:, 0]
+    expected_own = [unescape(t) for t, start in zip(routing.tokens.text, starts, strict=True)
+                    if t and start >= len("def fibonacci(n):\n")]  # fmt: skip
+    spans = re.findall(r'<span class="tok ([^"]*)"[^>]*>(.*?)</span>', page_html(at))
+    tokens_only = [(classes.split(), text) for classes, text in spans if re.search(r"\bx(\d+|-)\b", classes)]
+    own = [unescape(text) for classes, text in tokens_only if "own" in classes]  # the legend chip is no token
+    assert len(own) == len(expected_own) > 0
+    assert not any("fibonacci" in text for text in own)
+    at.text_area(key="prompt").set_value(expected + " edited").run()  # an edited text is no longer the model's
+    assert not any("own" in classes.split() for classes in re.findall(r'<span class="tok ([^"]*)"', page_html(at)))
 
 
 def test_continue_on_an_empty_text_explains_itself() -> None:

@@ -99,3 +99,13 @@ def test_routing_by_token_id_stands_out_from_the_shuffled_baseline() -> None:
     row = token_id_consistency(routing).iloc[0]
     assert row["consistency"] == 1.0
     assert row["shuffled"] < 0.6
+
+
+def test_continuation_marks_the_tokens_from_the_given_character() -> None:
+    """Synthetic texts are "t0t1t2…": tokens from character 4 on (t2, t3) are the model's; the second text never."""
+    from moe_core.analyses.routing import continuation_marks
+    from moe_core.synthetic import trace_from_choices
+
+    routing = trace_from_choices([[0]] * 6, sequence_lengths=[4, 2], num_experts=2)
+    assert continuation_marks(routing, 4) == ["", "", "own", "own", "", ""]
+    assert continuation_marks(routing, None) == [""] * 6
