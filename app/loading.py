@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from functools import lru_cache
+from typing import Any
 
 import streamlit as st
 
@@ -23,6 +25,37 @@ HELD_OUT_MARKER = "@held_out"  # a preset made of the demo model's held-out exce
 _MODELS: dict[str, LoadedModel] = {}  # process-wide: every session shares one copy of each model
 _MODELS_LOCK = threading.Lock()  # one load at a time; a second session waits for the first one's load
 MAX_MODELS = 2
+MODEL_CACHE_GB_ENV = "MOE_EXPLORER_MODEL_CACHE_GB"  # the operator's bound on loaded weights, in GB (default 32)
+DEFAULT_MODEL_CACHE_GB = 32.0
+
+
+def model_cache_bytes() -> int:
+    """The most bytes of weights the process keeps loaded at once (the operator's MOE_EXPLORER_MODEL_CACHE_GB)."""
+    try:
+        gigabytes = float(os.environ.get(MODEL_CACHE_GB_ENV, DEFAULT_MODEL_CACHE_GB))
+    except ValueError:
+        gigabytes = DEFAULT_MODEL_CACHE_GB
+    return int(max(gigabytes, 0.0) * 2**30)
+
+
+def weight_bytes(loaded: Any) -> int:
+    """Bytes of a loaded model's parameters and buffers (what keeping it in the cache costs)."""
+    model = getattr(loaded, "model", None)
+    if model is None:
+        return 0
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def evictions(sizes: dict[str, int], new_size: int, max_count: int, max_bytes: int) -> list[str]:
+    """Which cached models (oldest first, as `sizes` is ordered) to drop so that one more of `new_size` fits
+    within `max_count` models and `max_bytes` bytes. A model larger than the budget still loads, alone."""
+    kept, dropped = dict(sizes), []
+    while kept and (len(kept) >= max_count or sum(kept.values()) + new_size > max_bytes):
+        oldest = next(iter(kept))
+        dropped.append(oldest)
+        del kept[oldest]
+    return dropped
 
 
 def get_model(model_id: str) -> LoadedModel:
@@ -45,8 +78,9 @@ def get_model(model_id: str) -> LoadedModel:
                 progress=lambda stage, fraction: bar.progress(fraction, text=stage),
             )
             status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
-        while len(_MODELS) >= MAX_MODELS:
-            _MODELS.pop(next(iter(_MODELS)))
+        sizes = {key: weight_bytes(cached) for key, cached in _MODELS.items()}
+        for key in evictions(sizes, weight_bytes(loaded), MAX_MODELS, model_cache_bytes()):
+            del _MODELS[key]  # the memory is freed once no session still holds it
         _MODELS[model_id] = loaded
         return loaded
 

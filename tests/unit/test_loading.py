@@ -38,3 +38,29 @@ def test_at_most_two_models_stay_loaded(monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("a", "b", "c"):
         loading.get_model(name)
     assert list(loading._MODELS) == ["b", "c"]
+
+
+def test_evictions_keep_the_cache_within_count_and_bytes() -> None:
+    """Oldest first: a third model evicts the first by count; a big one evicts until the bytes fit."""
+    assert loading.evictions({"a": 1, "b": 1}, 1, max_count=2, max_bytes=100) == ["a"]
+    assert loading.evictions({"a": 40, "b": 30}, 50, max_count=5, max_bytes=100) == ["a"]
+    assert loading.evictions({"a": 40, "b": 30}, 90, max_count=5, max_bytes=100) == ["a", "b"]
+    assert loading.evictions({"a": 40}, 500, max_count=5, max_bytes=100) == ["a"]  # too big: loads alone
+    assert loading.evictions({}, 500, max_count=5, max_bytes=100) == []
+
+
+def test_weight_bytes_counts_parameters_and_buffers() -> None:
+    from moe_core.tiny_models import build_tiny_model
+
+    model = build_tiny_model("mixtral")
+    expected = sum(p.numel() * 4 for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+    assert loading.weight_bytes(type("Loaded", (), {"model": model})()) == expected
+
+
+def test_the_operator_sets_the_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(loading.MODEL_CACHE_GB_ENV, "0.5")
+    assert loading.model_cache_bytes() == 2**29
+    monkeypatch.setenv(loading.MODEL_CACHE_GB_ENV, "lots")
+    assert loading.model_cache_bytes() == int(loading.DEFAULT_MODEL_CACHE_GB * 2**30)
