@@ -4,23 +4,48 @@ from moe_core import load_model, trace, simulate_capacity
 loaded = load_model()                          # the bundled demo model
 routing = trace(loaded.model, loaded.tokenizer, "def f(x): return x")
 drops = simulate_capacity(routing, capacity_factor=1.0)
+
+Names are imported on first use (PEP 562), so `import moe_core` and reading a trace file (moe_core.trace_io)
+import neither torch nor transformers: viewing an uploaded trace starts fast.
 """
 
-from moe_core.capacity import simulate_capacity
-from moe_core.capture import trace
-from moe_core.models import DEMO_MODEL, ModelLoadError, load_model
-from moe_core.trace import ModelInfo, RoutingTrace, Tokens
-from moe_core.trace_io import load_trace_bytes, save_trace
+from __future__ import annotations
 
-__all__ = [
-    "DEMO_MODEL",
-    "ModelInfo",
-    "ModelLoadError",
-    "RoutingTrace",
-    "Tokens",
-    "load_model",
-    "load_trace_bytes",
-    "save_trace",
-    "simulate_capacity",
-    "trace",
-]
+import importlib
+from typing import Any
+
+import moe_core.trace as _trace_module  # first, so that the name `trace` below is the function, not this module
+
+_EXPORTS = {
+    "DEMO_MODEL": "moe_core.models",
+    "ModelInfo": "moe_core.trace",
+    "ModelLoadError": "moe_core.models",
+    "RoutingTrace": "moe_core.trace",
+    "Tokens": "moe_core.trace",
+    "counterfactual": "moe_core.capped",
+    "load_model": "moe_core.models",
+    "load_trace": "moe_core.trace_io",
+    "load_trace_bytes": "moe_core.trace_io",
+    "save_trace": "moe_core.trace_io",
+    "simulate_capacity": "moe_core.capacity",
+}
+__all__ = sorted([*_EXPORTS, "trace"])
+
+
+def trace(*args: Any, **kwargs: Any) -> _trace_module.RoutingTrace:
+    """moe_core.capture.trace (imported on the first call): how every token of some texts is routed."""
+    from moe_core.capture import trace as capture_trace
+
+    return capture_trace(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'moe_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *__all__]

@@ -323,8 +323,9 @@ def load_trace_bytes(data: bytes, filename: str) -> RoutingTrace:
     return from_json_dict(parsed)
 
 
-def load_trace(path: Path) -> RoutingTrace:
+def load_trace(path: str | Path) -> RoutingTrace:
     """Read a trace file (the CLI's way in): the size limit is checked before the file is read."""
+    path = Path(path)
     try:
         check_size(path.stat().st_size)
         return load_trace_bytes(path.read_bytes(), path.name)
