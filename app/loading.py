@@ -10,6 +10,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.memo import BytesLRU
 from app.operator import operator_options
 from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
 from moe_core.capped import Counterfactual, counterfactual
@@ -91,10 +92,18 @@ def get_expert_study(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]
     return expert_study(_loaded.model, _loaded.tokenizer, get_trace(_loaded, model_id, texts), layer_row)
 
 
-@st.cache_data(show_spinner="Routing the text …", max_entries=64)
-def get_trace(_loaded: LoadedModel, model_id: str, texts: tuple[str, ...]) -> RoutingTrace:
-    """Cached by (model_id, texts); the model itself is not hashed (leading underscore)."""
-    return trace(_loaded.model, _loaded.tokenizer, texts, name=model_id)
+TRACE_CACHE_MB_ENV = "MOE_EXPLORER_TRACE_CACHE_MB"  # the operator's bound on cached traces (default 1024 MB)
+TRACES: BytesLRU[RoutingTrace] = BytesLRU(int(float(os.environ.get(TRACE_CACHE_MB_ENV, "1024")) * 2**20))
+
+
+def get_trace(loaded: LoadedModel, model_id: str, texts: tuple[str, ...]) -> RoutingTrace:
+    """Cached by (model_id, texts) in TRACES: one read-only object shared by every session, bounded by bytes."""
+
+    def routed() -> RoutingTrace:
+        with st.spinner("Routing the text …"):
+            return trace(loaded.model, loaded.tokenizer, texts, name=model_id)
+
+    return TRACES.get((model_id, texts), routed)
 
 
 def domain_batch() -> tuple[str, ...]:

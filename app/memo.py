@@ -1,0 +1,91 @@
+"""A process-wide cache of immutable results, bounded by bytes, shared by every session without a copy.
+
+Why not st.cache_data: it pickles a copy in and unpickles one out on every rerun (486 MiB and 0.49 s per rerun
+for a 58-layer, 256-expert, 4,096-token trace, up to 64 entries). Traces are immutable records, so every session
+can read the same object; their arrays are made read-only on the way in so that no view can change another's.
+Two sessions asking for the same key at once compute it once: the second waits for the first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import fields, is_dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+Value = TypeVar("Value")
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by the numpy arrays of a (nested) dataclass value; other fields count as nothing."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if is_dataclass(value) and not isinstance(value, type):
+        return sum(nbytes(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, tuple | list):
+        return sum(nbytes(item) for item in value)
+    return 0
+
+
+def freeze(value: Any) -> None:
+    """Make every numpy array inside `value` read-only (a shared value must not be changed by one reader)."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            freeze(getattr(value, f.name))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            freeze(item)
+
+
+class BytesLRU(Generic[Value]):
+    """Least-recently-used entries are dropped once the entries' arrays hold more than `max_bytes` (the newest
+    entry always stays, however large)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, tuple[Value, int]] = OrderedDict()
+        self._computing: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def get(self, key: Hashable, compute: Callable[[], Value]) -> Value:
+        """The cached value of `key`, computing it (once, whoever asks meanwhile) when it is missing."""
+        while True:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key][0]
+                waiting = self._computing.get(key)
+                if waiting is None:
+                    self._computing[key] = threading.Event()
+                    break
+            waiting.wait()  # another session is computing it; then look again (it may have failed)
+        try:
+            value = compute()
+            freeze(value)
+            with self._lock:
+                self._entries[key] = (value, nbytes(value))
+                self._evict()
+            return value
+        finally:
+            with self._lock:
+                self._computing.pop(key).set()
+
+    def _evict(self) -> None:
+        total = sum(size for _, size in self._entries.values())
+        while len(self._entries) > 1 and total > self.max_bytes:
+            _, (_, size) = self._entries.popitem(last=False)
+            total -= size
