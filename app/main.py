@@ -339,6 +339,9 @@ def main() -> None:
     st.set_page_config(page_title="MoE Routing Explorer", page_icon="🔀", layout="wide")
     html_block(PAGE_CSS)
     _seed_session_from_url()
+    st.title("MoE Routing Explorer")  # at once, before any model work: a first visit never sees a blank page
+    header = st.empty()
+    header.caption("Loading the model and routing the text …")
     upload = _sidebar_inputs()
     routing, model_id = _routing(upload)
     has_model = model_id is not None
@@ -348,8 +351,7 @@ def main() -> None:
     if settings.present:
         html_block(PRESENTATION_CSS)
     info = routing.model
-    st.title("MoE Routing Explorer")
-    st.caption(
+    header.caption(
         f"**{md_text(info.name)}** · {md_text(info.architecture)} · {info.num_experts} experts, top-{info.top_k} "
         f"({md_text(info.scoring)}) · {len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · "
         f"{md_text(info.device)}, {md_text(info.dtype)}" + (" · uploaded trace" if not has_model else "")

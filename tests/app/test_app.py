@@ -189,3 +189,11 @@ def test_continue_on_an_empty_text_explains_itself() -> None:
     _assert_clean(at)
     assert any("Cannot continue the text: empty text" in w.value for w in at.sidebar.warning)
     assert at.text_area(key="prompt").value == " "
+
+
+def test_title_and_status_come_before_any_model_work() -> None:
+    """The page title is drawn before the model is loaded: even when loading fails the visitor sees the app's
+    title and a clear error, never a blank page."""
+    at = run_app({"model": "no-such-org/no-such-model-here"})
+    assert at.title[0].value == "MoE Routing Explorer"
+    assert at.error and "Cannot use this model" in at.error[0].value
