@@ -120,13 +120,40 @@ def presets() -> dict[str, str]:
     }
 
 
-LAB_CACHE_ENTRIES = 4  # equal-window batches: about 8 MB each for the demo model
+LABS: BytesLRU[LabBatch] = BytesLRU(256 * 2**20)  # equal-window batches: about 8 MB each for the demo model
 
 
-@st.cache_resource(show_spinner="Routing the built-in batch of equal-length windows …", max_entries=LAB_CACHE_ENTRIES)
-def get_lab_batch(_loaded: LoadedModel, model_id: str) -> LabBatch:
-    """Traced once per process and model, shared by every session without a copy (st.cache_resource)."""
-    return trace_equal_windows(_loaded.model, _loaded.tokenizer, name=model_id)
+def get_lab_batch(loaded: LoadedModel, model_id: str) -> LabBatch:
+    """Traced once per process and model (usually ahead of time, by warm_up), shared by every session."""
+
+    def traced() -> LabBatch:
+        with st.spinner("Routing the built-in batch of equal-length windows …"):
+            return trace_equal_windows(loaded.model, loaded.tokenizer, name=model_id)
+
+    return LABS.get(model_id, traced)
+
+
+_WARMED: set[str] = set()
+_WARMED_LOCK = threading.Lock()
+
+
+def warm_up(loaded: LoadedModel, model_id: str) -> threading.Thread | None:
+    """Trace the built-in batches of `model_id` once per process, in a background thread, so that the first visit
+    to the expert load and capacity views finds them ready (tracing them then took ~20 s on 2 cores). Started
+    after a visitor's own first trace, so it never delays that visitor's first chart. None if already started."""
+    with _WARMED_LOCK:
+        if model_id in _WARMED:
+            return None
+        _WARMED.add(model_id)
+
+    def run() -> None:
+        texts = domain_batch()
+        TRACES.get((model_id, texts), lambda: trace(loaded.model, loaded.tokenizer, texts, name=model_id))
+        LABS.get(model_id, lambda: trace_equal_windows(loaded.model, loaded.tokenizer, name=model_id))
+
+    thread = threading.Thread(target=run, name=f"warm-up {model_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 COUNTERFACTUAL_ENTRIES = 16  # at 4,096 tokens and a 4096-word vocabulary about 2 MB each (no logits kept)

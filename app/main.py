@@ -30,6 +30,7 @@ from app.loading import (  # noqa: E402
     get_model,
     get_trace,
     presets,
+    warm_up,
 )
 from app.operator import operator_options  # noqa: E402
 from app.safe_text import md_code, md_text  # noqa: E402
@@ -280,7 +281,10 @@ def _routing(upload: UploadedFile | None) -> tuple[RoutingTrace, str | None]:
         st.stop()
     try:
         model_id = model_key(st.session_state.model)  # one key per model, whatever the spelling of its folder
-        return get_trace(get_model(model_id), model_id, (prompt,)), model_id
+        loaded = get_model(model_id)
+        routing = get_trace(loaded, model_id, (prompt,))
+        warm_up(loaded, model_id)  # the built-in batches, in the background, once per process
+        return routing, model_id
     except ModelLoadError as error:
         st.error(f"Cannot use this model: {md_text(error)}")
         st.stop()

@@ -64,3 +64,25 @@ def test_the_operator_sets_the_byte_bound(monkeypatch: pytest.MonkeyPatch) -> No
     assert loading.model_cache_bytes() == 2**29
     monkeypatch.setenv(loading.MODEL_CACHE_GB_ENV, "lots")
     assert loading.model_cache_bytes() == int(loading.DEFAULT_MODEL_CACHE_GB * 2**30)
+
+
+def test_warm_up_traces_the_built_in_batches_once_in_the_background(demo_tokenizer: object) -> None:
+    """After warm_up, the domain batch's trace and the equal-window batch are cached for the model, equal to
+    tracing them directly; a second call starts nothing."""
+    import numpy as np
+
+    from moe_core.batches import trace_equal_windows
+    from moe_core.capture import trace
+    from moe_core.tiny_models import build_tiny_model
+
+    loaded = type("Loaded", (), {"model": build_tiny_model("mixtral"), "tokenizer": demo_tokenizer})()
+    name = "tiny-for-warm-up"
+    thread = loading.warm_up(loaded, name)
+    assert thread is not None
+    thread.join(timeout=300)
+    assert loading.warm_up(loaded, name) is None
+    assert (name, loading.domain_batch()) in loading.TRACES and name in loading.LABS
+    cached = loading.TRACES.get((name, loading.domain_batch()), lambda: None)
+    np.testing.assert_array_equal(cached.experts, trace(loaded.model, demo_tokenizer, loading.domain_batch()).experts)
+    lab = loading.LABS.get(name, lambda: None)
+    assert lab.windows == trace_equal_windows(loaded.model, demo_tokenizer).windows
