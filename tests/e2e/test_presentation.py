@@ -5,6 +5,7 @@ Screenshots of every view at both sizes are saved under pytest's temporary folde
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -103,6 +104,9 @@ def test_downloaded_chart_is_named_after_its_settings(server: str, browser: Brow
         wait_for_charts(page)
         with page.expect_download(timeout=60_000) as download:
             page.get_by_role("button", name="Download PNG").first.click()
-        assert download.value.suggested_filename == "expert-load-top1_demo-mixtral_layer2_cf1.50_score.png"
+        # Which chart's button comes first in the page can vary while later charts are still drawing; every chart's
+        # file name must carry the same settings stamp.
+        name = download.value.suggested_filename
+        assert re.fullmatch(r"[a-z0-9-]+_demo-mixtral_layer2_cf1\.50_score\.png", name), name
     finally:
         page.close()
