@@ -117,17 +117,23 @@ def drop_curve(position: np.ndarray, slots: LayerSlots, bins: int = 32, width: i
     lost = np.bincount(bin_index, weights=slots.dropped, minlength=len(count))
     full = np.bincount(bin_index, weights=slots.fully_dropped, minlength=len(count))
     with_slots = np.bincount(bin_index, weights=has_slots, minlength=len(count))
+    return bin_frame(
+        count,
+        width,
+        slot_drop_rate=lost / np.maximum(total, 1),
+        token_drop_rate=full / np.maximum(with_slots, 1),
+        tokens=count,
+        slots=total.astype(np.int64),
+    )
+
+
+def bin_frame(count: np.ndarray, width: int, **columns: np.ndarray) -> pd.DataFrame:
+    """One row per position bin holding tokens: start, end (positions covered) and the given per-bin columns."""
     present = count > 0
     starts = np.arange(len(count)) * width
     return pd.DataFrame(
-        {
-            "start": starts[present],
-            "end": starts[present] + width - 1,
-            "slot_drop_rate": (lost / np.maximum(total, 1))[present],
-            "token_drop_rate": (full / np.maximum(with_slots, 1))[present],
-            "tokens": count[present],
-            "slots": total[present].astype(np.int64),
-        }
+        {"start": starts[present], "end": starts[present] + width - 1}
+        | {name: values[present] for name, values in columns.items()}
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from moe_core.analyses.capacity import LayerSlots, drop_curve, position_bins
+from moe_core.analyses.capacity import LayerSlots, bin_frame, drop_curve, position_bins
 from moe_core.capacity import simulate_capacity
 from moe_core.trace import RoutingTrace
 
@@ -132,16 +132,7 @@ def delta_loss_curve(position: np.ndarray, delta_loss: np.ndarray, bins: int = 3
     bin_index, width = position_bins(position, bins)
     count = np.bincount(bin_index[defined], minlength=int(bin_index.max()) + 1)
     total = np.bincount(bin_index[defined], weights=delta_loss[defined], minlength=len(count))
-    present = count > 0
-    starts = np.arange(len(count)) * width
-    return pd.DataFrame(
-        {
-            "start": starts[present],
-            "end": starts[present] + width - 1,
-            "mean_delta_loss": (total / np.maximum(count, 1))[present],
-            "tokens": count[present],
-        }
-    )
+    return bin_frame(count, width, mean_delta_loss=total / np.maximum(count, 1), tokens=count)
 
 
 def tail_cost(position: np.ndarray, sequence: np.ndarray, delta_loss: np.ndarray) -> tuple[float, float]:

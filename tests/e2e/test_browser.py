@@ -12,21 +12,9 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from app.view_registry import VIEWS
-from tests.e2e.browser import PROMPT, VIEWPORT, app_server, chromium, submit_prompt, wait_for_charts
+from tests.e2e.browser import PROMPT, VIEWPORT, submit_prompt, wait_for_charts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with app_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture
