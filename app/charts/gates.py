@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
-from app.charts.labels import EXPERT_LABEL, token_axis
+from app.charts.labels import EXPERT_LABEL, token_columns
 from app.palette import BLUES, heat_ink
 from moe_core.analyses.gates import binned_entropy
 from moe_core.routers import SUM_TO_ONE
@@ -29,12 +29,10 @@ def gate_heatmap_chart(frame: pd.DataFrame, scoring: str, total_tokens: int | No
     """Rect per (token, expert), shade = score; chosen cells carry their rank (1 = first choice) in black or
     white by the cell's shade. Token text under the columns; hovering a column outlines it."""
     shown = heat_frame(frame)
-    first, last = int(shown["token"].min()), int(shown["token"].max())
-    total = total_tokens if total_tokens is not None else last + 1
-    texts = shown.drop_duplicates("token").sort_values("token")["text"].tolist()
-    hover = alt.selection_point(name="column", fields=["token"], on="pointerover", clear="pointerout", empty=False)
+    columns = token_columns(shown, total_tokens)
+    first, last, total, hover = columns.first, columns.last, columns.total, columns.hover
     base = alt.Chart(shown).encode(
-        x=alt.X("token:O", sort="ascending", axis=token_axis(texts, first, "token")),
+        x=columns.x,
         y=alt.Y("expert:O", title="expert", axis=alt.Axis(labelExpr=EXPERT_LABEL)),
     )
     top = float(shown["prob"].max()) if len(shown) else 1.0

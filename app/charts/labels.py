@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import altair as alt
+import pandas as pd
 
 from app.safe_text import neutral_bidi, one_line
 
@@ -40,3 +42,25 @@ def token_axis(texts: Sequence[str], start: int, title: str) -> alt.Axis:
         title=title, labelExpr=token_axis_expr(texts, start), labelAngle=-90, labelAlign="right",
         labelBaseline="middle", labelFontSize=12, labelOverlap=False, labelLimit=140,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TokenColumns:
+    """A token-window chart's x axis: the window's first and last token, the tokens in the whole text, the
+    token-text axis, and the hover selection that outlines a column."""
+
+    first: int
+    last: int
+    total: int
+    x: alt.X
+    hover: alt.Parameter
+
+
+def token_columns(shown: pd.DataFrame, total_tokens: int | None) -> TokenColumns:
+    """The x axis of a chart with one column per token (columns `token`, `text`), shared by the grid and the
+    gate heatmap."""
+    first, last = int(shown["token"].min()), int(shown["token"].max())
+    texts = shown.drop_duplicates("token").sort_values("token")["text"].tolist()
+    hover = alt.selection_point(name="column", fields=["token"], on="pointerover", clear="pointerout", empty=False)
+    x = alt.X("token:O", sort="ascending", axis=token_axis(texts, first, "token"))
+    return TokenColumns(first, last, total_tokens if total_tokens is not None else last + 1, x, hover)

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
-from app.charts.labels import token_axis
+from app.charts.labels import token_columns
 from app.palette import expert_colors, text_color_on
 
 DOUBT_DOT_PX = 9  # diameter of the dot in a cell whose top-1 weight is 0 (the router put nothing on its pick)
@@ -36,12 +36,10 @@ def token_layer_grid_chart(
     Token text under the columns; hovering a column outlines it. `total_tokens` states the window."""
     floor = 1 / top_k if top_k > 1 else 0.0
     shown = grid_frame(grid, num_experts)
-    first, last = int(shown["token"].min()), int(shown["token"].max())
-    total = total_tokens if total_tokens is not None else last + 1
-    texts = shown.drop_duplicates("token").sort_values("token")["text"].tolist()
-    hover = alt.selection_point(name="column", fields=["token"], on="pointerover", clear="pointerout", empty=False)
+    columns = token_columns(shown, total_tokens)
+    first, last, total, hover = columns.first, columns.last, columns.total, columns.hover
     base = alt.Chart(shown).encode(
-        x=alt.X("token:O", sort="ascending", axis=token_axis(texts, first, "token")),
+        x=columns.x,
         y=alt.Y("layer:O", title="MoE layer", sort="descending"),
         tooltip=[
             alt.Tooltip("token:O", title="token #"),
