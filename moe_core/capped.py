@@ -37,7 +37,16 @@ from moe_core.capacity import (
     kept_slots,
     top1_probability,
 )
-from moe_core.capture import TokenizedBatch, _first_tensor, tokenize_texts, trace_batch
+from moe_core.capture import (
+    CHOICE_READERS,
+    INDEX_NAMES,
+    WEIGHT_NAMES,
+    TokenizedBatch,
+    _first_tensor,
+    experts_call_tensors,
+    tokenize_texts,
+    trace_batch,
+)
 from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
@@ -213,22 +222,12 @@ Rule = Callable[[LayerInput], LayerDecision]  # one layer's routing -> what its 
 RouteK = tuple[Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], int]  # (top-k' routing, k')
 
 
-_INDEX_NAMES, _WEIGHT_NAMES = ("top_k_index", "selected_experts"), ("top_k_weights", "routing_weights")
-
-
-def _read_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    values = [*args[1:3], *(kwargs[n] for n in (*_INDEX_NAMES, *_WEIGHT_NAMES) if n in kwargs)]
-    if len(values) < 2:
-        raise CappedUnsupported("the experts module was not called as experts(hidden, index, weights)")
-    return values[0], values[1]
-
-
 def _write_call(
     args: tuple[Any, ...], kwargs: dict[str, Any], index: torch.Tensor, weights: torch.Tensor
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The same call with index and weights replaced, each where it was passed (positionally or by name)."""
     args, kwargs = list(args), dict(kwargs)
-    for value, names, position in ((index, _INDEX_NAMES, 1), (weights, _WEIGHT_NAMES, 2)):
+    for value, names, position in ((index, INDEX_NAMES, 1), (weights, WEIGHT_NAMES, 2)):
         name = next((n for n in names if n in kwargs), None)
         if name is not None:
             kwargs[name] = value
@@ -250,12 +249,14 @@ def _capping_hooks(
     blocks: Sequence[MoeBlock],
     logits_index: int,
     scoring: str,
-    one_hot: bool,
+    choice: str,
     state: _PassState,
     rule: Rule,
     route_k: RouteK | None,
     out: list[CappedLayer],
 ) -> list[Hook]:
+    """`choice` is a key of capture.CHOICE_READERS (one of CAPPABLE_CHOICES): how the experts' call is read."""
+    read_choice, one_hot = CHOICE_READERS[choice][1], choice == "one_hot_call"
     hooks: list[Hook] = []
     for block in blocks:
         seen: dict[str, torch.Tensor] = {}
@@ -268,18 +269,14 @@ def _capping_hooks(
             _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], seen: dict = seen,
             block: MoeBlock = block,
         ) -> tuple[tuple[Any, ...], dict[str, Any]]:  # fmt: skip
-            index, weights = _read_call(args, kwargs)
+            index, weights = experts_call_tensors(args, kwargs)
             device, dtype = weights.device, weights.dtype
             real = state.real.to(index.device)
             logits = seen.pop("logits").float()
             probs = SCORINGS[scoring](logits)[real.to(logits.device)].cpu().numpy().astype(np.float64)
-            if one_hot:  # Switch: [N, 1, E] one-hot, an all-zero row is the model's own drop
-                flat = index.reshape(-1, index.shape[-1])
-                chosen = torch.where(flat.any(dim=-1), flat.argmax(dim=-1), DROPPED)[:, None]
-            else:
-                chosen = index.reshape(-1, index.shape[-1])
+            chosen, flat_weights = read_choice(block, args, kwargs)  # capture's reader: Switch drops read as DROPPED
             chosen_np = chosen[real].cpu().numpy().astype(np.int64)
-            weights_np = weights.reshape(chosen.shape[0], -1)[real].float().cpu().numpy().astype(np.float64)
+            weights_np = flat_weights[real].float().cpu().numpy().astype(np.float64)
             if route_k is not None:
                 route, new_k = route_k
                 chosen_np, weights_np = route(probs, new_k)
@@ -301,7 +298,7 @@ def _rewritten(
     """The experts' call with the decision's index and weights on the real rows. Padding rows keep what the
     model gave them where the slot count is unchanged (so the experts see the very same batch when nothing is
     dropped), and get no expert otherwise."""
-    _, weights = _read_call(args, kwargs)
+    _, weights = experts_call_tensors(args, kwargs)
     rows, width = real.shape[0], decision.experts.shape[1]
     same_width = width == weights.reshape(rows, -1).shape[1]
     kept = torch.from_numpy(decision.kept).to(device)
@@ -451,8 +448,7 @@ def run_capped(
     adapter = adapter_for(model.config.model_type)
     layers: list[CappedLayer] = []
     state = _groups(tokenized.batch, group)
-    one_hot = adapter.choice == "one_hot_call"
-    hooks = _capping_hooks(blocks, logits_index, adapter.scoring, one_hot, state, rule, route_k, layers)
+    hooks = _capping_hooks(blocks, logits_index, adapter.scoring, adapter.choice, state, rule, route_k, layers)
     with hooks_active(hooks):
         logits = lm_forward(model, tokenized.batch)
     if len(layers) != len(blocks):

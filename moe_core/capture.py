@@ -38,18 +38,26 @@ def _first_tensor(output: Any, index: int) -> torch.Tensor:
 Choice = tuple[torch.Tensor, torch.Tensor]  # (expert indices [T, k], combine weights [T, k])
 
 
-def _experts_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
-    """experts(hidden, top_k_index, top_k_weights): read the two tensors as passed."""
-    values = [*args[1:3], *(kwargs[name] for name in ("top_k_index", "top_k_weights") if name in kwargs)]
+INDEX_NAMES, WEIGHT_NAMES = ("top_k_index", "selected_experts"), ("top_k_weights", "routing_weights")
+
+
+def experts_call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, weights) exactly as handed to experts(hidden, index, weights), positionally or by name."""
+    values = [*args[1:3], *(kwargs[name] for name in (*INDEX_NAMES, *WEIGHT_NAMES) if name in kwargs)]
     if len(values) < 2:
         raise RuntimeError("the experts module was not called as experts(hidden, top_k_index, top_k_weights)")
-    index, weights = values[0], values[1]
+    return values[0], values[1]
+
+
+def _experts_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
+    """experts(hidden, top_k_index, top_k_weights): read the two tensors as passed."""
+    index, weights = experts_call_tensors(args, kwargs)
     return index.reshape(-1, index.shape[-1]), weights.reshape(-1, weights.shape[-1])
 
 
 def _one_hot_call(block: MoeBlock, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Choice:
     """experts(hidden, one-hot [T, 1, E], weights [T, 1]) (Switch): an all-zero row is a capacity drop."""
-    one_hot, weights = args[1], args[2]
+    one_hot, weights = experts_call_tensors(args, kwargs)
     mask = one_hot.reshape(-1, one_hot.shape[-1])
     index = torch.where(mask.any(dim=-1), mask.argmax(dim=-1), DROPPED)
     return index[:, None], weights.reshape(-1, 1)

@@ -137,7 +137,8 @@ def _progress(stage: str, fraction: float) -> None:
 
 
 def _rates(values: Any) -> list[float | None]:
-    """Rates for JSON: rounded, and null where undefined (a position with no slots), never NaN."""
+    """Numbers for JSON: rounded, and null where undefined (a position with no slots, a text's last token), never
+    NaN."""
     return [None if math.isnan(v) else round(float(v), 6) for v in values]
 
 
@@ -159,11 +160,6 @@ def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str)
         ],
         "drop_rate_by_position": _rates(result.drop_rate_by_position.mean(axis=0)),
     }
-
-
-def _values(values: Any) -> list[float | None]:
-    """Per-token costs for JSON: rounded, null where undefined (a sequence's last token)."""
-    return [None if math.isnan(v) else round(float(v), 6) for v in values]
 
 
 def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
@@ -199,15 +195,15 @@ def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
             }
             for i in range(len(tokens))
         ],
-        "plain": {"loss": _values(result.plain_loss)},
-        "capped": {"loss": _values(result.capped_loss), "layers": layers},
-        "delta_loss": _values(result.delta_loss),
-        "kl": _values(result.kl),
+        "plain": {"loss": _rates(result.plain_loss)},
+        "capped": {"loss": _rates(result.capped_loss), "layers": layers},
+        "delta_loss": _rates(result.delta_loss),
+        "kl": _rates(result.kl),
         "top1_changed": [None if c < 0 else bool(c) for c in result.top1_changed.tolist()],
         "summary": {
-            "mean_delta_loss": _values([result.mean_delta_loss])[0],
-            "dropped_slot_rate": _values([result.dropped_slot_rate])[0],
-            "fully_dropped_token_rate": _values([result.fully_dropped_token_rate])[0],
+            "mean_delta_loss": _rates([result.mean_delta_loss])[0],
+            "dropped_slot_rate": _rates([result.dropped_slot_rate])[0],
+            "fully_dropped_token_rate": _rates([result.fully_dropped_token_rate])[0],
         },
     }
 
