@@ -10,7 +10,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +73,41 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
 
 
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its arguments and what it prints. New commands are one entry in COMMANDS."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m moe_core", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    trace_parser = commands.add_parser("trace", help="print or save the routing of every token")
-    _model_arguments(trace_parser)
-    trace_parser.add_argument("--out", type=Path, help="write the trace to FILE.json or FILE.parquet instead")
-    capacity_parser = commands.add_parser("capacity", help="simulate expert capacity and drops")
-    _model_arguments(capacity_parser)
-    capacity_parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
-    capacity_parser.add_argument("--policy", choices=POLICIES, default="position")
-    capacity_parser.add_argument("--group", choices=GROUPS, default="sequence")
-    counterfactual_parser = commands.add_parser(
-        "counterfactual", help="run the model capacity-bound and print what the drops cost per token"
-    )
-    _model_arguments(counterfactual_parser)
-    counterfactual_parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
-    counterfactual_parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
-    counterfactual_parser.add_argument("--group", choices=GROUPS, default="sequence")
-    counterfactual_parser.add_argument("--top-k", type=_positive_int, default=None, help="what-if: k experts per token")
-    commands.add_parser("architectures", help="check capture on a tiny model of every MoE family (Markdown table)")
+    for name, command in COMMANDS.items():
+        command.arguments(commands.add_parser(name, help=command.help))
     return parser
+
+
+def _trace_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--out", type=Path, help="write the trace to FILE.json or FILE.parquet instead")
+
+
+def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    parser.add_argument("--policy", choices=POLICIES, default="position")
+    parser.add_argument("--group", choices=GROUPS, default="sequence")
+
+
+def _counterfactual_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
+    parser.add_argument("--group", choices=GROUPS, default="sequence")
+    parser.add_argument("--top-k", type=_positive_int, default=None, help="what-if: k experts per token")
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
@@ -219,30 +234,53 @@ def _counterfactual(args: argparse.Namespace) -> dict[str, Any]:
     return counterfactual_json(result)
 
 
-def run(args: argparse.Namespace) -> None:
-    if args.command == "architectures":
-        from transformers import AutoTokenizer
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout)
+    print()
 
-        from moe_core.models import BUNDLED_MODELS
-        from moe_core.verification import support_table, verify_all
 
-        print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))
-        return
-    if args.command == "counterfactual":
-        json.dump(_counterfactual(args), sys.stdout)
-        print()
-        return
+def _run_trace(args: argparse.Namespace) -> None:
     routing = _trace(args)
-    if args.command == "trace":
-        if args.out is not None:
-            save_trace(routing, args.out)
-            print(f"wrote {args.out}", file=sys.stderr)
-        else:
-            json.dump(to_json_dict(routing), sys.stdout)
-            print()
-    else:
-        json.dump(capacity_json(routing, args.capacity_factor, args.policy, args.group), sys.stdout)
-        print()
+    if args.out is None:
+        print_json(to_json_dict(routing))
+        return
+    save_trace(routing, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _run_capacity(args: argparse.Namespace) -> None:
+    print_json(capacity_json(_trace(args), args.capacity_factor, args.policy, args.group))
+
+
+def _run_architectures(_args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from moe_core.models import BUNDLED_MODELS
+    from moe_core.verification import support_table, verify_all
+
+    print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))
+
+
+def _no_arguments(_parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+COMMANDS: dict[str, Command] = {
+    "trace": Command("print or save the routing of every token", _trace_arguments, _run_trace),
+    "capacity": Command("simulate expert capacity and drops", _capacity_arguments, _run_capacity),
+    "counterfactual": Command(
+        "run the model capacity-bound and print what the drops cost per token",
+        _counterfactual_arguments,
+        lambda args: print_json(_counterfactual(args)),
+    ),
+    "architectures": Command(
+        "check capture on a tiny model of every MoE family (Markdown table)", _no_arguments, _run_architectures
+    ),
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    COMMANDS[args.command].run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
