@@ -119,7 +119,7 @@ def simulate_capacity(
     top_k = experts.shape[2]
     group_index, group_sizes = _groups(trace, group)
     group_capacity = _group_capacities(capacity_factor, top_k, group_sizes, trace.model.num_experts, min_capacity)
-    order = SERVING_ORDERS[policy](top1_probability(trace.probs))
+    order = SERVING_ORDERS[policy](serving_priority(trace, policy))
     kept, per_key = kept_slots(experts, order, group_index, group_capacity, trace.model.num_experts)
     demand = per_key.sum(axis=1)
     fill = np.minimum(per_key, group_capacity[:, None]).sum(axis=1)
@@ -201,7 +201,8 @@ def simulate_capacity_reference(
     num_layers, num_tokens, top_k = trace.experts.shape
     num_experts = trace.model.num_experts
     experts = trace.experts.tolist()
-    top1 = [[math.nan if not p or any(map(math.isnan, p)) else max(p) for p in layer] for layer in trace.probs.tolist()]
+    probs = trace.probs.tolist() if policy in POLICY_NEEDS_SCORES else [[[]] * num_tokens] * num_layers
+    top1 = [[math.nan if not p or any(map(math.isnan, p)) else max(p) for p in layer] for layer in probs]
     sequence = trace.tokens.sequence.tolist()
     position = trace.tokens.position.tolist()
 
@@ -401,6 +402,15 @@ def top1_probability(probs: np.ndarray) -> np.ndarray:
     return probs.max(axis=-1) if probs.shape[-1] else np.full(probs.shape[:-1], np.nan)
 
 
+def serving_priority(trace: RoutingTrace, policy: str) -> np.ndarray:
+    """[L, T] what the serving order of `policy` ranks by: the raw top-1 probability where the policy reads scores,
+    zeros where it reads only positions (so a trace without scores still runs the position policy)."""
+    if policy not in POLICY_NEEDS_SCORES:
+        return np.zeros(trace.experts.shape[:2])
+    trace.require("probs", needed_by=f"the {policy} policy")
+    return top1_probability(trace.probs)
+
+
 def score_order(priority: np.ndarray) -> np.ndarray:
     """[L, T] the tokens of each layer by priority, highest first, ties by position, NaN last (with -inf).
 
@@ -430,6 +440,7 @@ SERVING_ORDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "score": score_order,  # batch-prioritized routing (V-MoE, Riquelme et al. 2021)
     "reversed": reversed_order,  # control curve
 }
+POLICY_NEEDS_SCORES = frozenset({"score"})  # the orders that read the router's scores (a compact trace may lack them)
 POLICIES = ("position", "score")  # the real policies a visitor picks; "reversed" is a control
 EXPERT_CHOICE = "expert-choice"
 FORWARD_POLICIES = (*POLICIES, EXPERT_CHOICE)  # the capacity-bound forward also runs expert-choice routing
@@ -494,6 +505,8 @@ def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: s
         raise ValueError(f"policy must be one of {', '.join(SERVING_ORDERS)}; got {policy!r}{hint}")
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+    if policy in POLICY_NEEDS_SCORES:
+        trace.require("probs", needed_by=f"the {policy} policy")
     experts = np.asarray(trace.experts)
     if not np.issubdtype(experts.dtype, np.integer):
         raise ValueError(f"trace.experts must hold integers, got dtype {experts.dtype}")

@@ -50,23 +50,43 @@ class Tokens:
         return len(self.ids)
 
 
+OPTIONAL_ARRAYS = {  # optional array -> what a reader calls it
+    "logits": "router logits",
+    "probs": "router scores",
+    "weights": "gate weights",
+}
+
+
+class MissingRouting(ValueError):
+    """An analysis needs an array this (compact) trace does not hold."""
+
+
+def needs_sentence(absent: tuple[str, ...], needed_by: str) -> str:
+    """'this trace has no router scores: the gate view needs them' (one sentence, the same everywhere)."""
+    what = " or ".join(OPTIONAL_ARRAYS[name] for name in absent)
+    return f"this trace has no {what}: {needed_by} needs them"
+
+
 @dataclass(frozen=True)
 class RoutingTrace:
     """Routing of every token at every MoE layer, as the model computed it.
 
-    logits  [L, T, E] float: the router's raw scores
-    probs   [L, T, E] float: the model's own scoring of them (softmax, sigmoid, ...)
+    logits  [L, T, E] float: the router's raw scores                                           (optional)
+    probs   [L, T, E] float: the model's own scoring of them (softmax, sigmoid, ...)           (optional)
     experts [L, T, k] int:   the experts each token was actually sent to (DROPPED where the model dropped it)
-    weights [L, T, k] float: the combine weights actually applied to those experts' outputs
+    weights [L, T, k] float: the combine weights actually applied to those experts' outputs    (optional)
+
+    A *compact* trace lacks some of the optional arrays: engine dumps carry expert ids only, large traces may keep
+    experts and weights without the [L, T, E] scores. Readers call `require` and say what they need.
     """
 
     model: ModelInfo
     texts: tuple[str, ...]
     tokens: Tokens
-    logits: np.ndarray
-    probs: np.ndarray
+    logits: np.ndarray | None
+    probs: np.ndarray | None
     experts: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     truncated: tuple[bool, ...] = field(default=())  # per text: was it cut to the context length?
 
     def __post_init__(self) -> None:
@@ -77,9 +97,24 @@ class RoutingTrace:
             "experts": (num_layers, num_tokens, self.model.top_k),
             "weights": (num_layers, num_tokens, self.model.top_k),
         }
+        if self.experts is None:
+            raise ValueError("RoutingTrace.experts is required")
         for name, shape in expected.items():
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"RoutingTrace.{name} has shape {getattr(self, name).shape}, expected {shape}")
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"RoutingTrace.{name} has shape {value.shape}, expected {shape}")
+
+    def has(self, name: str) -> bool:
+        """Whether the optional array `name` ("logits", "probs", "weights") is in this trace."""
+        return getattr(self, name) is not None
+
+    def missing(self, *names: str) -> tuple[str, ...]:
+        return tuple(name for name in names if not self.has(name))
+
+    def require(self, *names: str, needed_by: str) -> None:
+        """Raise MissingRouting, in one sentence a reader can act on, if any of `names` is absent."""
+        if absent := self.missing(*names):
+            raise MissingRouting(needs_sentence(absent, needed_by))
 
     @property
     def num_sequences(self) -> int:
@@ -93,3 +128,9 @@ class RoutingTrace:
             raise ValueError(
                 f"layer {model_layer} is not an MoE layer; MoE layers are {list(self.model.moe_layers)}"
             ) from None
+
+
+def gate_weights(trace: RoutingTrace) -> np.ndarray:
+    """[L, T, k] the combine weights, NaN where the trace has none (an engine dump): readers that only shade or
+    label by weight then show "unknown" rather than a made-up value."""
+    return trace.weights if trace.weights is not None else np.full(trace.experts.shape, np.nan)

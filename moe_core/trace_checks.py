@@ -118,9 +118,12 @@ def widths(model: ModelInfo) -> dict[str, int]:
     return {"logits": model.num_experts, "probs": model.num_experts, "experts": model.top_k, "weights": model.top_k}
 
 
-def check_budget(model: ModelInfo, num_tokens: int) -> None:
+ARRAYS = ("logits", "probs", "experts", "weights")  # every routing array, in file order; only experts is required
+
+
+def check_budget(model: ModelInfo, num_tokens: int, arrays: Sequence[str] = ARRAYS) -> None:
     """Refuse a trace whose arrays would be larger than any trace under the size limit (before allocating)."""
-    values = len(model.moe_layers) * num_tokens * 2 * (model.num_experts + model.top_k)
+    values = len(model.moe_layers) * num_tokens * sum(widths(model)[name] for name in arrays)
     if values > MAX_TRACE_VALUES:
         raise TraceFormatError(
             f"the trace holds {values:,} routing numbers; at most {MAX_TRACE_VALUES:,} are allowed (shorter texts)"
@@ -188,7 +191,11 @@ def check_tokens(tokens: Tokens, texts: tuple[str, ...]) -> None:
 
 
 def check_routing(model: ModelInfo, arrays: dict[str, np.ndarray]) -> None:
-    """Experts in [DROPPED, E); probs and weights finite; logits may be ±inf (a masked router) but not NaN."""
+    """Experts in [DROPPED, E); probs and weights finite; logits may be ±inf (a masked router) but not NaN.
+
+    `arrays` holds experts and any of the optional arrays (a compact trace lacks the others)."""
+    if "experts" not in arrays:
+        raise TraceFormatError("the trace has no experts: every trace needs the experts each token went to")
     experts = arrays["experts"]
     outside = (experts < DROPPED) | (experts >= model.num_experts)
     if outside.any():
@@ -197,9 +204,9 @@ def check_routing(model: ModelInfo, arrays: dict[str, np.ndarray]) -> None:
             f"expert index {bad} is outside 0 to {model.num_experts - 1} (or {DROPPED} for a dropped slot)"
         )
     for name in ("probs", "weights"):
-        if not np.isfinite(arrays[name]).all():
+        if name in arrays and not np.isfinite(arrays[name]).all():
             raise TraceFormatError(f"the trace's {name} contain NaN or infinity")
-    if np.isnan(arrays["logits"]).any():
+    if "logits" in arrays and np.isnan(arrays["logits"]).any():
         raise TraceFormatError("the trace's logits contain NaN")
 
 
@@ -210,6 +217,6 @@ def build(
     check_tokens(tokens, texts)
     check_routing(model, arrays)
     try:
-        return RoutingTrace(model, texts, tokens, truncated=truncated, **arrays)
+        return RoutingTrace(model, texts, tokens, truncated=truncated, **{name: arrays.get(name) for name in ARRAYS})
     except ValueError as error:
         raise TraceFormatError(str(error)) from error

@@ -2,13 +2,18 @@
 
 Both round-trip exactly what the app needs, so a trace recorded on a GPU server can be viewed anywhere.
 Loading validates everything and raises TraceFormatError with a plain message, never a traceback.
+
+Compact traces: the optional arrays (logits, probs, weights) are `null` in JSON and absent columns in Parquet.
+Parquet rows are placed by their `layer` and `token` columns (any row order reads the same), and a reader may
+select only the arrays it needs (`arrays=`), which reads only those columns.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ import pyarrow.parquet as pq
 
 from moe_core.trace import ModelInfo, RoutingTrace, Tokens
 from moe_core.trace_checks import (
+    ARRAYS,
     FORMAT_VERSION,
     INT64_MAX,
     MAX_TRACE_BYTES,
@@ -36,14 +42,17 @@ from moe_core.trace_checks import (
 
 __all__ = ["MAX_TRACE_BYTES", "MAX_TRACE_MB", "TraceFormatError", "load_trace", "load_trace_bytes", "save_trace"]
 
+OPTIONAL = tuple(name for name in ARRAYS if name != "experts")
+
 _METADATA_KEY = b"moe_routing_trace"
 MAX_PARQUET_DECODED_BYTES = 512 * 2**20  # a Parquet trace's pages, decompressed: refused above this before reading
-PARQUET_COLUMNS = {  # column -> what its values must be
+PARQUET_COLUMNS = {  # column -> what its values must be; the optional arrays may be absent (a compact trace)
     **dict.fromkeys(("layer", "token", "id", "sequence", "position", "start", "end"), "int"),
     "text": "string",
     **dict.fromkeys(("logits", "probs", "weights"), "number list"),
     "experts": "int list",
 }
+TOKEN_COLUMNS = ("id", "sequence", "position", "start", "end")
 
 
 def model_json(model: ModelInfo) -> dict[str, Any]:
@@ -80,14 +89,19 @@ def to_json_dict(routing: RoutingTrace) -> dict[str, Any]:
         "layers": [
             {
                 "layer": layer,
-                "logits": routing.logits[row].round(6).tolist(),
-                "probs": routing.probs[row].round(6).tolist(),
-                "experts": routing.experts[row].tolist(),
-                "weights": routing.weights[row].round(6).tolist(),
+                **{name: _json_rows(getattr(routing, name), row) for name in ARRAYS},
             }
             for row, layer in enumerate(routing.model.moe_layers)
         ],
     }
+
+
+def _json_rows(array: np.ndarray | None, row: int) -> list | None:
+    """One layer of an array as nested lists (floats rounded to 6 places); None (JSON null) where absent."""
+    if array is None:
+        return None
+    values = array[row]
+    return (values if np.issubdtype(values.dtype, np.integer) else values.astype(np.float64).round(6)).tolist()
 
 
 def _json_tokens(raw: Any) -> Tokens:
@@ -125,11 +139,14 @@ def _json_arrays(raw: Any, model: ModelInfo, num_tokens: int) -> dict[str, np.nd
         if whole(layer.get("layer"), f"layers[{row}].layer", 0) != model.moe_layers[row]:
             raise TraceFormatError(f"layers[{row}] is layer {layer['layer']}, but model.moe_layers[{row}] is "
                                    f"{model.moe_layers[row]}")  # fmt: skip
-        missing = [name for name in ("logits", "probs", "experts", "weights") if name not in layer]
-        if missing:
-            raise TraceFormatError(f"layers[{row}] lacks {', '.join(repr(m) for m in missing)}")
-    check_budget(model, num_tokens)
-    shapes = {name: (num_layers, num_tokens, width) for name, width in widths(model).items()}
+        if layer.get("experts") is None:
+            raise TraceFormatError(f"layers[{row}] lacks 'experts'")
+    present = ["experts", *(name for name in OPTIONAL if raw[0].get(name) is not None)]
+    mixed = [name for name in OPTIONAL if len({layer.get(name) is None for layer in raw}) > 1]
+    if mixed:
+        raise TraceFormatError(f"{mixed[0]!r} must be given for every layer or for none")
+    check_budget(model, num_tokens, present)
+    shapes = {name: (num_layers, num_tokens, widths(model)[name]) for name in present}
     return {
         name: nested_array([layer[name] for layer in raw], shape, f"layers' {name}", integer=name == "experts")
         for name, shape in shapes.items()
@@ -143,8 +160,9 @@ def from_json_dict(data: Any) -> RoutingTrace:
     return build(model, texts, truncated, tokens, _json_arrays(data.get("layers"), model, len(tokens)))
 
 
-def to_parquet_bytes(routing: RoutingTrace) -> bytes:
-    """One row per (layer, token); the model and texts ride in the schema metadata."""
+def to_parquet_bytes(routing: RoutingTrace, scores_dtype: type = np.float32) -> bytes:
+    """One row per (layer, token); the model and texts ride in the schema metadata. Absent arrays get no column;
+    `scores_dtype=np.float16` halves logits and probs (a compact trace for large E)."""
     num_layers, num_tokens = routing.experts.shape[:2]
     tokens = routing.tokens
 
@@ -165,10 +183,11 @@ def to_parquet_bytes(routing: RoutingTrace) -> bytes:
             "position": per_token(tokens.position),
             "start": per_token(tokens.offsets[:, 0]),
             "end": per_token(tokens.offsets[:, 1]),
-            "logits": list_column(routing.logits),
-            "probs": list_column(routing.probs),
-            "experts": list_column(routing.experts),
-            "weights": list_column(routing.weights),
+            **{
+                name: list_column(array if name in ("experts", "weights") else array.astype(scores_dtype))
+                for name in ARRAYS
+                if (array := getattr(routing, name)) is not None
+            },
         }
     )
     table = table.replace_schema_metadata({_METADATA_KEY: json.dumps(_header(routing)).encode()})
@@ -198,19 +217,25 @@ def _kind_of(kind: str, type_: pa.DataType) -> bool:
     return pa.types.is_integer(value) or (kind == "number list" and pa.types.is_floating(value))
 
 
-def _check_parquet_layout(file: pq.ParquetFile, model: ModelInfo) -> int:
+def _check_parquet_layout(file: pq.ParquetFile, model: ModelInfo, arrays: Sequence[str]) -> int:
     """Columns and their types, and sizes from the file's metadata (before reading): returns T."""
     schema, meta = file.schema_arrow, file.metadata
-    wrong = [name for name, kind in PARQUET_COLUMNS.items()
-             if schema.get_field_index(name) < 0 or not _kind_of(kind, schema.field(name).type)]  # fmt: skip
+
+    def fits(name: str, kind: str) -> bool:
+        if schema.get_field_index(name) < 0:
+            return name in OPTIONAL
+        return _kind_of(kind, schema.field(name).type)
+
+    wrong = [name for name, kind in PARQUET_COLUMNS.items() if not fits(name, kind)]
     if wrong:
         raise TraceFormatError(f"the Parquet trace's columns do not match: {', '.join(wrong)} missing or mistyped")
     num_layers = len(model.moe_layers)
     if meta.num_rows == 0 or meta.num_rows % num_layers:
         raise TraceFormatError(f"the Parquet trace has {meta.num_rows} rows, not one per MoE layer and token")
     num_tokens = meta.num_rows // num_layers
-    check_budget(model, num_tokens)
-    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    check_budget(model, num_tokens, arrays)
+    read = [schema.get_field_index(name) for name in _columns(arrays)]
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in read]
     if sum(chunk.total_uncompressed_size for chunk in chunks) > MAX_PARQUET_DECODED_BYTES:
         raise TraceFormatError(f"the Parquet trace unpacks to over {MAX_PARQUET_DECODED_BYTES // 2**20} MB")
     if max(chunk.num_values for chunk in chunks) > MAX_TRACE_VALUES:
@@ -236,63 +261,97 @@ def _texts(column: pa.Array) -> tuple[str, ...]:
     return tuple(column.to_pylist())
 
 
-def _list_values(column: pa.Array, shape: tuple[int, int, int], what: str) -> np.ndarray:
+def _list_values(column: pa.Array, shape: tuple[int, int], what: str) -> np.ndarray:
+    """[rows, width] from a list column, every list of exactly `width` values."""
+    width = shape[1]
     if not pa.types.is_fixed_size_list(column.type):
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        if (lengths != shape[2]).any():
-            raise TraceFormatError(f"every {what} list must hold {shape[2]} values")
+        if (lengths != width).any():
+            raise TraceFormatError(f"every {what} list must hold {width} values")
     values = column.flatten()
     if values.null_count or len(values) != np.prod(shape):
-        raise TraceFormatError(f"the Parquet trace's {what} must be {shape[2]} values per row, none missing")
+        raise TraceFormatError(f"the Parquet trace's {what} must be {width} values per row, none missing")
     return values.to_numpy(zero_copy_only=False).reshape(shape)
 
 
-def from_parquet_bytes(data: bytes) -> RoutingTrace:
-    """Inverse of to_parquet_bytes: header and layout checked from the metadata before the data is read."""
+def _columns(arrays: Sequence[str]) -> list[str]:
+    """The Parquet columns read for `arrays`: the token columns, then the arrays asked for."""
+    return [name for name in PARQUET_COLUMNS if PARQUET_COLUMNS[name] in ("int", "string") or name in arrays]
+
+
+def _present_arrays(file: pq.ParquetFile, wanted: Sequence[str] | None) -> list[str]:
+    """The arrays to read: experts always, and the optional ones the file has and the caller wants."""
+    names = set(file.schema_arrow.names)
+    return ["experts", *(name for name in OPTIONAL if name in names and (wanted is None or name in wanted))]
+
+
+def _row_places(ints: dict[str, np.ndarray], model: ModelInfo, num_tokens: int) -> np.ndarray:
+    """Each row's place in layer-major order, from its `layer` and `token` columns (not from row order); every
+    (layer, token) must occur exactly once."""
+    layer_row = np.searchsorted(np.asarray(model.moe_layers), ints["layer"])
+    known = (layer_row < len(model.moe_layers)) & (
+        np.asarray(model.moe_layers)[np.minimum(layer_row, len(model.moe_layers) - 1)] == ints["layer"]
+    )
+    if not known.all():
+        raise TraceFormatError(f"the Parquet trace has a row for layer {ints['layer'][~known][0]}, not an MoE layer")
+    if (ints["token"] < 0).any() or (ints["token"] >= num_tokens).any():
+        raise TraceFormatError(f"the Parquet trace's token column must run from 0 to {num_tokens - 1}")
+    places = layer_row * num_tokens + ints["token"]
+    if np.bincount(places, minlength=len(places)).max() > 1:
+        raise TraceFormatError("the Parquet trace has two rows for one layer and token")
+    return places
+
+
+def from_parquet_bytes(data: bytes, arrays: Sequence[str] | None = None) -> RoutingTrace:
+    """Inverse of to_parquet_bytes: header and layout checked from the metadata before the data is read.
+
+    `arrays`: the optional arrays to read (None: all the file has); the others are not read at all."""
     file, header = _parquet_file(data)
     model, texts, truncated = header_parts(header)
-    num_tokens = _check_parquet_layout(file, model)
+    present = _present_arrays(file, arrays)
+    num_tokens = _check_parquet_layout(file, model, present)
     num_layers = len(model.moe_layers)
     try:
-        table = file.read()
-        columns = {name: table.column(name).combine_chunks() for name in PARQUET_COLUMNS}
+        table = file.read(columns=_columns(present))
+        columns = {name: table.column(name).combine_chunks() for name in table.column_names}
     except (pa.ArrowException, OSError) as error:
         raise TraceFormatError(f"the Parquet trace cannot be read ({type(error).__name__})") from None
     if any(column.null_count for column in columns.values()):
         raise TraceFormatError("the Parquet trace has missing values")
-    ints = {name: _int_values(columns[name], f"column {name}").reshape(num_layers, num_tokens)
-            for name, kind in PARQUET_COLUMNS.items() if kind == "int"}  # fmt: skip
-    layout = {"layer": np.repeat(np.asarray(model.moe_layers)[:, None], num_tokens, 1), "token": np.arange(num_tokens)}
-    if any(not (ints[name] == expected).all() for name, expected in layout.items()):
-        raise TraceFormatError("the Parquet trace's rows must run over the tokens of each MoE layer in turn")
-    if any((ints[name] != ints[name][0]).any() for name in ("id", "sequence", "position", "start", "end")):
-        raise TraceFormatError("the Parquet trace's token columns differ between layers")
-    tokens = Tokens(
-        ids=ints["id"][0],
-        text=_texts(columns["text"].slice(0, num_tokens)),
-        offsets=np.stack([ints["start"][0], ints["end"][0]], axis=1),
-        sequence=ints["sequence"][0],
-        position=ints["position"][0],
-    )
-    arrays = {
-        name: _list_values(columns[name], (num_layers, num_tokens, width), name).astype(
-            np.int64 if name == "experts" else np.float32
-        )
-        for name, width in widths(model).items()
+    ints = {
+        name: _int_values(columns[name], f"column {name}") for name, kind in PARQUET_COLUMNS.items() if kind == "int"
     }
-    return build(model, texts, truncated, tokens, arrays)
+    order = np.argsort(_row_places(ints, model, num_tokens))  # row of each place
+    per_place = {name: values[order].reshape(num_layers, num_tokens) for name, values in ints.items()}
+    if any((per_place[name] != per_place[name][0]).any() for name in TOKEN_COLUMNS):
+        raise TraceFormatError("the Parquet trace's token columns differ between layers")
+    first_layer = order[:num_tokens]
+    tokens = Tokens(
+        ids=per_place["id"][0],
+        text=_texts(columns["text"].take(pa.array(first_layer))),
+        offsets=np.stack([per_place["start"][0], per_place["end"][0]], axis=1),
+        sequence=per_place["sequence"][0],
+        position=per_place["position"][0],
+    )
+    routing = {
+        name: _list_values(columns[name], (num_layers * num_tokens, widths(model)[name]), name)[order]
+        .reshape(num_layers, num_tokens, -1)
+        .astype(np.int64 if name == "experts" else np.float32)
+        for name in present
+    }
+    return build(model, texts, truncated, tokens, routing)
 
 
 def to_json_text(routing: RoutingTrace) -> str:
     return json.dumps(to_json_dict(routing))
 
 
-def save_trace(routing: RoutingTrace, path: Path) -> None:
-    """Write by extension: .json or .parquet."""
+def save_trace(routing: RoutingTrace, path: Path, scores_dtype: type = np.float32) -> None:
+    """Write by extension: .json or .parquet (`scores_dtype` applies to Parquet's logits and probs)."""
     if path.suffix == ".json":
         path.write_text(to_json_text(routing), encoding="utf-8")
     elif path.suffix == ".parquet":
-        path.write_bytes(to_parquet_bytes(routing))
+        path.write_bytes(to_parquet_bytes(routing, scores_dtype))
     else:
         raise ValueError(f"cannot save a trace as {path.suffix!r}: use .json or .parquet")
 
@@ -305,13 +364,15 @@ def check_size(num_bytes: int) -> None:
         )
 
 
-def load_trace_bytes(data: bytes, filename: str) -> RoutingTrace:
-    """Read an uploaded or saved trace, choosing the format by the file name; TraceFormatError says why not."""
+def load_trace_bytes(data: bytes, filename: str, arrays: Sequence[str] | None = None) -> RoutingTrace:
+    """Read an uploaded or saved trace, choosing the format by the file name; TraceFormatError says why not.
+
+    `arrays`: the optional arrays to keep (None: all the file has); Parquet then reads only those columns."""
     if not filename.endswith((".json", ".parquet")):
         raise TraceFormatError(f"{filename[:80]}: a trace file ends in .json or .parquet")
     check_size(len(data))
     if filename.endswith(".parquet"):
-        return from_parquet_bytes(data)
+        return from_parquet_bytes(data, arrays)
     try:
         parsed = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -320,14 +381,17 @@ def load_trace_bytes(data: bytes, filename: str) -> RoutingTrace:
         raise TraceFormatError("not valid JSON for a trace: nested too deeply") from None
     except ValueError as error:  # JSONDecodeError, and integers of more than 4300 digits
         raise TraceFormatError(f"not valid JSON ({str(error).splitlines()[0][:120]})") from None
-    return from_json_dict(parsed)
+    routing = from_json_dict(parsed)
+    if arrays is None:
+        return routing
+    return replace(routing, **{name: None for name in OPTIONAL if name not in arrays})
 
 
-def load_trace(path: str | Path) -> RoutingTrace:
+def load_trace(path: str | Path, arrays: Sequence[str] | None = None) -> RoutingTrace:
     """Read a trace file (the CLI's way in): the size limit is checked before the file is read."""
     path = Path(path)
     try:
         check_size(path.stat().st_size)
-        return load_trace_bytes(path.read_bytes(), path.name)
+        return load_trace_bytes(path.read_bytes(), path.name, arrays)
     except OSError as error:
         raise TraceFormatError(f"cannot read {path.name}: {error.strerror}") from None

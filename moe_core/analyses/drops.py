@@ -98,13 +98,11 @@ def shuffled_within_sequences(trace: RoutingTrace, seed: int = 0) -> RoutingTrac
 
 
 def _with_rows(trace: RoutingTrace, rows: np.ndarray) -> RoutingTrace:
-    return replace(
-        trace,
-        logits=trace.logits[:, rows],
-        probs=trace.probs[:, rows],
-        experts=trace.experts[:, rows],
-        weights=trace.weights[:, rows],
-    )
+    def permuted(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[:, rows]
+
+    fields = ("logits", "probs", "experts", "weights")
+    return replace(trace, **{name: permuted(getattr(trace, name)) for name in fields})
 
 
 def sequence_drops(trace: RoutingTrace, slots: LayerSlots) -> pd.DataFrame:

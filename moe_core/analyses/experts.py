@@ -74,6 +74,7 @@ def norm_preference(trace: RoutingTrace, layer_row: int, norms: np.ndarray) -> p
     `chance` is 1/E'. `rank_correlation`: Spearman's rho between router scores and output norms over the real
     experts, averaged over tokens: 0 = unrelated, 1 = the router orders experts exactly by output norm.
     """
+    trace.require("probs", needed_by="the larger-norm analysis")
     num_real = norms.shape[1]
     probs, top1 = trace.probs[layer_row, :, :num_real], trace.experts[layer_row, :, 0]
     routed = (top1 >= 0) & (top1 < num_real)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moe_core.trace import RoutingTrace
+from moe_core.trace import RoutingTrace, gate_weights
+
+GATE_VIEW = "the gate view"
 
 
 def gate_heatmap(trace: RoutingTrace, layer_row: int, start: int = 0, stop: int | None = None) -> pd.DataFrame:
@@ -13,6 +15,7 @@ def gate_heatmap(trace: RoutingTrace, layer_row: int, start: int = 0, stop: int 
 
     Columns: token, text, expert, prob, rank (0 = not chosen).
     """
+    trace.require("probs", needed_by=GATE_VIEW)
     stop = len(trace.tokens) if stop is None else min(stop, len(trace.tokens))
     window = np.arange(start, stop)
     num_experts = trace.model.num_experts
@@ -35,11 +38,16 @@ def token_distribution(trace: RoutingTrace, layer_row: int, token: int) -> pd.Da
     """One token's scores over all experts. Columns: expert, prob, rank (0 = not chosen), weight (combine weight)."""
     frame = gate_heatmap(trace, layer_row, token, token + 1)[["expert", "prob", "rank"]].reset_index(drop=True)
     weights = np.zeros(trace.model.num_experts)
-    for expert, weight in zip(trace.experts[layer_row, token], trace.weights[layer_row, token], strict=True):
+    for expert, weight in zip(trace.experts[layer_row, token], gate_weights(trace)[layer_row, token], strict=True):
         if expert >= 0:
             weights[expert] = weight
     frame["weight"] = weights
     return frame
+
+
+def _probs(trace: RoutingTrace) -> np.ndarray:
+    trace.require("probs", needed_by=GATE_VIEW)
+    return trace.probs
 
 
 def routing_entropy(probs: np.ndarray) -> np.ndarray:
@@ -63,7 +71,7 @@ def entropy_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
             "position": tokens.position,
             "sequence": tokens.sequence,
             "text": list(tokens.text),
-            "entropy": routing_entropy(trace.probs[layer_row].astype(np.float64)),
+            "entropy": routing_entropy(_probs(trace)[layer_row].astype(np.float64)),
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,17 +59,24 @@ def balance_frame(trace: RoutingTrace) -> pd.DataFrame:
     rows = []
     for row, layer in enumerate(trace.model.moe_layers):
         topk = expert_counts(trace.experts[row], num_experts).astype(np.float64)
-        first_choice = router_first_choice(trace.experts[row, :, 0], trace.probs[row])
-        logits = trace.logits[row]
+        probs = None if trace.probs is None else trace.probs[row]
+        logits = None if trace.logits is None else trace.logits[row]
+        switch = (
+            math.nan
+            if probs is None
+            else switch_balance_loss(router_first_choice(trace.experts[row, :, 0], probs), probs)
+        )
+        transformers = math.nan if logits is None else transformers_balance_loss([logits], top_k)
+        z_loss = math.nan if logits is None else router_z_loss(logits)
         rows.append(
             (
                 layer,
                 coefficient_of_variation(topk),
                 max_over_mean(topk),
                 max_violation(topk),
-                switch_balance_loss(first_choice, trace.probs[row]),
-                transformers_balance_loss([logits], top_k),
-                router_z_loss(logits),
+                switch,
+                transformers,
+                z_loss,
             )
         )
     columns = ["layer", "cv", "max_over_mean", "max_vio", "switch_aux_loss", "transformers_aux_loss", "z_loss"]
@@ -78,6 +86,8 @@ def balance_frame(trace: RoutingTrace) -> pd.DataFrame:
 def pooled_transformers_aux_loss(trace: RoutingTrace) -> float:
     """transformers' load_balancing_loss_func over every MoE layer of the trace at once, as training adds it to
     the loss (f and P pooled over the layers before the product, so not the mean of the per-layer values)."""
+    if trace.logits is None:
+        return math.nan
     return transformers_balance_loss(list(trace.logits), trace.model.top_k)
 
 

@@ -8,13 +8,20 @@ import numpy as np
 import pandas as pd
 
 from moe_core.metrics import vocabulary_specialization
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.trace import DROPPED, RoutingTrace, gate_weights
 
 
 def route_labels(experts: np.ndarray, weights: np.ndarray) -> list[str]:
-    """'E3 0.62 · E5 0.38' per token: the top-k experts and their combine weights, for tooltips."""
+    """'E3 0.62 · E5 0.38' per token: the top-k experts and their combine weights, for tooltips ('E3 · E5' where
+    the trace has no weights: NaN)."""
+
+    def label(expert: int, weight: float) -> str:
+        if expert == DROPPED:
+            return "dropped"
+        return f"E{expert}" if math.isnan(weight) else f"E{expert} {weight:.2f}"
+
     return [
-        " · ".join("dropped" if e == DROPPED else f"E{e} {w:.2f}" for e, w in zip(row_e, row_w, strict=True))
+        " · ".join(label(e, w) for e, w in zip(row_e, row_w, strict=True))
         for row_e, row_w in zip(experts.tolist(), weights.tolist(), strict=True)
     ]
 
@@ -26,7 +33,7 @@ def token_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
     """
     tokens = trace.tokens
     experts = trace.experts[layer_row]
-    weights = trace.weights[layer_row]
+    weights = gate_weights(trace)[layer_row]
     return pd.DataFrame(
         {
             "token": np.arange(len(tokens)),
@@ -55,7 +62,7 @@ def token_layer_grid(trace: RoutingTrace, start: int = 0, stop: int | None = Non
             "text": [trace.tokens.text[i] for i in window] * num_layers,
             "layer": np.repeat(np.asarray(trace.model.moe_layers), len(window)),
             "top1": trace.experts[:, window, 0].reshape(-1),
-            "top1_weight": trace.weights[:, window, 0].reshape(-1),
+            "top1_weight": gate_weights(trace)[:, window, 0].reshape(-1),
         }
     )
 

@@ -196,14 +196,17 @@ def _replace(name: str, values: pa.Array) -> Callable[[pa.Table], pa.Table]:
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (lambda t: t.drop_columns(["probs"]), "columns do not match: probs"),
+        (lambda t: t.drop_columns(["experts"]), "columns do not match: experts"),
+        (_replace("probs", pa.array(["x"] * 10)), "columns do not match: probs"),
         (lambda t: t.rename_columns([c if c != "experts" else "expert" for c in t.column_names]), "experts"),
         (_replace("text", pa.array(range(10))), "columns do not match: text"),
         (_replace("experts", pa.array([[0.5, 1.5]] * 10)), "columns do not match: experts"),
         (_replace("id", pa.array([2**63 + 5] * 10, pa.uint64())), "column id holds a number too large"),
         (_replace("position", pa.array([0, 1, 2, 3, 50_000_000] * 2)), "positions must count 0, 1, 2"),
         (_replace("experts", pa.array([[0, 1]] * 9 + [[0, 1, 2]])), "every experts list must hold 2 values"),
-        (_replace("token", pa.array([0, 1, 2, 4, 3] * 2)), "rows must run over the tokens"),
+        (_replace("token", pa.array([0, 1, 2, 2, 3] * 2)), "two rows for one layer and token"),
+        (_replace("token", pa.array([0, 1, 2, 3, 5] * 2)), "token column must run from 0 to 4"),
+        (_replace("layer", pa.array([0] * 5 + [7] * 5)), "row for layer 7, not an MoE layer"),
         (lambda t: t.slice(0, 9), "9 rows, not one per MoE layer"),
     ],
 )
