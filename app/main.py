@@ -360,8 +360,9 @@ def main() -> None:
         f"({md_text(info.scoring)}) · {len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · "
         f"{md_text(info.device)}, {md_text(info.dtype)}" + (" · uploaded trace" if not has_model else "")
     )
-    for note in info.notes:
-        st.caption(f"ⓘ {md_text(note)}")
+    for note in info.notes:  # "recomputed, not captured" (generic capture's fallback) must not be missed
+        shown, mark = (st.warning, "⚠") if "not captured" in note else (st.caption, "ⓘ")
+        shown(f"{mark} {md_text(note)}")
     _source_note(upload, model_id)
     for notice in st.session_state.notices:  # escaped where they were written (app/state.py)
         st.warning(notice)

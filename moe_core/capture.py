@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from moe_core import generic
 from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
+from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks, is_generic
 from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
 
@@ -254,17 +255,16 @@ def trace_batch(
     `forward` makes the pass; pass one that returns the language-model logits when they are needed too.
     """
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
-    adapter = adapter_for(model.config.model_type)
-    with recording(blocks, logits_index, adapter.choice) as records:
-        output = forward(model, tokenized.batch)
     mask = tokenized.batch["attention_mask"].reshape(-1).bool()
     keep = None if bool(mask.all()) else mask
-    logits = _gather([r.logits for r in records], keep).float()
-    experts = _gather([r.experts for r in records], keep).long()
-    weights = _gather([r.weights for r in records], keep).float()
-    probs = SCORINGS[adapter.scoring](logits)
+    read = _generic_arrays if is_generic(model) else _adapter_arrays
+    (logits, experts, weights, probs, scoring, notes), output = read(
+        model, blocks, logits_index, tokenized, forward, keep
+    )
     label = name or model.config.name_or_path or model.config.model_type
     info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
+    if scoring is not None:  # generic capture: the scoring and the notes come from this pass, not a table
+        info = replace(info, scoring=scoring, notes=(*info.notes, *notes))
     routing = RoutingTrace(
         model=info,
         texts=tokenized.texts,
@@ -276,6 +276,42 @@ def trace_batch(
         truncated=tokenized.truncated,
     )
     return routing, output
+
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str | None, tuple[str, ...]]
+# (logits, experts, weights, probs [L, T, ...], scoring and notes where the pass decided them, else None and ())
+
+
+def _adapter_arrays(
+    model: nn.Module, blocks: Sequence[MoeBlock], logits_index: int, tokenized: TokenizedBatch, forward: Any,
+    keep: torch.Tensor | None,
+) -> tuple[Arrays, Any]:  # fmt: skip
+    """A family in the adapter table: the table says where the choice is read and how the router scores."""
+    adapter = adapter_for(model.config.model_type)
+    with recording(blocks, logits_index, adapter.choice) as records:
+        output = forward(model, tokenized.batch)
+    logits = _gather([r.logits for r in records], keep).float()
+    experts = _gather([r.experts for r in records], keep).long()
+    weights = _gather([r.weights for r in records], keep).float()
+    return (logits, experts, weights, SCORINGS[adapter.scoring](logits), None, ()), output
+
+
+def _generic_arrays(
+    model: nn.Module, blocks: Sequence[MoeBlock], _logits_index: int, tokenized: TokenizedBatch, forward: Any,
+    keep: torch.Tensor | None,
+) -> tuple[Arrays, Any]:  # fmt: skip
+    """A family with no adapter: the choice read from the experts' own calls (moe_core.generic), flagged where it
+    had to be recomputed, and the scoring inferred from the consumed weights."""
+    with generic.generic_recording(blocks) as records:
+        output = forward(model, tokenized.batch)
+    choices = [generic.resolve(model, block, record) for block, record in zip(blocks, records, strict=True)]
+    logits, experts, weights = (
+        _gather([[getattr(choice, name)] for choice in choices], keep) for name in ("logits", "experts", "weights")
+    )
+    logits, experts, weights = logits.float(), experts.long(), weights.float()
+    scoring = generic.infer_scoring(logits, experts, weights)
+    arrays = (logits, experts, weights, SCORINGS[scoring](logits), scoring, generic.status_notes(choices))
+    return arrays, output
 
 
 def trace(

@@ -154,6 +154,7 @@ class MoeBlock:
     block: nn.Module
     router: nn.Module
     experts: nn.Module
+    num_experts: int = 0  # E, where discovery knew it from the structure (generic capture reads the router by it)
 
 
 class NoRoutersError(ValueError):
@@ -202,7 +203,15 @@ def find_moe_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], 
     return _BLOCKS_CACHE[model]
 
 
+def is_generic(model: nn.Module) -> bool:
+    """Is `model` a class transformers does not ship (remote code, a hand-built module)? Then no adapter row can
+    describe it, whatever its model_type says, and capture finds its MoE layers by structure (moe_core.generic)."""
+    return not type(model).__module__.startswith("transformers.")
+
+
 def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], int]:
+    if is_generic(model):
+        return structural_blocks(model), 0
     adapter = adapter_for(model_type)
     declared = declared_router_classes(model)
     classes = tuple(declared)
@@ -228,3 +237,59 @@ def _discover_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock],
     declared_index = next((i for b in blocks for cls, i in declared.items() if isinstance(b.router, cls)), 0)
     index = adapter.logits_index if adapter.logits_index is not None else declared_index
     return sorted(blocks, key=lambda b: b.layer), index
+
+
+ROUTER_NAMES = ("gate", "router")  # preferred when a block has more than one module that could be its router
+
+
+def expert_count(module: nn.Module) -> int:
+    """E when `module` is a set of routed experts, else 0: a ModuleList/ModuleDict of E >= 2 modules of one class,
+    or a fused module whose every parameter is [E, ...] with 3 or more axes (a router's [E, H] weight is not)."""
+    if isinstance(module, nn.ModuleList | nn.ModuleDict):
+        children = list(module.children())
+        same = len(children) >= 2 and len({type(child) for child in children}) == 1
+        return len(children) if same and any(True for _ in children[0].parameters()) else 0
+    shapes = [p.shape for p in module.parameters()]
+    leading = {shape[0] for shape in shapes}
+    fused = shapes and len(leading) == 1 and all(len(shape) >= 3 for shape in shapes)
+    return int(next(iter(leading))) if fused and next(iter(leading)) >= 2 else 0
+
+
+def scores_experts(module: nn.Module, num_experts: int) -> bool:
+    """Could `module` score E experts? One of its matrices has E rows (nn.Linear(H, E), a bare [E, H] weight)."""
+    return any(p.ndim == 2 and p.shape[0] == num_experts for p in module.parameters())
+
+
+def _router_beside(
+    parent: nn.Module, experts_name: str, num_experts: int, declared: tuple[type, ...]
+) -> nn.Module | None:
+    """The router among `parent`'s other children: a declared router class where the model declares any, else a
+    module with an E-row matrix; a child named gate/router first."""
+    candidates = [
+        (name, child)
+        for name, child in parent.named_children()
+        if name != experts_name
+        and (isinstance(child, declared) if declared else scores_experts(child, num_experts))
+        and not expert_count(child)
+    ]
+    candidates.sort(key=lambda item: item[0] not in ROUTER_NAMES)
+    return candidates[0][1] if candidates else None
+
+
+def structural_blocks(model: nn.Module) -> list[MoeBlock]:
+    """MoE blocks found by shape alone: a set of E experts (expert_count) beside a router that scores E experts.
+
+    Where the model declares router classes for output_router_logits, only those count as routers. Works on the
+    meta device (shapes only), so a checkpoint is checked before its weights load.
+    """
+    declared = tuple(declared_router_classes(model))
+    blocks = []
+    for parent_name, parent in model.named_modules():
+        for name, child in parent.named_children():
+            num_experts = expert_count(child)
+            router = _router_beside(parent, name, num_experts, declared) if num_experts else None
+            if router is not None and _LAYER_NUMBER.search(parent_name or ""):
+                blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, router, child, num_experts))
+    if not blocks:
+        raise NoRoutersError(f"{type(model).__name__} is a dense model: no routers found beside a set of experts")
+    return sorted(blocks, key=lambda b: b.layer)

@@ -168,38 +168,101 @@ def kept_rows(routing: RoutingTrace) -> np.ndarray:
     return routing.tokens.sequence * width + routing.tokens.position
 
 
-def verify_family(family: str, tokenizer: Any) -> FamilyResult:
-    """Build the tiny model of `family`, trace two texts and check every layer against ablation."""
-    model = build_tiny_model(family)
+@dataclass(frozen=True)
+class LayerVerdict:
+    """One MoE layer's proof: captured experts equal ablation's, and the routing varied enough to mean it."""
+
+    layer: int  # the model's layer index
+    passed: bool
+    detail: str  # why not, "" when passed
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """The ablation proof on one loaded model: per layer, and the model-wide checks."""
+
+    layers: tuple[LayerVerdict, ...]
+    num_experts: int
+    top_k: int
+    logits_match: bool | None
+    probs_match: bool | None
+    notes: tuple[str, ...]  # the trace's notes (generic capture says how it read the choice)
+
+    @property
+    def problems(self) -> list[str]:
+        found = [f"layer {v.layer}: {v.detail}" for v in self.layers if not v.passed]
+        if self.logits_match is False:
+            found.append("router logits differ from output_router_logits")
+        if self.probs_match is False:
+            found.append("weights do not follow the captured probs: wrong scoring in the adapter table?")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.layers) and not self.problems
+
+    @property
+    def detail(self) -> str:
+        return "; ".join(self.problems)
+
+
+def _layer_verdict(truth: np.ndarray, captured: np.ndarray, layer: int) -> LayerVerdict:
+    if not np.array_equal(truth, captured):
+        wrong = int((truth != captured).any(axis=1).sum())
+        return LayerVerdict(layer, False, f"{wrong}/{len(truth)} tokens differ")
+    weak = too_uniform(truth)
+    return LayerVerdict(layer, not weak, weak)
+
+
+def verify_model(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str] = VERIFY_TEXTS,
+    *,
+    max_layers: int | None = None,
+    name: str | None = None,
+) -> ModelVerdict:
+    """Trace `texts` once and prove the first `max_layers` MoE layers (all: None) against ablation.
+
+    Cost: one forward, then per proven layer one replay of that block per routed expert (E + 1 block calls).
+    """
+    from moe_core.generic import WEIGHTS_RECOMPUTED_NOTE
+
     blocks, _ = find_moe_blocks(model, model.config.model_type)
-    with recording_block_inputs(blocks) as calls:
-        routing = trace(model, tokenizer, VERIFY_TEXTS, name=f"tiny-{family}")
+    proven = blocks[:max_layers] if max_layers else blocks
+    with recording_block_inputs(proven) as calls:
+        routing = trace(model, tokenizer, texts, name=name)
     rows = kept_rows(routing)
     classes = ExpertClasses.of(model, routing.model.num_experts)
-    mismatches = []
-    for layer, (block, block_calls) in enumerate(zip(blocks, calls, strict=True)):
-        truth = ablation_experts(block, block_calls[0], classes)[rows]
-        captured = captured_sets(routing, layer, classes)
-        if not np.array_equal(truth, captured):
-            wrong = int((truth != captured).any(axis=1).sum())
-            mismatches.append(f"layer {block.layer}: {wrong}/{len(rows)} tokens differ")
-        elif weak := too_uniform(truth):
-            mismatches.append(f"layer {block.layer}: {weak}")
-    logits_match = compare_with_router_logits(model, tokenizer, routing, rows)
-    probs_match = weights_follow_probs(routing) if adapter_for(model.config.model_type).weights_follow_probs else None
-    if logits_match is False:
-        mismatches.append("router logits differ from output_router_logits")
-    if probs_match is False:
-        mismatches.append("weights do not follow the captured probs: wrong scoring in the adapter table?")
-    return FamilyResult(
-        family,
-        not mismatches,
-        len(blocks),
+    verdicts = tuple(
+        _layer_verdict(ablation_experts(block, block_calls[0], classes)[rows], captured_sets(routing, row, classes),
+                       block.layer)
+        for row, (block, block_calls) in enumerate(zip(proven, calls, strict=True))
+    )  # fmt: skip
+    follows = adapter_for(model.config.model_type).weights_follow_probs
+    follows = follows and WEIGHTS_RECOMPUTED_NOTE not in routing.model.notes  # recomputed weights prove nothing
+    return ModelVerdict(
+        verdicts,
         routing.model.num_experts,
         routing.model.top_k,
-        logits_match,
-        probs_match,
-        "; ".join(mismatches),
+        compare_with_router_logits(model, tokenizer, routing, rows),
+        weights_follow_probs(routing) if follows else None,
+        routing.model.notes,
+    )
+
+
+def verify_family(family: str, tokenizer: Any) -> FamilyResult:
+    """Build the tiny model of `family`, trace two texts and check every layer against ablation."""
+    verdict = verify_model(build_tiny_model(family), tokenizer, VERIFY_TEXTS, name=f"tiny-{family}")
+    return FamilyResult(
+        family,
+        verdict.passed,
+        len(verdict.layers),
+        verdict.num_experts,
+        verdict.top_k,
+        verdict.logits_match,
+        verdict.probs_match,
+        verdict.detail,
         verify_capped(family, tokenizer),
     )
 
@@ -228,7 +291,7 @@ def compare_with_router_logits(
     """Do the captured logits equal what the model returns with output_router_logits=True?"""
     _, batch, _ = tokenize(tokenizer, routing.texts, None)
     try:
-        returned = forward_text(model, batch, output_router_logits=True).router_logits
+        returned = getattr(forward_text(model, batch, output_router_logits=True), "router_logits", None)
     except TypeError:
         return None
     if not returned:
