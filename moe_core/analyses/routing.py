@@ -67,28 +67,31 @@ def token_layer_grid(trace: RoutingTrace, start: int = 0, stop: int | None = Non
     )
 
 
-OVERLAP_CHUNK = 1024  # distinct expert sets compared with all others at once: bounds memory on long texts
+OVERLAP_CHUNK = 1024  # tokens whose experts' bitsets are merged at once: bounds memory on long texts
 
 
 def overlap_chance(chosen: np.ndarray, num_experts: int) -> float:
     """Chance that two tokens drawn independently (with replacement) from these share an expert.
 
     `chosen` [T, k] experts (DROPPED matches nothing). With k = 1 this is Σ_e p_e², p_e the share of tokens on
-    expert e; with top-k it is the same over whole sets of experts. Exact, from the distinct sets and their
-    counts: the baseline for neighbours when routing keeps this load but ignores who the neighbour is.
+    expert e; with top-k it is the same over whole sets of experts: the baseline for neighbours when routing
+    keeps this load but ignores who the neighbour is. Exact: each expert's tokens as a bitset over the T tokens,
+    so a token's partners are the OR of its k experts' bitsets (T·k·T/8 bytes of work instead of the T·T·E of
+    comparing every pair of sets, which took a minute for 61 layers of 256 experts at 4,096 tokens).
     """
-    if not len(chosen):
+    num_tokens = len(chosen)
+    if not num_tokens:
         return math.nan
-    member = np.zeros((len(chosen), num_experts), dtype=np.float32)
-    rows, ranks = np.nonzero(chosen != DROPPED)
-    member[rows, chosen[rows, ranks]] = 1
-    sets, counts = np.unique(member, axis=0, return_counts=True)
-    weights = counts.astype(np.float64)
-    together = 0.0
-    for start in range(0, len(sets), OVERLAP_CHUNK):  # [chunk, U] at a time: long texts have U near T
-        overlapping = (sets[start : start + OVERLAP_CHUNK] @ sets.T) > 0  # distinct sets sharing an expert
-        together += float(weights[start : start + OVERLAP_CHUNK] @ overlapping @ weights)
-    return together / len(chosen) ** 2
+    member = np.zeros((num_experts + 1, num_tokens), dtype=bool)  # row E: DROPPED, a token set of nobody
+    slots = np.where(chosen == DROPPED, num_experts, chosen)
+    member[slots, np.arange(num_tokens)[:, None]] = True
+    member[num_experts] = False
+    bits = np.packbits(member, axis=1)  # [E + 1, ceil(T / 8)]: the tokens of each expert
+    together = 0
+    for start in range(0, num_tokens, OVERLAP_CHUNK):
+        partners = np.bitwise_or.reduce(bits[slots[start : start + OVERLAP_CHUNK]], axis=1)  # [chunk, T / 8]
+        together += int(np.bitwise_count(partners).sum(dtype=np.int64))
+    return together / num_tokens**2
 
 
 def _text_chance(chosen: np.ndarray, sequence: np.ndarray, num_experts: int) -> float:
