@@ -71,6 +71,11 @@ def legend(num_experts: int, label: str = "Expert") -> str:
     return f'<div class="legend">{chips}</div>'
 
 
+def sentence(text: str) -> str:
+    """A library message ('this trace has no …') as a sentence on the page."""
+    return f"{text[:1].upper()}{text[1:]}."
+
+
 def html_block(markup: str) -> None:
     st.markdown(markup, unsafe_allow_html=True)
 

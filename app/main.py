@@ -19,7 +19,7 @@ import streamlit as st  # noqa: E402
 from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
-from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, set_chart_settings  # noqa: E402
+from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, sentence, set_chart_settings  # noqa: E402
 from app.export import ChartStamp  # noqa: E402
 from app.loading import (  # noqa: E402
     ExpertStudy,
@@ -51,7 +51,7 @@ from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
-from moe_core.trace import RoutingTrace  # noqa: E402
+from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
 from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
@@ -385,7 +385,10 @@ def main() -> None:
         counterfactual=_counterfactual(model_id) if model_id else None,
         continued_at=_continued_at(model_id),
     )
-    VIEW_MODULES[settings.view].draw(context)
+    try:
+        VIEW_MODULES[settings.view].draw(context)
+    except MissingRouting as error:  # a compact trace (an engine dump) lacks what the rest of this view reads
+        st.info(sentence(str(error)))
     _trace_downloads(routing)
     st.query_params.from_dict(to_query(settings, with_input=has_model))  # no text or model for an upload
 

@@ -61,10 +61,10 @@ class MissingRouting(ValueError):
     """An analysis needs an array this (compact) trace does not hold."""
 
 
-def needs_sentence(absent: tuple[str, ...], needed_by: str) -> str:
+def needs_sentence(absent: tuple[str, ...], needed_by: str, plural: bool = False) -> str:
     """'this trace has no router scores: the gate view needs them' (one sentence, the same everywhere)."""
     what = " or ".join(OPTIONAL_ARRAYS[name] for name in absent)
-    return f"this trace has no {what}: {needed_by} needs them"
+    return f"this trace has no {what}: {needed_by} {'need' if plural else 'needs'} them"
 
 
 @dataclass(frozen=True)

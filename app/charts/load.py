@@ -77,7 +77,7 @@ FIGURES = {"max_over_mean": "max / mean load", "switch_aux_loss": "Switch aux (t
 
 def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
     """Max/mean load and the Switch auxiliary loss per layer (1.0 = perfectly balanced for both)."""
-    long = frame.melt(id_vars="layer", value_vars=list(FIGURES), var_name="figure")
+    long = frame.melt(id_vars="layer", value_vars=[f for f in FIGURES if f in frame], var_name="figure")
     long["figure"] = long["figure"].map(FIGURES)
     chart = (
         alt.Chart(long)

@@ -65,7 +65,11 @@ def token_layer_grid_chart(
     )
     window = f"tokens {first}–{last} of {total}" if (first, last + 1) != (0, total) else f"all {total} tokens"
     subtitle = f"{window} · colour: top-1 expert · dot: the router was unsure (bigger = lower top-1 weight)"
-    chart = (cells.add_params(hover) + doubt).properties(
+    layers = cells.add_params(hover) + doubt
+    if shown["top1_weight"].isna().all():  # a compact trace (engine dump): no weights, so no doubt to show
+        subtitle = f"{window} · colour: top-1 expert · this trace has no gate weights, so no dots"
+        layers = cells.add_params(hover)
+    chart = layers.properties(
         height=max(120, 36 * shown["layer"].nunique()),
         title=alt.Title("Top-1 expert of every token at every layer", subtitle=subtitle),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
-from app.components import explainer, show_chart, show_table
+from app.components import explainer, sentence, show_chart, show_table
 from app.views import ViewContext
 from moe_core.analyses.load import (
     balance_frame,
@@ -15,6 +15,7 @@ from moe_core.analyses.load import (
     pooled_transformers_aux_loss,
 )
 from moe_core.batches import held_out_texts
+from moe_core.trace import needs_sentence
 
 TITLE = "Expert load"
 EXPLAINER = """
@@ -63,15 +64,18 @@ def draw(context: ViewContext) -> None:
     count = st.radio("Count", ["top1", "topk"], horizontal=True, key="load_count",
                      format_func=lambda c: _count_label(c, top_k))  # fmt: skip
     show_chart(load_chart(load_frame(routing), count, routing.model.num_experts), f"expert-load-{count}")
-    balance = balance_frame(routing)
+    balance = balance_frame(routing).dropna(axis="columns", how="all")  # a compact trace lacks the score-based ones
     labels = {name: label for name, (label, _) in BALANCE_COLUMNS.items()}
     helps = {name: meaning for name, (_, meaning) in BALANCE_COLUMNS.items()}
     show_table(balance, labels, decimals=dict.fromkeys(BALANCE_COLUMNS, 3), helps=helps)
-    st.caption(
-        f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
-        f"training adds it (before its coefficient): {pooled_transformers_aux_loss(routing):.3f} "
-        f"({top_k} under perfectly even routing)."
-    )
+    if absent := routing.missing("probs", "logits"):
+        st.caption(sentence(needs_sentence(absent, "the aux and z-loss columns", plural=True)))
+    if routing.has("logits"):
+        st.caption(
+            f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
+            f"training adds it (before its coefficient): {pooled_transformers_aux_loss(routing):.3f} "
+            f"({top_k} under perfectly even routing)."
+        )
     show_chart(balance_chart(balance), "balance")
     layer = context.layer
     if top_k == 1:

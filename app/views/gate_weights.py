@@ -5,12 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart, similarity_chart
-from app.components import explainer, show_chart, show_table
+from app.components import explainer, sentence, show_chart, show_table
 from app.safe_text import neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.experts import similarity_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, token_distribution
 from moe_core.experts import ExpertsCallUnsupported
+from moe_core.trace import needs_sentence
 
 TITLE = "Gate weights"
 EXPLAINER = """
@@ -42,6 +43,10 @@ def draw(context: ViewContext) -> None:
     routing, row = context.trace, context.layer_row
     info = routing.model
     explainer(EXPLAINER)
+    if absent := routing.missing("probs"):
+        st.info(sentence(needs_sentence(absent, "the gate view")))
+        _closer_look(context)
+        return
     num_tokens = len(routing.tokens)
     start = 0
     if num_tokens > WINDOW:
