@@ -25,6 +25,7 @@ from moe_core.capacity import (
 )
 from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
+from moe_core.corpus import cli as corpus_cli
 from moe_core.devices import DEVICE_CHOICES
 from moe_core.models import DEMO_MODEL, load_model
 from moe_core.trace import DROPPED, RoutingTrace
@@ -275,6 +276,14 @@ COMMANDS: dict[str, Command] = {
     ),
     "architectures": Command(
         "check capture on a tiny model of every MoE family (Markdown table)", _no_arguments, _run_architectures
+    ),
+    "trace-corpus": Command(
+        "trace a corpus into resumable Parquet shards with addable summaries (README: Tracing a corpus)",
+        corpus_cli.trace_corpus_arguments,
+        corpus_cli.run_trace_corpus,
+    ),
+    "summarize": Command(
+        "sum a traced corpus's shard summaries and print them", corpus_cli.summarize_arguments, corpus_cli.run_summarize
     ),
 }
 

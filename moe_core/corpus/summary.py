@@ -1,0 +1,344 @@
+"""Counts that sum: what the app shows about a corpus, computed once per shard and added up.
+
+Every field is a count (never a rate), so the summary of a whole corpus is exactly the sum of its shards'
+summaries, whatever the shards; rates are taken only when a frame is drawn (moe_core.analyses.corpus).
+numpy only (no torch), so the app reads summaries without loading a model.
+
+Shapes: L MoE layers, E experts, D domains, P positions (the longest document seen), n token-id rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_core.capacity import check_capacity_factor, expert_capacity, kept_slots, position_order
+from moe_core.trace import DROPPED
+
+SUMMARY_FORMAT = "moe-corpus-summary/1"
+POLICY, GROUP = "position", "sequence"  # the drop curve's capacity rule: GShard/OpenMoE order, one group a document
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusSummary:
+    """Addable counts of a set of documents' routing (see the module docstring for the shapes)."""
+
+    moe_layers: tuple[int, ...]
+    num_experts: int
+    top_k: int
+    capacity_factor: float
+    documents: int
+    tokens: int
+    truncated: int  # documents cut to the model's context
+    top1: np.ndarray  # [L, E] tokens whose first choice is the expert
+    topk: np.ndarray  # [L, E] slots routed to the expert (any rank)
+    domains: tuple[str, ...]  # sorted
+    domain_documents: np.ndarray  # [D]
+    domain_tokens: np.ndarray  # [D]
+    domain_topk: np.ndarray  # [D, L, E]
+    transitions: np.ndarray  # [L-1, E, E] first choice at layer row l (row) -> at row l+1 (column)
+    coactivation: np.ndarray  # [L, E, E] tokens routed to both experts; the diagonal: tokens routed to each
+    token_layer: np.ndarray  # [n] layer row    } sparse top-1 counts of (layer, token id, expert),
+    token_id: np.ndarray  # [n] token id        } sorted by (layer, token id, expert), no zero rows
+    token_expert: np.ndarray  # [n] expert      }
+    token_count: np.ndarray  # [n]              }
+    position_slots: np.ndarray  # [L, P] slots assigned at each position
+    position_dropped: np.ndarray  # [L, P] of them, dropped at `capacity_factor`
+    position_tokens: np.ndarray  # [L, P] tokens with at least one slot
+    position_fully_dropped: np.ndarray  # [L, P] of them, tokens that lost every slot
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.moe_layers)
+
+    def __add__(self, other: CorpusSummary) -> CorpusSummary:
+        return combine(self, other)
+
+    def equals(self, other: CorpusSummary) -> bool:
+        """Same counts and settings (a test helper; arrays make == ambiguous)."""
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name))
+            if isinstance(getattr(self, f.name), np.ndarray)
+            else getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self)
+        )
+
+
+def _valid(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """Slots that went to a routed expert: not the model's own drop (DROPPED), not a skip class (index E)."""
+    return (experts >= 0) & (experts < num_experts)
+
+
+def _per_layer_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, E] routed slots per expert in an [L, T, m] array."""
+    num_layers = experts.shape[0]
+    valid = _valid(experts, num_experts)
+    flat = (np.arange(num_layers)[:, None, None] * num_experts + experts)[valid]
+    return np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+
+
+def _transitions(top1: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L-1, E, E] first-choice transitions between consecutive MoE layers (as moe_core.analyses.flow)."""
+    pairs = max(top1.shape[0] - 1, 0)
+    counts = np.zeros((pairs, num_experts * num_experts), dtype=np.int64)
+    for row in range(pairs):
+        source, target = top1[row], top1[row + 1]
+        valid = _valid(source, num_experts) & _valid(target, num_experts)
+        counts[row] = np.bincount(source[valid] * num_experts + target[valid], minlength=num_experts**2)
+    return counts.reshape(pairs, num_experts, num_experts)
+
+
+def _coactivation(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, E, E] tokens routed to both experts (as moe_core.analyses.load.coactivation_frame)."""
+    num_layers, num_tokens, _ = experts.shape
+    out = np.zeros((num_layers, num_experts, num_experts), dtype=np.int64)
+    for row in range(num_layers):
+        chosen = np.zeros((num_tokens, num_experts), dtype=np.float64)  # float: BLAS; exact below 2**53
+        tokens, ranks = np.nonzero(_valid(experts[row], num_experts))
+        chosen[tokens, experts[row, tokens, ranks]] = 1
+        out[row] = np.rint(chosen.T @ chosen).astype(np.int64)
+    return out
+
+
+TokenTable = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # layer row, token id, expert, count
+
+
+def _token_table(
+    layer: np.ndarray, token: np.ndarray, expert: np.ndarray, count: np.ndarray, num_experts: int
+) -> TokenTable:
+    """Sparse (layer, token id, expert) counts summed over duplicates and sorted; rows of 0 left out."""
+    width = int(token.max()) + 1 if len(token) else 1
+    key = (layer.astype(np.int64) * width + token.astype(np.int64)) * num_experts + expert.astype(np.int64)
+    unique, inverse = np.unique(key, return_inverse=True)
+    totals = np.bincount(inverse.reshape(-1), weights=count, minlength=len(unique)).astype(np.int64)
+    keep = totals > 0
+    unique, totals = unique[keep], totals[keep]
+    return unique // num_experts // width, unique // num_experts % width, unique % num_experts, totals
+
+
+def _drops_by_position(
+    experts: np.ndarray, document_of: np.ndarray, position: np.ndarray, num_experts: int, capacity_factor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """[L, P] slots, dropped slots, tokens with slots, fully dropped tokens by position: moe_core.capacity's
+    rule (kept_slots) with every document its own group, served in position order (simulate_capacity's
+    policy="position", group="sequence")."""
+    num_layers, num_tokens, top_k = experts.shape
+    valid = _valid(experts, num_experts)
+    routed = np.where(valid, experts, DROPPED)
+    sizes = np.bincount(document_of)
+    per_size = {s: expert_capacity(capacity_factor, top_k, s, num_experts) for s in set(sizes.tolist())}
+    capacity = np.array([per_size[s] for s in sizes.tolist()], dtype=np.int64)
+    order = position_order(np.zeros((num_layers, num_tokens)))
+    kept, _ = kept_slots(routed, order, document_of, capacity, num_experts)
+    assigned = valid.sum(axis=2)
+    lost = assigned - (kept & valid).sum(axis=2)
+    num_positions = int(position.max()) + 1 if num_tokens else 0
+    at = (np.arange(num_layers)[:, None] * num_positions + position[None, :]).ravel()
+
+    def per_position(values: np.ndarray) -> np.ndarray:
+        size = num_layers * num_positions
+        return np.bincount(at, weights=values.ravel(), minlength=size).astype(np.int64).reshape(num_layers, -1)
+
+    has_slots = assigned > 0
+    fully = has_slots & (lost == assigned)
+    return per_position(assigned), per_position(lost), per_position(has_slots), per_position(fully)
+
+
+def summarize_documents(
+    experts: Sequence[np.ndarray],
+    token_ids: Sequence[np.ndarray],
+    domains: Sequence[str],
+    moe_layers: Sequence[int],
+    num_experts: int,
+    capacity_factor: float,
+    truncated: int = 0,
+) -> CorpusSummary:
+    """Counts of some documents: `experts[d]` [L, T_d, k] as consumed (DROPPED allowed), `token_ids[d]` [T_d]."""
+    check_capacity_factor(capacity_factor)
+    num_layers = len(moe_layers)
+    top_k = experts[0].shape[2] if len(experts) else 0
+    if not len(experts):
+        return empty_summary(moe_layers, num_experts, top_k, capacity_factor)
+    lengths = np.array([ids.shape[0] for ids in token_ids], dtype=np.int64)
+    every = np.concatenate(list(experts), axis=1).astype(np.int64)  # [L, T, k]
+    ids = np.concatenate(list(token_ids)).astype(np.int64)
+    document_of = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    names = tuple(sorted(set(domains)))
+    domain_index = np.searchsorted(np.array(names), np.asarray(domains))  # [documents]
+    domain_of = domain_index[document_of]  # [T]
+    top1 = every[:, :, 0]
+    first = _valid(top1, num_experts)
+    layer_rows = np.broadcast_to(np.arange(num_layers)[:, None], top1.shape)
+    tables = _token_table(layer_rows[first], np.broadcast_to(ids, top1.shape)[first], top1[first],
+                          np.ones(int(first.sum())), num_experts)  # fmt: skip
+    domain_topk = np.stack([_per_layer_counts(every[:, domain_of == d], num_experts) for d in range(len(names))])
+    drops = _drops_by_position(every, document_of, position, num_experts, capacity_factor)
+    return CorpusSummary(
+        moe_layers=tuple(int(layer) for layer in moe_layers),
+        num_experts=int(num_experts),
+        top_k=int(top_k),
+        capacity_factor=float(capacity_factor),
+        documents=len(lengths),
+        tokens=int(lengths.sum()),
+        truncated=int(truncated),
+        top1=_per_layer_counts(every[:, :, :1], num_experts),
+        topk=_per_layer_counts(every, num_experts),
+        domains=names,
+        domain_documents=np.bincount(domain_index, minlength=len(names)).astype(np.int64),
+        domain_tokens=np.bincount(domain_index, weights=lengths, minlength=len(names)).astype(np.int64),
+        domain_topk=domain_topk.astype(np.int64),
+        transitions=_transitions(top1, num_experts),
+        coactivation=_coactivation(every, num_experts),
+        token_layer=tables[0], token_id=tables[1], token_expert=tables[2], token_count=tables[3],
+        position_slots=drops[0], position_dropped=drops[1], position_tokens=drops[2], position_fully_dropped=drops[3],
+    )  # fmt: skip
+
+
+def empty_summary(moe_layers: Sequence[int], num_experts: int, top_k: int, capacity_factor: float) -> CorpusSummary:
+    """The summary of no documents: the zero of `combine`."""
+    num_layers, e = len(moe_layers), num_experts
+    none = np.zeros(0, dtype=np.int64)
+    return CorpusSummary(
+        moe_layers=tuple(int(layer) for layer in moe_layers), num_experts=e, top_k=top_k,
+        capacity_factor=float(capacity_factor), documents=0, tokens=0, truncated=0,
+        top1=np.zeros((num_layers, e), np.int64), topk=np.zeros((num_layers, e), np.int64), domains=(),
+        domain_documents=none, domain_tokens=none, domain_topk=np.zeros((0, num_layers, e), np.int64),
+        transitions=np.zeros((max(num_layers - 1, 0), e, e), np.int64),
+        coactivation=np.zeros((num_layers, e, e), np.int64),
+        token_layer=none, token_id=none, token_expert=none, token_count=none,
+        position_slots=np.zeros((num_layers, 0), np.int64), position_dropped=np.zeros((num_layers, 0), np.int64),
+        position_tokens=np.zeros((num_layers, 0), np.int64),
+        position_fully_dropped=np.zeros((num_layers, 0), np.int64),
+    )  # fmt: skip
+
+
+def _pad_positions(counts: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(counts, ((0, 0), (0, width - counts.shape[1])))
+
+
+def _by_domain(summary: CorpusSummary, names: tuple[str, ...], values: np.ndarray) -> np.ndarray:
+    """`values` ([D, ...] over summary.domains) spread onto the domain list `names`."""
+    out = np.zeros((len(names), *values.shape[1:]), dtype=np.int64)
+    out[[names.index(n) for n in summary.domains]] = values
+    return out
+
+
+POSITION_FIELDS = ("position_slots", "position_dropped", "position_tokens", "position_fully_dropped")
+SUMMED_FIELDS = ("documents", "tokens", "truncated", "top1", "topk", "transitions", "coactivation")
+DOMAIN_FIELDS = ("domain_documents", "domain_tokens", "domain_topk")
+
+
+def combine(first: CorpusSummary, second: CorpusSummary) -> CorpusSummary:
+    """The summary of both sets of documents (they must come from one model at one capacity factor)."""
+    settings = ("moe_layers", "num_experts", "capacity_factor")
+    for name in settings:
+        if getattr(first, name) != getattr(second, name):
+            raise ValueError(f"cannot add corpus summaries with different {name}: "
+                             f"{getattr(first, name)} and {getattr(second, name)}")  # fmt: skip
+    names = tuple(sorted(set(first.domains) | set(second.domains)))
+    width = max(first.position_slots.shape[1], second.position_slots.shape[1])
+    changes: dict[str, Any] = {name: getattr(first, name) + getattr(second, name) for name in SUMMED_FIELDS}
+    changes |= {name: _by_domain(first, names, getattr(first, name)) + _by_domain(second, names, getattr(second, name))
+                for name in DOMAIN_FIELDS}  # fmt: skip
+    changes |= {name: _pad_positions(getattr(first, name), width) + _pad_positions(getattr(second, name), width)
+                for name in POSITION_FIELDS}  # fmt: skip
+    token_fields = ("token_layer", "token_id", "token_expert", "token_count")
+    joined = [np.concatenate([getattr(first, f), getattr(second, f)]) for f in token_fields]
+    changes |= dict(zip(token_fields, _token_table(*joined, first.num_experts), strict=True))
+    return replace(first, top_k=first.top_k or second.top_k, domains=names, **changes)
+
+
+def add_all(summaries: Iterable[CorpusSummary]) -> CorpusSummary:
+    """Sum of one or more summaries."""
+    return reduce(combine, summaries)
+
+
+_META_FIELDS = ("moe_layers", "num_experts", "top_k", "capacity_factor", "documents", "tokens", "truncated", "domains")
+
+
+def summary_bytes(summary: CorpusSummary) -> bytes:
+    """The summary as an .npz (numpy arrays, settings as JSON; readable without pickle)."""
+    meta = {name: getattr(summary, name) for name in _META_FIELDS} | {"format": SUMMARY_FORMAT}
+    arrays = {f.name: getattr(summary, f.name) for f in fields(summary) if f.name not in _META_FIELDS}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    return buffer.getvalue()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename: a reader (or a resumed run)
+    sees the old file or the whole new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def save_summary(summary: CorpusSummary, path: Path) -> None:
+    write_atomically(path, summary_bytes(summary))
+
+
+def load_summary(path: Path) -> CorpusSummary:
+    """A summary written by save_summary; ValueError for a file that is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {f.name: data[f.name] for f in fields(CorpusSummary) if f.name not in _META_FIELDS}
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is not a corpus summary: {error}") from None
+    if meta.pop("format", None) != SUMMARY_FORMAT:
+        raise ValueError(f"{path} is not a {SUMMARY_FORMAT} file")
+    meta["moe_layers"], meta["domains"] = tuple(meta["moe_layers"]), tuple(meta["domains"])
+    return CorpusSummary(**meta, **arrays)
+
+
+def drop_rate_by_position(summary: CorpusSummary) -> np.ndarray:
+    """[P] dropped / assigned slots at each position, over all layers (NaN where none were assigned)."""
+    slots, dropped = summary.position_slots.sum(axis=0), summary.position_dropped.sum(axis=0)
+    out = np.full(slots.shape, np.nan)
+    np.divide(dropped, slots, out=out, where=slots > 0)
+    return out
+
+
+def summary_json(summary: CorpusSummary, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `python -m moe_core summarize DIR --format json` prints (README, "Tracing a corpus")."""
+    drops = summary.position_dropped.sum(axis=1)
+    slots = summary.position_slots.sum(axis=1)
+    return {
+        "model": model,
+        "tokens": summary.tokens,
+        "documents": summary.documents,
+        "truncated_documents": summary.truncated,
+        "capacity_factor": summary.capacity_factor,
+        "policy": POLICY,
+        "group": GROUP,
+        "layers": [
+            {
+                "layer": layer,
+                "top1_counts": summary.top1[row].tolist(),
+                "topk_counts": summary.topk[row].tolist(),
+                "drop_rate": round(float(drops[row] / slots[row]), 6) if slots[row] else None,
+            }
+            for row, layer in enumerate(summary.moe_layers)
+        ],
+        "domains": {
+            name: {
+                "documents": int(summary.domain_documents[d]),
+                "tokens": int(summary.domain_tokens[d]),
+                "topk_counts": summary.domain_topk[d].tolist(),
+            }
+            for d, name in enumerate(summary.domains)
+        },
+        "drop_rate_by_position": [None if np.isnan(v) else round(float(v), 6) for v in drop_rate_by_position(summary)],
+    }

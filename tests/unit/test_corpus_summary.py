@@ -1,0 +1,174 @@
+"""Corpus pieces without a model: reading documents, the rank split, batch packing, addable summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from moe_core.analyses.flow import transition_counts
+from moe_core.analyses.load import coactivation_frame, load_frame
+from moe_core.capacity import simulate_capacity
+from moe_core.corpus.documents import read_documents, shard_chunks
+from moe_core.corpus.runner import pack_batches
+from moe_core.corpus.shards import documents_of_rank
+from moe_core.corpus.summary import add_all, load_summary, save_summary, summarize_documents
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+
+E, K, LAYERS = 6, 2, (0, 2, 3)
+
+
+def _documents(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Random routing of `count` documents: (experts [L, T, k] with some model drops, ids [T], domain)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for number in range(count):
+        length = int(rng.integers(3, 40))
+        distinct = rng.permuted(np.tile(np.arange(E), (len(LAYERS) * length, 1)), axis=1)[:, :K]
+        experts = distinct.reshape(len(LAYERS), length, K)
+        experts[rng.random(experts.shape) < 0.05] = DROPPED
+        out.append((experts, rng.integers(0, 30, length), ("code", "prose", "math")[number % 3]))
+    return out
+
+
+def _summary(documents: list[tuple[np.ndarray, np.ndarray, str]], factor: float = 1.0):
+    experts, ids, domains = zip(*documents, strict=True)
+    return summarize_documents(experts, ids, domains, LAYERS, E, factor)
+
+
+def _trace(documents: list[tuple[np.ndarray, np.ndarray, str]]) -> RoutingTrace:
+    """The same documents as one RoutingTrace, to compute the counts the direct way."""
+    experts = np.concatenate([d[0] for d in documents], axis=1)
+    lengths = [len(d[1]) for d in documents]
+    total = sum(lengths)
+    info = ModelInfo("m", "mixtral", E, K, "softmax", 4, LAYERS)
+    ids = np.concatenate([d[1] for d in documents])
+    sequence = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.concatenate([np.arange(n) for n in lengths])
+    tokens = Tokens(ids, ("",) * total, np.zeros((total, 2), np.int64), sequence, position)
+    probs = np.full((len(LAYERS), total, E), 1 / E, dtype=np.float32)
+    return RoutingTrace(info, ("",) * len(lengths), tokens, probs, probs, experts, np.ones(experts.shape, np.float32))
+
+
+def test_the_whole_is_the_sum_of_its_shards() -> None:
+    """Summaries of any split of the documents add up to the summary of all of them, field by field."""
+    documents = _documents(0, 12)
+    whole = _summary(documents)
+    assert add_all([_summary(documents[:5]), _summary(documents[5:6]), _summary(documents[6:])]).equals(whole)
+    assert (_summary(documents[7:]) + _summary(documents[:7])).equals(whole)
+
+
+def test_counts_equal_the_trace_analyses() -> None:
+    """Load, transitions, co-activation and drops by position are what the per-trace analyses compute."""
+    documents = _documents(1, 9)
+    summary, routing = _summary(documents, factor=0.75), _trace(documents)
+    frame = load_frame(routing)
+    np.testing.assert_array_equal(summary.top1, frame["top1"].to_numpy().reshape(len(LAYERS), E))
+    np.testing.assert_array_equal(summary.topk, frame["topk"].to_numpy().reshape(len(LAYERS), E))
+    for row in range(len(LAYERS) - 1):
+        np.testing.assert_array_equal(summary.transitions[row], transition_counts(routing, row))
+    for row in range(len(LAYERS)):
+        pairs = coactivation_frame(routing, row)
+        expected = np.zeros((E, E), np.int64)
+        expected[pairs["source"], pairs["target"]] = pairs["count"]
+        np.testing.assert_array_equal(summary.coactivation[row] * (1 - np.eye(E, dtype=np.int64)), expected)
+    result = simulate_capacity(routing, 0.75, policy="position", group="sequence")
+    rate = summary.position_dropped / np.maximum(summary.position_slots, 1)
+    np.testing.assert_allclose(rate, np.nan_to_num(result.drop_rate_by_position), atol=1e-12)
+
+
+def test_token_id_counts_are_sparse_top1_counts() -> None:
+    """(layer, token id, expert) rows count first choices, with no zero rows."""
+    documents = _documents(2, 4)
+    summary, routing = _summary(documents), _trace(documents)
+    row = 1
+    top1, ids = routing.experts[row, :, 0], routing.tokens.ids
+    token = int(summary.token_id[summary.token_layer == row][0])
+    expected = np.bincount(top1[(ids == token) & (top1 >= 0)], minlength=E)
+    rows = (summary.token_layer == row) & (summary.token_id == token)
+    got = np.zeros(E, np.int64)
+    got[summary.token_expert[rows]] = summary.token_count[rows]
+    np.testing.assert_array_equal(got, expected)
+    assert (summary.token_count > 0).all()
+
+
+def test_domains_count_their_documents_and_slots() -> None:
+    """Per-domain slots add up to the total slots; each domain has its documents."""
+    summary = _summary(_documents(3, 7))
+    assert summary.domains == ("code", "math", "prose")
+    assert summary.domain_documents.tolist() == [3, 2, 2]
+    np.testing.assert_array_equal(summary.domain_topk.sum(axis=0), summary.topk)
+
+
+def test_summary_file_round_trip(tmp_path: Path) -> None:
+    """save_summary / load_summary give back the same counts (npz, no pickle)."""
+    summary = _summary(_documents(4, 5))
+    save_summary(summary, tmp_path / "s.npz")
+    assert load_summary(tmp_path / "s.npz").equals(summary)
+    (tmp_path / "bad.npz").write_bytes(b"not a summary")
+    with pytest.raises(ValueError, match="not a corpus summary"):
+        load_summary(tmp_path / "bad.npz")
+
+
+def test_summaries_of_different_capacity_factors_do_not_add() -> None:
+    """Adding counts taken at different capacity factors is refused."""
+    documents = _documents(5, 2)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        _summary(documents, 1.0) + _summary(documents, 2.0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_document_goes_to_exactly_one_rank(world: int) -> None:
+    """The rank split covers every document once, in whole shards, whatever the number of processes."""
+    per_rank = [documents_of_rank(23, 4, rank, world) for rank in range(world)]
+    assert sorted(d for documents in per_rank for d in documents) == list(range(23))
+    for rank, documents in enumerate(per_rank):
+        assert {d // 4 % world for d in documents} <= {rank}
+
+
+def test_shard_chunks_are_fixed_ranges() -> None:
+    """Shard j holds documents j·S … (j+1)·S − 1 even when the reader starts elsewhere."""
+    from moe_core.corpus.documents import Document
+
+    documents = [Document(i, "x") for i in range(2, 11)]
+    chunks = [(shard, [d.index for d in chunk]) for shard, chunk in shard_chunks(documents, 4)]
+    assert chunks == [(0, [2, 3]), (1, [4, 5, 6, 7]), (2, [8, 9, 10])]
+
+
+def test_batches_stay_within_the_token_budget() -> None:
+    """Each batch pads to at most the budget (a longer document goes alone); every document once."""
+    lengths = [5, 30, 7, 7, 12, 1, 64]
+    batches = pack_batches(lengths, 32)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 32
+
+
+def test_local_files_of_every_kind(tmp_path: Path) -> None:
+    """.txt (a document a line), .jsonl (text, domain), .parquet, and a folder of them in sorted order."""
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "json doc", "kind": "code"}) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"text": ["parquet doc"], "kind": ["prose"]}), tmp_path / "c.parquet")
+    documents = list(read_documents(str(tmp_path), domain_field="kind"))
+    assert [(d.index, d.text, d.domain) for d in documents] == [
+        (0, "first line", ""), (1, "second line", ""), (2, "json doc", "code"), (3, "parquet doc", "prose"),
+    ]  # fmt: skip
+    assert len(list(read_documents(str(tmp_path), limit=2))) == 2
+
+
+def test_unknown_inputs_fail_clearly(tmp_path: Path) -> None:
+    """A missing file, a bad JSON line, and a hub-style name without `datasets` each say what to do."""
+    with pytest.raises(ValueError, match="no such file"):
+        list(read_documents(str(tmp_path / "missing.jsonl")))
+    (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        list(read_documents(str(tmp_path / "bad.jsonl")))
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install datasets"):
+            list(read_documents("org/some-corpus"))
