@@ -69,6 +69,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def top_k_counts(scores: np.ndarray, top_k: int) -> np.ndarray:
+    """[E] how many rows of `scores` [T, E] have each expert in their top-k, ties going to the lower expert (as
+    a stable sort of -scores, or torch.topk, picks them). A partition, not a sort: 61 layers of 256 experts at
+    4,096 tokens took 4 s sorted."""
+    num_experts = scores.shape[-1]
+    if not len(scores) or top_k <= 0:
+        return np.zeros(num_experts, dtype=np.int64)
+    kth = np.partition(scores, num_experts - top_k, axis=-1)[:, num_experts - top_k, None]  # k-th largest
+    above, tied = scores > kth, scores == kth
+    room = top_k - above.sum(axis=-1, keepdims=True)  # tied experts still taken, lowest index first
+    chosen = above | (tied & (np.cumsum(tied, axis=-1) <= room))
+    return chosen.sum(axis=0).astype(np.int64)
+
+
 def transformers_balance_loss(layer_logits: Sequence[np.ndarray], top_k: int) -> float:
     """transformers' `load_balancing_loss_func` (Mixtral, Qwen-MoE, OLMoE, ...), with no attention mask.
 
@@ -80,8 +94,7 @@ def transformers_balance_loss(layer_logits: Sequence[np.ndarray], top_k: int) ->
     slots, prob_sum, rows = np.zeros(num_experts), np.zeros(num_experts), 0
     for logits in layer_logits:
         probs = _softmax(logits.astype(np.float64))
-        chosen = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
-        slots += np.bincount(chosen.reshape(-1), minlength=num_experts)
+        slots += top_k_counts(probs, top_k)
         prob_sum += probs.sum(axis=0)
         rows += len(probs)
     if not rows:
