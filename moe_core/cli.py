@@ -28,7 +28,6 @@ from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
 from moe_core.corpus import cli as corpus_cli
 from moe_core.devices import DEVICE_CHOICES
-from moe_core.engines.command import run_show, show_arguments
 from moe_core.models import DEMO_MODEL, load_model
 from moe_core.trace import DROPPED, RoutingTrace
 from moe_core.trace_io import model_json, save_trace, to_json_dict
@@ -291,9 +290,6 @@ COMMANDS: dict[str, Command] = {
     ),
     "summarize": Command(
         "sum a traced corpus's shard summaries and print them", corpus_cli.summarize_arguments, corpus_cli.run_summarize
-    ),
-    "show": Command(
-        "print or convert a saved trace or a vLLM / SGLang / Megatron-Core routing dump", show_arguments, run_show
     ),
 }
 
