@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_core import verify_command
 from moe_core.capacity import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
@@ -277,11 +276,6 @@ COMMANDS: dict[str, Command] = {
     ),
     "architectures": Command(
         "check capture on a tiny model of every MoE family (Markdown table)", _no_arguments, _run_architectures
-    ),
-    "verify": Command(
-        "prove capture exact on this model by ablation, layer by layer (JSON; exit 1 on a failing layer)",
-        verify_command.verify_arguments,
-        verify_command.run_verify,
     ),
     "trace-corpus": Command(
         "trace a corpus into resumable Parquet shards with addable summaries (README: Tracing a corpus)",

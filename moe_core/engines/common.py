@@ -1,0 +1,331 @@
+"""What every engine importer shares: the file as read, the dump as segments, and one way to a RoutingTrace.
+
+An engine dump holds expert ids and little else (no router scores, usually no weights, often no token ids or
+sequence boundaries). Each reader turns its layout into a `Dump` of `Segment`s; `assemble` alone decides how
+tokens are labelled, where E and the layer numbers come from, and what the notes say, so the four formats tell a
+reader the same things in the same words.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from moe_core.trace import ModelInfo, RoutingTrace, Tokens
+from moe_core.trace_checks import MAX_EXPERTS, MAX_LAYERS, TraceFormatError, build, check_budget
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
+SNIFF_BYTES = 4096  # how much of a file the sniffers look at before parsing it
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One file as uploaded or read: its name and bytes, with the JSON parsed at most once (sniff and read share
+    it)."""
+
+    name: str
+    data: bytes
+
+    @property
+    def head(self) -> bytes:
+        return self.data[:SNIFF_BYTES]
+
+    @cached_property
+    def json(self) -> Any:
+        """The file as JSON; TraceFormatError (one line) when it is not."""
+        return parse_json(self.data, self.name)
+
+    def json_or_none(self) -> Any:
+        """The JSON, or None when the file is not JSON (for sniffers, which must never raise)."""
+        if self.head.lstrip()[:1] not in {b"{", b"["}:
+            return None
+        try:
+            return self.json
+        except TraceFormatError:
+            return None
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """JSON text to Python, every failure one plain line."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TraceFormatError(f"{what[:80]}: not valid JSON (the file is not UTF-8 text)") from None
+    except RecursionError:
+        raise TraceFormatError(f"{what[:80]}: not valid JSON for a routing dump (nested too deeply)") from None
+    except ValueError as error:  # JSONDecodeError, and integers of more than 4300 digits
+        raise TraceFormatError(f"{what[:80]}: not valid JSON ({str(error).splitlines()[0][:120]})") from None
+
+
+@dataclass(frozen=True)
+class ModelHints:
+    """What the user told us about the model behind a dump (--model / --tokenizer); every field may be unknown.
+
+    `decode(ids)` is the tokenizer's decode; `moe_layers` are the model's layer indices of its MoE layers.
+    """
+
+    name: str | None = None
+    architecture: str | None = None
+    num_experts: int | None = None
+    top_k: int | None = None
+    num_layers: int | None = None
+    moe_layers: tuple[int, ...] | None = None
+    scoring: str | None = None
+    context_length: int | None = None
+    decode: Callable[[list[int]], str] | None = None
+    source: str = ""  # how E and the layers were learned, for the notes ("the config of org/model")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence of a dump. experts [n, L, k] logical ids >= 0; ids [n] token ids, None when the dump has none;
+    start: the position of its first token in its request (> 0 when earlier positions came from a cache)."""
+
+    experts: np.ndarray
+    ids: np.ndarray | None = None
+    start: int = 0
+
+
+@dataclass(frozen=True)
+class Dump:
+    """An engine's routing, read but not yet a trace. `layers`: the model's layer index of each of the L columns
+    when the dump says (None: from the model, else 0…L−1); `num_experts`: E when the dump itself says."""
+
+    engine: str  # "vLLM", "SGLang", "Megatron-Core": how the notes name it
+    segments: list[Segment]
+    layers: tuple[int, ...] | None = None
+    num_experts: int | None = None
+    num_experts_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def int_grid(raw: Any, what: str, depth: int = 3) -> np.ndarray:
+    """A JSON nested list of whole numbers, `depth` levels deep and rectangular, as int64 (TraceFormatError if
+    not). Checks the whole structure before converting, so a ragged or mixed list is refused in one line."""
+    level, shape = [raw], []
+    for _ in range(depth):
+        if any(type(item) is not list for item in level):
+            raise TraceFormatError(f"{what} must be a {depth}-level nested list of whole numbers")
+        sizes = {len(item) for item in level}
+        if len(sizes) > 1:
+            raise TraceFormatError(f"{what} is ragged: its lists differ in length")
+        shape.append(sizes.pop() if sizes else 0)
+        level = [value for item in level for value in item]
+    if any(type(value) is not int for value in level):
+        wrong = next(value for value in level if type(value) is not int)
+        raise TraceFormatError(f"{what} must hold whole numbers, found {type(wrong).__name__}")
+    if level and (min(level) < -(2**31) or max(level) >= 2**31):
+        raise TraceFormatError(f"{what} holds a number too large for an expert id")
+    return np.asarray(level, dtype=np.int64).reshape(shape)
+
+
+def integer_array(array: Any, what: str, ndim: int) -> np.ndarray:
+    """A numpy (or torch, already converted) array of integers with `ndim` dimensions, as int64."""
+    if not isinstance(array, np.ndarray):
+        raise TraceFormatError(f"{what} must be an array, got {type(array).__name__}")
+    if array.dtype.kind not in "iu":
+        raise TraceFormatError(f"{what} must hold whole numbers, got {array.dtype}")
+    if array.ndim != ndim:
+        raise TraceFormatError(f"{what} must have {ndim} dimensions, got shape {list(array.shape)}")
+    return array.astype(np.int64)
+
+
+def npy_array(data: bytes, what: str) -> np.ndarray:
+    """A .npy file's array (never pickled objects)."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise TraceFormatError(f"{what}: not a readable .npy array ({str(error).splitlines()[0][:100]})") from None
+
+
+def b64_bytes(text: Any, what: str) -> bytes:
+    """Strict base64 (whitespace allowed) to bytes; truncated or foreign text is refused in one line."""
+    if type(text) is not str:
+        raise TraceFormatError(f"{what} must be base64 text, got {type(text).__name__}")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise TraceFormatError(f"{what} is not valid base64 (truncated or not base64 at all)") from None
+
+
+def looks_base64(head: bytes) -> bool:
+    """Whether a file's start is base64 text (a sniffer's test: letters, digits, + / = and whitespace only)."""
+    stripped = head.strip()
+    allowed = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n\t ")
+    return bool(stripped) and set(stripped) <= allowed
+
+
+def position_ranges(positions: Sequence[int]) -> str:
+    """'0–15, 40–41' for a sorted list of positions (short notes, however many positions)."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], p)
+        else:
+            runs.append((p, p))
+    shown = [f"{a}–{b}" if b > a else str(a) for a, b in runs[:6]]
+    return ", ".join(shown) + (f" and {len(runs) - 6} more runs" if len(runs) > 6 else "")
+
+
+def _shape_of(dump: Dump) -> tuple[int, int]:
+    """(L, k) shared by every segment."""
+    shapes = {segment.experts.shape[1:] for segment in dump.segments if len(segment.experts)}
+    if not shapes:
+        raise TraceFormatError(f"the {dump.engine} dump holds no routed tokens")
+    if len(shapes) > 1:
+        raise TraceFormatError(f"the {dump.engine} dump's parts disagree on [MoE layers, k]: {sorted(shapes)}")
+    num_layers, top_k = shapes.pop()
+    if not 1 <= num_layers <= MAX_LAYERS or top_k < 1:
+        raise TraceFormatError(f"the {dump.engine} dump has {num_layers} MoE layers and k = {top_k}")
+    return num_layers, top_k
+
+
+def _layers(dump: Dump, hints: ModelHints, count: int) -> tuple[tuple[int, ...], str]:
+    """The model's layer index of each of the dump's L columns, and where that came from."""
+    if dump.layers is not None:
+        return dump.layers, ""
+    if hints.moe_layers is not None:
+        if len(hints.moe_layers) != count:
+            raise TraceFormatError(
+                f"the dump has {count} MoE layers but {hints.name} has {len(hints.moe_layers)}: is it the right model?"
+            )
+        return hints.moe_layers, ""
+    return tuple(range(count)), f"layers numbered 0–{count - 1} in dump order (the model's own numbering is unknown)"
+
+
+def _num_experts(dump: Dump, hints: ModelHints, highest: int) -> tuple[int, str]:
+    """E: the model's config, else the dump's own count, else the highest id + 1 (said so in the notes)."""
+    if hints.num_experts is not None:
+        if highest >= hints.num_experts:
+            raise TraceFormatError(
+                f"expert id {highest} is outside 0 to {hints.num_experts - 1} ({hints.name} has {hints.num_experts})"
+            )
+        return hints.num_experts, f"E = {hints.num_experts} from {hints.source or hints.name}"
+    if dump.num_experts is not None:
+        if highest >= dump.num_experts:
+            raise TraceFormatError(f"expert id {highest} is outside 0 to {dump.num_experts - 1}")
+        return dump.num_experts, f"E = {dump.num_experts} from {dump.num_experts_source}"
+    count = highest + 1
+    if count > MAX_EXPERTS:
+        raise TraceFormatError(f"expert id {highest} is larger than any model has ({MAX_EXPERTS} experts at most)")
+    return count, f"E = {count} is the highest expert id + 1 (pass --model to take E from its config)"
+
+
+def _token_text(hints: ModelHints, ids: np.ndarray | None, start: int, count: int) -> list[str]:
+    """Each token's display text: the tokenizer's, else the id ("#1234"), else its position ("?5") when the dump
+    has no ids. Bytes of one character show it on the first of their tokens and "" on the rest."""
+    if ids is None:
+        return [f"?{start + i}" for i in range(count)]
+    if hints.decode is None:
+        return [f"#{int(token)}" for token in ids]
+    texts: list[str] = []
+    pending: list[int] = []
+    for token in ids.tolist():
+        pending.append(token)
+        texts.append("")
+        piece = hints.decode(pending)
+        if "\ufffd" in piece and len(pending) < 4:  # part of a multi-byte character: wait for the rest
+            continue
+        texts[-len(pending)] = piece
+        pending = []
+    if pending:
+        texts[-len(pending)] = hints.decode(pending)
+    return texts
+
+
+def _tokens(dump: Dump, hints: ModelHints) -> tuple[Tokens, tuple[str, ...]]:
+    """The Tokens table and one text per segment (its token texts joined, so offsets are exact)."""
+    ids, text, offsets, sequence, position, texts = [], [], [], [], [], []
+    running = 0
+    for number, segment in enumerate(dump.segments):
+        count = len(segment.experts)
+        pieces = _token_text(hints, segment.ids, segment.start, count)
+        ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
+        offsets.append(np.stack([ends - [len(p) for p in pieces], ends], axis=1) if count else np.zeros((0, 2)))
+        ids.append(segment.ids if segment.ids is not None else np.arange(running, running + count))
+        text.extend(pieces)
+        texts.append("".join(pieces))
+        sequence.append(np.full(count, number))
+        position.append(np.arange(count))
+        running += count
+    tokens = Tokens(
+        ids=np.concatenate(ids).astype(np.int64),
+        text=tuple(text),
+        offsets=np.concatenate(offsets).astype(np.int64).reshape(-1, 2),
+        sequence=np.concatenate(sequence).astype(np.int64),
+        position=np.concatenate(position).astype(np.int64),
+    )
+    return tokens, tuple(texts)
+
+
+def _segment_notes(dump: Dump) -> list[str]:
+    shifted = [(n, s.start) for n, s in enumerate(dump.segments) if s.start]
+    if not shifted:
+        return []
+    shown = ", ".join(f"sequence {n} at {start}" for n, start in shifted[:4])
+    more = f" (and {len(shifted) - 4} more)" if len(shifted) > 4 else ""
+    return [f"some sequences start after position 0 of their request: {shown}{more}; positions here count from 0"]
+
+
+def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
+    """The compact RoutingTrace of a dump (experts only: logits, probs and weights None), every field checked."""
+    segments = [segment for segment in dump.segments if len(segment.experts)]
+    dump = Dump(dump.engine, segments, dump.layers, dump.num_experts, dump.num_experts_source, dump.notes)
+    num_layers, top_k = _shape_of(dump)
+    experts = np.concatenate([segment.experts for segment in segments]).transpose(1, 0, 2)  # [L, T, k]
+    if (experts < 0).any():
+        raise TraceFormatError(f"expert id {int(experts.min())} is negative (not a {dump.engine} marker known here)")
+    num_experts, experts_note = _num_experts(dump, hints, int(experts.max()))
+    if top_k > num_experts:
+        raise TraceFormatError(f"the dump routes each token to {top_k} experts, but there are only {num_experts}")
+    layers, layers_note = _layers(dump, hints, num_layers)
+    if hints.num_layers is not None and max(layers) >= hints.num_layers:
+        raise TraceFormatError(f"the dump names layer {max(layers)}, but {hints.name} has {hints.num_layers} layers")
+    tokens, texts = _tokens(dump, hints)
+    notes = [
+        f"imported from a {dump.engine} routing dump: expert ids only (no router scores or gate weights)",
+        experts_note,
+        *([layers_note] if layers_note else []),
+        *_segment_notes(dump),
+        *dump.notes,
+    ]
+    if hints.decode is None:
+        notes.append("no tokenizer given: tokens show as #id (or ?position where the dump has no ids)")
+    model = ModelInfo(
+        name=(hints.name or f"{dump.engine} dump")[:500],
+        architecture=hints.architecture or "unknown",
+        num_experts=num_experts,
+        top_k=top_k,
+        scoring=hints.scoring or "unknown",
+        num_layers=hints.num_layers if hints.num_layers is not None else max(layers) + 1,
+        moe_layers=layers,
+        context_length=hints.context_length,
+        device="unknown",
+        dtype="unknown",
+        notes=tuple(note[:500] for note in notes[:64]),
+    )
+    check_budget(model, len(tokens), ("experts",))
+    return build(model, texts, (False,) * len(texts), tokens, {"experts": experts})
+
+
+def known_runs(rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray) -> list[Segment]:
+    """Split a request's rows [n, L, k] into segments of recorded routing, leaving out the `unknown` [n] rows (an
+    engine's "not recorded here" marker, e.g. vLLM's prefix-cached -1): a gap is never shown as routing, nor as a
+    drop. Each segment keeps the request position it starts at."""
+    segments, start = [], None
+    for index, gap in enumerate([*unknown.tolist(), True]):
+        if not gap and start is None:
+            start = index
+        elif gap and start is not None:
+            segments.append(Segment(rows[start:index], None if ids is None else ids[start:index], start))
+            start = None
+    return segments
