@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moe_core import verify_command
 from moe_core.capacity import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
@@ -27,6 +28,7 @@ from moe_core.capped import Counterfactual, counterfactual
 from moe_core.capture import trace
 from moe_core.corpus import cli as corpus_cli
 from moe_core.devices import DEVICE_CHOICES
+from moe_core.engines.command import run_show, show_arguments
 from moe_core.models import DEMO_MODEL, load_model
 from moe_core.trace import DROPPED, RoutingTrace
 from moe_core.trace_io import model_json, save_trace, to_json_dict
@@ -277,6 +279,11 @@ COMMANDS: dict[str, Command] = {
     "architectures": Command(
         "check capture on a tiny model of every MoE family (Markdown table)", _no_arguments, _run_architectures
     ),
+    "verify": Command(
+        "prove capture exact on this model by ablation, layer by layer (JSON; exit 1 on a failing layer)",
+        verify_command.verify_arguments,
+        verify_command.run_verify,
+    ),
     "trace-corpus": Command(
         "trace a corpus into resumable Parquet shards with addable summaries (README: Tracing a corpus)",
         corpus_cli.trace_corpus_arguments,
@@ -284,6 +291,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "summarize": Command(
         "sum a traced corpus's shard summaries and print them", corpus_cli.summarize_arguments, corpus_cli.run_summarize
+    ),
+    "show": Command(
+        "print or convert a saved trace or a vLLM / SGLang / Megatron-Core routing dump", show_arguments, run_show
     ),
 }
 
