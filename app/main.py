@@ -49,10 +49,11 @@ from app.view_registry import VIEWS, view_module  # noqa: E402
 from app.views import ViewContext  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
+from moe_core.engines import UPLOAD_TYPES, read_bytes  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
 from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
-from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, load_trace_bytes, to_json_text, to_parquet_bytes  # noqa: E402
+from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
 SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded
@@ -158,8 +159,8 @@ def _sidebar_inputs() -> UploadedFile | None:
     if error := st.session_state.pop("continue_error", None):
         sidebar.warning(f"Cannot continue the text: {md_text(error)}")
     upload = sidebar.file_uploader(
-        f"…or view a saved trace (JSON or Parquet, up to {MAX_TRACE_MB} MB)",
-        type=["json", "parquet"],
+        f"…or view a saved trace or an engine's routing dump (vLLM, SGLang, Megatron-Core), up to {MAX_TRACE_MB} MB",
+        type=UPLOAD_TYPES,
         key="upload",
         max_upload_size=MAX_TRACE_MB,
         on_change=_new_upload,
@@ -261,7 +262,7 @@ def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
     parsed = st.session_state.get("parsed_upload")
     if parsed is None or parsed[0] != key:
         try:
-            result: RoutingTrace | str = load_trace_bytes(data, upload.name)
+            result: RoutingTrace | str = read_bytes(data, upload.name)  # the format sniffed (engines.FORMATS)
         except TraceFormatError as error:
             result = str(error)
         parsed = st.session_state.parsed_upload = (key, result)

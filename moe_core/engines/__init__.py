@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_core import trace_io
 from moe_core.engines import megatron, sglang, vllm
 from moe_core.engines.common import ModelHints, Payload
 from moe_core.engines.hints import model_hints
 from moe_core.trace import RoutingTrace
 from moe_core.trace_checks import TraceFormatError
-from moe_core.trace_io import check_size, load_trace_bytes
 
 __all__ = ["AUTO", "FORMATS", "UPLOAD_TYPES", "EngineFormat", "ModelHints", "model_hints", "read_bytes", "read_files"]
 
@@ -49,7 +49,7 @@ def _read_trace(payload: Payload, _hints: ModelHints) -> RoutingTrace:
     """This tool's own JSON or Parquet (by name, else by content)."""
     name = payload.name if payload.name.endswith((".json", ".parquet")) else (
         "trace.parquet" if payload.data.startswith(b"PAR1") else "trace.json")  # fmt: skip
-    return load_trace_bytes(payload.data, name)
+    return trace_io.load_trace_bytes(payload.data, name)  # looked up on the module: tests may wrap it
 
 
 FORMATS: dict[str, EngineFormat] = {  # sniffed in this order; the first that claims a file reads it
@@ -79,6 +79,8 @@ def detect(payload: Payload) -> str:
     for name, engine in FORMATS.items():
         if engine.sniff(payload):
             return name
+    if payload.name.endswith((".json", ".parquet")):
+        return "trace"  # its reader says precisely what is wrong (bad JSON, a missing field…)
     raise TraceFormatError(
         f"{payload.name[:80]}: not a format this tool recognises (a saved trace, a vLLM or SGLang response, an "
         "SGLang per_token dump or a Megatron-Core router trace)"
@@ -102,7 +104,7 @@ def read_payloads(payloads: Sequence[Payload], source: str = AUTO, hints: ModelH
     """Several files are one dump only where the format merges them (Megatron-Core's ranks)."""
     if not payloads:
         raise TraceFormatError("no file given")
-    check_size(sum(len(p.data) for p in payloads))
+    trace_io.check_size(sum(len(p.data) for p in payloads))
     engine = _format(source, payloads[0])
     hints = hints or ModelHints()
     if len(payloads) == 1:
@@ -116,7 +118,7 @@ def read_files(paths: Sequence[str | Path], source: str = AUTO, hints: ModelHint
     """Files on disk (the CLI's way in); the size limit is checked before any file is read."""
     paths = [Path(p) for p in paths]
     try:
-        check_size(sum(p.stat().st_size for p in paths))
+        trace_io.check_size(sum(p.stat().st_size for p in paths))
         payloads = [Payload(p.name, p.read_bytes()) for p in paths]
     except OSError as error:
         name = Path(error.filename).name if error.filename else "a file"

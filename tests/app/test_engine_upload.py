@@ -1,0 +1,52 @@
+"""The upload box takes engines' routing dumps too (moe_core.engines, sniffed): a vLLM .npy and a Megatron-Core
+JSONL written from the demo model's own routing open like a saved trace, tokens shown by id or position."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from moe_core.capture import trace
+from moe_core.models import load_model
+from tests.app.conftest import page_html, run_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rows() -> tuple[np.ndarray, np.ndarray]:
+    """[tokens, L, k] experts and the ids of the demo model's routing of one text."""
+    loaded = load_model()
+    routing = trace(loaded.model, loaded.tokenizer, "Routing recorded by a serving engine.")
+    return routing.experts.transpose(1, 0, 2).copy(), routing.tokens.ids
+
+
+def _upload(name: str, payload: bytes):
+    return lambda at: at.file_uploader(key="upload").set_value((name, payload, "application/octet-stream"))
+
+
+def test_a_vllm_npy_opens_in_the_routing_view(rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """The SDK's prompt_routed_experts saved as .npy: drawn, named as a vLLM dump, no error."""
+    sink = io.BytesIO()
+    np.save(sink, rows[0].astype(np.int16))
+    at = run_app({"view": "routing"}, setup=_upload("prompt_routed_experts.npy", sink.getvalue()))
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert "vLLM dump" in at.caption[0].value and "uploaded trace" in at.caption[0].value
+    assert "?0" in page_html(at)  # no token ids in a bare array: tokens show by position
+
+
+def test_a_megatron_jsonl_opens_and_bad_lines_are_one_message(rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """One rank's router trace is drawn; a broken one gives the reader's one-line reason."""
+    experts = rows[0]
+    lines = [json.dumps({"step": 0, "block": "decoder", "layer": layer, "rank": 0, "num_tokens": len(experts),
+                         "topk": experts.shape[2], "top_indices": experts[:, layer].tolist()})
+             for layer in range(experts.shape[1])]  # fmt: skip
+    at = run_app({"view": "load"}, setup=_upload("router_trace_rank0.jsonl", "\n".join(lines).encode()))
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert "Megatron-Core dump" in at.caption[0].value
+    broken = _upload("router_trace_rank0.jsonl", (lines[0][:-20] + "\n").encode())
+    at = run_app({"view": "load"}, setup=broken)
+    assert at.error and "line 1" in at.error[0].value
