@@ -52,7 +52,8 @@ class GenericRecord:
 
 
 def _tensors(output: Any) -> tuple[torch.Tensor, ...]:
-    items = output if isinstance(output, tuple | list) else (output,)
+    """The tensors of a router's output: a tensor, a tuple or list, or a dict (LLaMA-MoE's gate returns one)."""
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, tuple | list) else (output,)
     return tuple(item for item in items if torch.is_tensor(item))
 
 

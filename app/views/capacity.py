@@ -45,7 +45,7 @@ from moe_core.analyses.drops import (
 from moe_core.analyses.routing import token_frame
 from moe_core.capacity import CapacityResult, simulate_capacity
 from moe_core.capped import Counterfactual
-from moe_core.trace import RoutingTrace
+from moe_core.trace import DROPPED, RoutingTrace
 
 TITLE = "Capacity and drops"
 EXPLAINER = """
@@ -90,6 +90,7 @@ def draw(context: ViewContext) -> None:
     result = simulate_capacity(routing, settings.capacity_factor, policy=settings.policy, group=settings.group)
     capped = _capped_run(context)
     _capacity_line(routing, result, row, context.layer)
+    _own_drops(routing, row)
     if capped is not None:
         _cost_summary(capped)
     slots = _layer_slots(routing, result, capped)
@@ -144,6 +145,16 @@ def _capacity_line(routing: RoutingTrace, result: CapacityResult, row: int, laye
         f"**Layer {layer}:** C = max({result.min_capacity}, ⌈{result.capacity_factor:g} · "
         f"{info.top_k} · {tokens} / {info.num_experts}⌉) = **{int(result.capacity[row, 0])}** slots per expert{per}"
     )
+
+
+def _own_drops(routing: RoutingTrace, row: int) -> None:
+    """The drops the model made itself (real capacity: Switch, OpenMoE), beside the simulation that adds to them."""
+    own = routing.experts[row] == DROPPED
+    if own.any():
+        st.markdown(
+            f"**The model itself dropped {int(own.sum())} of {own.size} slots** at this layer ({own.mean():.1%}, its "
+            "own expert capacity, as traced); the simulation counts them as dropped and applies C to the rest."
+        )
 
 
 def _cost_summary(capped: Counterfactual) -> None:

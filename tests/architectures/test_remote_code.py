@@ -1,0 +1,111 @@
+"""The seed papers' own models through remote code: four look-alike model folders (tests/fixtures/remote_code),
+loaded exactly as a hub checkpoint's custom code would be, traced by generic capture and proven by ablation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from moe_core import models
+from moe_core.capture import trace
+from moe_core.generic import GENERIC_NOTE, RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
+from moe_core.models import ModelLoadError, load_model
+from moe_core.trace import DROPPED
+from moe_core.verification import VERIFY_TEXTS, verify_model
+from tests.lookalikes import LOOKALIKES, build_checkpoint
+
+LONG_TEXT = " ".join(VERIFY_TEXTS) * 3  # long enough that OpenMoE's capacity binds toward the end
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, demo_tokenizer: Any) -> dict[str, Path]:
+    target = tmp_path_factory.mktemp("remote-code")
+    return {name: build_checkpoint(name, target, demo_tokenizer) for name in LOOKALIKES}
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints: dict[str, Path]) -> dict[str, models.LoadedModel]:
+    return {name: load_model(str(folder), device="cpu", trust_remote_code=True) for name, folder in checkpoints.items()}
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_lookalike_loads_through_remote_code_and_traces(name: str, loaded: dict[str, models.LoadedModel]) -> None:
+    """load_model with trust_remote_code runs the folder's own code (auto_map); the trace reads the consumed choice."""
+    model_type, num_experts, top_k, moe_layers = LOOKALIKES[name]
+    model = loaded[name].model
+    assert type(model).__module__.startswith("transformers_modules.")
+    routing = trace(model, loaded[name].tokenizer, VERIFY_TEXTS)
+    info = routing.model
+    assert (info.architecture, info.num_experts, info.top_k, info.moe_layers) == (
+        model_type, num_experts, top_k, moe_layers
+    )  # fmt: skip
+    assert GENERIC_NOTE in info.notes
+    assert RECOMPUTED_NOTE not in info.notes and WEIGHTS_RECOMPUTED_NOTE not in info.notes
+    assert info.scoring == "softmax"
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_lookalike_passes_verify(name: str, loaded: dict[str, models.LoadedModel]) -> None:
+    """The ablation proof on every MoE layer: captured experts are exactly those whose zeroing changes the token."""
+    verdict = verify_model(loaded[name].model, loaded[name].tokenizer, (LONG_TEXT, *VERIFY_TEXTS))
+    assert verdict.passed, verdict.detail
+    assert verdict.probs_match is True
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_lookalike_is_refused_without_trust_remote_code(name: str, checkpoints: dict[str, Path]) -> None:
+    """Without the operator's flag the folder's code never runs: one sentence says what would turn it on."""
+    with pytest.raises(ModelLoadError, match="trust_remote_code, which the operator must turn on"):
+        load_model(str(checkpoints[name]))
+
+
+def test_allow_list_still_applies_to_remote_code(monkeypatch: pytest.MonkeyPatch, checkpoints: dict[str, Path]) -> None:
+    """trust_remote_code does not open the allow-list: a folder the operator did not list is refused first."""
+    monkeypatch.setenv(models.ALLOWED_MODELS_ENV, models.DEMO_MODEL)
+    with pytest.raises(ModelLoadError, match="not allowed here"):
+        load_model(str(checkpoints["grok1"]), trust_remote_code=True)
+
+
+def test_openmoe_drops_appear_as_dropped_and_respect_its_capacity(loaded: dict[str, models.LoadedModel]) -> None:
+    """OpenMoE's own capacity drops slots (DROPPED in the trace); no expert takes more than C slots per text,
+    and drops pile up toward the end of the text."""
+    lm = loaded["openmoe"]
+    routing = trace(lm.model, lm.tokenizer, (LONG_TEXT, VERIFY_TEXTS[1]))
+    dropped = routing.experts == DROPPED
+    assert dropped.any()
+    block = lm.model.layers[1].mlp
+    for sequence in range(2):
+        rows = routing.tokens.sequence == sequence
+        capacity = block.capacity(int(rows.sum()))
+        for layer in range(len(routing.model.moe_layers)):
+            served = routing.experts[layer, rows][~dropped[layer, rows]]
+            assert np.bincount(served, minlength=8).max() <= capacity
+    first = routing.tokens.sequence == 0
+    halves = np.array_split(dropped[:, first].any(axis=(0, 2)), 2)
+    assert halves[1].mean() > halves[0].mean()
+
+
+def test_deepseek_shared_experts_are_reported(loaded: dict[str, models.LoadedModel]) -> None:
+    """DeepSeekMoE's shared experts serve every token outside the routing: the model info counts them."""
+    lm = loaded["deepseek_moe"]
+    assert trace(lm.model, lm.tokenizer, VERIFY_TEXTS[0]).model.num_shared_experts == 2
+
+
+def test_llama_moe_gate_noise_is_off_in_eval(loaded: dict[str, models.LoadedModel]) -> None:
+    """Noisy top-k gating adds noise in training only: in eval two traces agree bit for bit, in training the
+    gate's logits move."""
+    lm = loaded["llama_moe"]
+    first, second = (trace(lm.model, lm.tokenizer, VERIFY_TEXTS) for _ in range(2))
+    np.testing.assert_array_equal(first.logits, second.logits)
+    gate = lm.model.layers[0].mlp.gate
+    rows = torch.randn(4, lm.model.config.hidden_size)
+    try:
+        gate.train()
+        noisy = gate(rows)["logits"]
+    finally:
+        gate.eval()
+    assert not torch.equal(noisy, gate(rows)["logits"])
