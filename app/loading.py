@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -69,21 +70,22 @@ def get_model(model_id: str) -> LoadedModel:
     with _MODELS_LOCK:
         if model_id in _MODELS:
             return _MODELS[model_id]
-        options = operator_options()
         with st.sidebar.status(f"Loading {model_id} …", expanded=True) as status:
             bar = st.progress(0.0)
-            loaded = load_model(
-                model_id,
-                device=options.device,
-                trust_remote_code=options.trust_remote_code,
-                progress=lambda stage, fraction: bar.progress(fraction, text=stage),
-            )
+            loaded = _load(model_id, lambda stage, fraction: bar.progress(fraction, text=stage))
             status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
-        sizes = {key: weight_bytes(cached) for key, cached in _MODELS.items()}
-        for key in evictions(sizes, weight_bytes(loaded), MAX_MODELS, model_cache_bytes()):
-            del _MODELS[key]  # the memory is freed once no session still holds it
-        _MODELS[model_id] = loaded
         return loaded
+
+
+def _load(model_id: str, progress: Callable[[str, float], None] | None) -> LoadedModel:
+    """Load with the operator's device and remote-code choice and keep it in _MODELS (caller holds the lock)."""
+    options = operator_options()
+    loaded = load_model(model_id, device=options.device, trust_remote_code=options.trust_remote_code, progress=progress)
+    sizes = {key: weight_bytes(cached) for key, cached in _MODELS.items()}
+    for key in evictions(sizes, weight_bytes(loaded), MAX_MODELS, model_cache_bytes()):
+        del _MODELS[key]  # the memory is freed once no session still holds it
+    _MODELS[model_id] = loaded
+    return loaded
 
 
 @st.cache_data(show_spinner="Running every expert on every token …", max_entries=16)
@@ -135,6 +137,18 @@ def get_lab_batch(loaded: LoadedModel, model_id: str) -> LabBatch:
 
 _WARMED: set[str] = set()
 _WARMED_LOCK = threading.Lock()
+
+
+def preload(model_id: str, text: str) -> LoadedModel:
+    """At server start (python -m app): load the operator's model, trace the page's default text and the built-in
+    batches, so the first visitor finds everything ready instead of waiting for the load (about 10 s cold)."""
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(model_id) or _load(model_id, None)
+    TRACES.get((model_id, (text,)), lambda: trace(loaded.model, loaded.tokenizer, (text,), name=model_id))
+    thread = warm_up(loaded, model_id)
+    if thread is not None:
+        thread.join()
+    return loaded
 
 
 def warm_up(loaded: LoadedModel, model_id: str) -> threading.Thread | None:

@@ -1,6 +1,6 @@
 """What the person running the server decides (not visitors): default model, device, remote code.
 
-    python -m streamlit run app/main.py -- --model mistralai/Mixtral-8x7B-v0.1 --device auto-map
+    python -m app -- --model mistralai/Mixtral-8x7B-v0.1 --device auto-map
 
 A shared or public server should also set MOE_EXPLORER_ALLOWED_MODELS (see moe_core.models) to lock the model
 list: without it any visitor may load any hub id or any model folder on the server (a path that is not a model

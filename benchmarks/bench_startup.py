@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_startup
 
-Launches the app (bundled demo model) and drives Debian's chromium. Prints, in seconds: server launch until
+Launches the app as README says (`python -m app`, which loads the bundled demo model at server start) and drives
+Debian's chromium. Prints, in seconds: server launch until
 its health check answers; the first page open until the title shows and until the first chart is drawn; the
 expert load and capacity views' first visits once the background warm-up has traced the built-in batches; a
 new session on the warm server until its first chart. Target: a new session's first chart within 3 s.
@@ -31,6 +32,7 @@ def main() -> int:
         title = time.perf_counter() - start
         wait_for_charts(page, timeout_ms=120_000)
         first_chart = time.perf_counter() - start
+        launch_to_chart = time.perf_counter() - launched
         time.sleep(WARM_UP_WAIT_S)
         views = {}
         for view in ("load", "capacity"):
@@ -44,7 +46,8 @@ def main() -> int:
         wait_for_charts(fresh)
         warm = time.perf_counter() - start
     print(f"server launch to health check: {healthy:.2f} s")
-    print(f"first page: title after {title:.2f} s, first chart after {first_chart:.2f} s")
+    print(f"first page: title after {title:.2f} s, first chart after {first_chart:.2f} s "
+          f"({launch_to_chart:.2f} s after the server was launched)")  # fmt: skip
     print("first visits after the warm-up: " + ", ".join(f"{v} {t:.2f} s" for v, t in views.items()))
     ok = warm <= TARGET_WARM_FIRST_CHART_S
     print(f"new session on a warm server, first chart: {warm:.2f} s (target <= {TARGET_WARM_FIRST_CHART_S:g} s) "

@@ -32,7 +32,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def app_server(timeout: float = 60.0) -> Iterator[str]:
-    """Start `streamlit run app/main.py` on a free loopback port; always stopped on exit. Yields its URL."""
+    """Start the app as README says (`python -m app`: the model loads at server start) on a free loopback port;
+    always stopped on exit. Yields its URL."""
     with running_app(timeout) as (url, _pid):
         yield url
 
@@ -42,7 +43,7 @@ def running_app(timeout: float = 60.0) -> Iterator[tuple[str, int]]:
     """app_server, yielding (URL, the server's process id) for checks on the server process itself."""
     port = free_port()
     command = [
-        sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+        sys.executable, "-m", "app", "--server.headless", "true",
         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
     ]  # fmt: skip

@@ -86,3 +86,41 @@ def test_warm_up_traces_the_built_in_batches_once_in_the_background(demo_tokeniz
     np.testing.assert_array_equal(cached.experts, trace(loaded.model, demo_tokenizer, loading.domain_batch()).experts)
     lab = loading.LABS.get(name, lambda: None)
     assert lab.windows == trace_equal_windows(loaded.model, demo_tokenizer).windows
+
+
+def test_preload_fills_every_cache_the_first_visit_reads(
+    monkeypatch: pytest.MonkeyPatch, demo_tokenizer: object
+) -> None:
+    """preload (python -m app, at server start) leaves the model, the default text's trace and the built-in
+    batches cached, so the first visitor's get_model and get_trace load and trace nothing."""
+    import numpy as np
+
+    from moe_core.capture import trace
+    from moe_core.tiny_models import build_tiny_model
+
+    model = build_tiny_model("mixtral")
+    loaded = type("Loaded", (), {"model": model, "tokenizer": demo_tokenizer})()
+    loads: list[str] = []
+    monkeypatch.setattr(loading, "_MODELS", {})
+    monkeypatch.setattr(loading, "load_model", lambda model_id, **kwargs: loads.append(model_id) or loaded)
+    name, text = "tiny-for-preload", "The first visitor's default text."
+    assert loading.preload(name, text) is loaded and loads == [name]
+    assert name in loading.LABS and (name, loading.domain_batch()) in loading.TRACES
+
+    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: pytest.fail("the first visit loaded again"))
+    monkeypatch.setattr(loading, "trace", lambda *args, **kwargs: pytest.fail("the first visit traced again"))
+    assert loading.get_model(name) is loaded
+    np.testing.assert_array_equal(
+        loading.get_trace(loaded, name, (text,)).experts, trace(model, demo_tokenizer, (text,)).experts
+    )
+
+
+def test_python_m_app_passes_streamlit_and_operator_options_through() -> None:
+    """`python -m app --server.port 1 -- --model m` runs `streamlit run --server.port 1 app/main.py -- --model m`."""
+    from app.__main__ import MAIN_SCRIPT, split_arguments, streamlit_argv
+
+    options, operator = split_arguments(["--server.port", "1", "--", "--model", "m"])
+    assert (options, operator) == (["--server.port", "1"], ["--model", "m"])
+    assert streamlit_argv(options, operator) == ["streamlit", "run", "--server.port", "1", str(MAIN_SCRIPT), "--",
+                                                 "--model", "m"]  # fmt: skip
+    assert streamlit_argv([], []) == ["streamlit", "run", str(MAIN_SCRIPT)]
