@@ -192,6 +192,9 @@ def _shape_of(dump: Dump) -> tuple[int, int]:
 def _layers(dump: Dump, hints: ModelHints, count: int) -> tuple[tuple[int, ...], str]:
     """The model's layer index of each of the dump's L columns, and where that came from."""
     if dump.layers is not None:
+        if hints.moe_layers is not None and tuple(hints.moe_layers) != tuple(dump.layers):
+            mismatch = f"the dump's layers {list(dump.layers)[:8]} are not {hints.name}'s MoE layers"
+            return dump.layers, f"{mismatch} {list(hints.moe_layers)[:8]} (pipeline stages number layers locally)"
         return dump.layers, ""
     if hints.moe_layers is not None:
         if len(hints.moe_layers) != count:
@@ -317,15 +320,15 @@ def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
     return build(model, texts, (False,) * len(texts), tokens, {"experts": experts})
 
 
-def known_runs(rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray) -> list[Segment]:
+def known_runs(rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray, offset: int = 0) -> list[Segment]:
     """Split a request's rows [n, L, k] into segments of recorded routing, leaving out the `unknown` [n] rows (an
     engine's "not recorded here" marker, e.g. vLLM's prefix-cached -1): a gap is never shown as routing, nor as a
-    drop. Each segment keeps the request position it starts at."""
+    drop. Each segment keeps the request position it starts at (`offset`: the request position of row 0)."""
     segments, start = [], None
     for index, gap in enumerate([*unknown.tolist(), True]):
         if not gap and start is None:
             start = index
         elif gap and start is not None:
-            segments.append(Segment(rows[start:index], None if ids is None else ids[start:index], start))
+            segments.append(Segment(rows[start:index], None if ids is None else ids[start:index], offset + start))
             start = None
     return segments

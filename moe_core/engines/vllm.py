@@ -9,6 +9,7 @@ Token ids come from `prompt_token_ids` / `choices[i].token_ids` when the respons
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,31 @@ def _matched_ids(ids: np.ndarray | None, rows: int, what: str, notes: list[str])
     raise TraceFormatError(f"{what} has {len(ids)} token ids but {rows} rows of routing")
 
 
-Part = tuple[str, np.ndarray, np.ndarray | None]  # (label for messages, rows [n, L, k], token ids or None)
+@dataclass(frozen=True)
+class Part:
+    """One completion's routing as read: rows [n, L, k], token ids or None, the request position of row 0."""
+
+    label: str  # for messages and notes ("request 0, choice 1")
+    rows: np.ndarray
+    ids: np.ndarray | None = None
+    start: int = 0
+
+
+def _choices(response: dict, label: str) -> list[tuple[int, dict, np.ndarray]]:
+    """(index, choice, rows) of every choice that carries routed_experts."""
+    choices = next((response[key] for key in CHOICE_LISTS if key in response), [])
+    if type(choices) is not list or any(type(c) is not dict for c in choices):
+        raise TraceFormatError(f"{label}'s choices must be a list of objects")
+    routed = [(i, c, _array(c.get("routed_experts"), f"{label}'s choice {i} routed_experts")) for i, c in
+              enumerate(choices)]  # fmt: skip
+    return [(i, c, rows) for i, c, rows in routed if rows is not None]
+
+
+def _prompt_tokens(response: dict) -> int:
+    """usage.prompt_tokens: where the completions start when the prompt's routing is not in the file."""
+    usage = response.get("usage")
+    count = usage.get("prompt_tokens") if type(usage) is dict else None
+    return count if type(count) is int and count >= 0 else 0
 
 
 def _response_parts(response: dict, number: int, notes: list[str]) -> list[Part]:
@@ -76,28 +101,26 @@ def _response_parts(response: dict, number: int, notes: list[str]) -> list[Part]
     label = f"request {number}"
     prompt = _array(response.get("prompt_routed_experts"), f"{label}'s prompt_routed_experts")
     prompt_ids = _ids(response.get("prompt_token_ids"), f"{label}'s prompt_token_ids")
-    choices = next((response[key] for key in CHOICE_LISTS if key in response), [])
-    if type(choices) is not list or any(type(c) is not dict for c in choices):
-        raise TraceFormatError(f"{label}'s choices must be a list of objects")
     if prompt is not None and prompt_ids is not None and len(prompt_ids) != len(prompt):
         raise TraceFormatError(f"{label} has {len(prompt_ids)} prompt_token_ids but {len(prompt)} rows of routing")
-    routed = [(i, _array(c.get("routed_experts"), f"{label}'s choice {i} routed_experts")) for i, c in
-              enumerate(choices)]  # fmt: skip
-    routed = [(i, rows) for i, rows in routed if rows is not None]
+    routed = _choices(response, label)
     if prompt is None and not routed:
         raise TraceFormatError(f"{label} has no prompt_routed_experts or routed_experts (was the server started "
                                "with --enable-return-routed-experts?)")  # fmt: skip
     if not routed:
-        return [(f"{label}'s prompt", prompt, prompt_ids)]
-    parts = []
-    for i, rows in routed:
-        ids = _matched_ids(_ids(choices[i].get("token_ids"), "token_ids"), len(rows), f"{label}'s choice {i}", notes)
-        if prompt is not None:
-            whole = None if prompt_ids is None or ids is None else np.concatenate([prompt_ids, ids])
-            rows, ids = np.concatenate([prompt, rows]) if len(rows) else prompt, whole
-        parts.append((f"{label}, choice {i}", rows, ids))
+        return [Part(f"{label}'s prompt", prompt, prompt_ids)]
+    if prompt is None:
+        notes.append(f"{label}: the prompt's routing is not in the file; only the generated tokens are shown")
     if len(routed) > 1 and prompt is not None:
         notes.append(f"{label}: its prompt's routing (computed once) is repeated in each of its {len(routed)} choices")
+    parts = []
+    for i, choice, rows in routed:
+        ids = _matched_ids(_ids(choice.get("token_ids"), "token_ids"), len(rows), f"{label}'s choice {i}", notes)
+        if prompt is None:
+            parts.append(Part(f"{label}, choice {i}", rows, ids, _prompt_tokens(response)))
+            continue
+        whole = None if prompt_ids is None or ids is None else np.concatenate([prompt_ids, ids])
+        parts.append(Part(f"{label}, choice {i}", np.concatenate([prompt, rows]) if len(rows) else prompt, whole))
     return parts
 
 
@@ -107,13 +130,14 @@ def _responses(value: Any, notes: list[str]) -> list[Part]:
         return _response_parts(value, 0, notes)
     if type(value) is list and value and all(type(v) is dict for v in value):
         return [part for number, response in enumerate(value) for part in _response_parts(response, number, notes)]
-    return [("the array", int_grid(value, "the routed experts"), None)]
+    return [Part("the array", int_grid(value, "the routed experts"))]
 
 
 def _segments(parts: list[Part], notes: list[str]) -> list[Segment]:
     """Segments of recorded routing; prefix-cached rows (-1 in every slot) left out, and said where."""
     segments = []
-    for label, rows, ids in parts:
+    for part in parts:
+        label, rows = part.label, part.rows
         cached = (rows == CACHED).all(axis=(1, 2)) if rows.size else np.zeros(len(rows), dtype=bool)
         partial = (rows == CACHED).any(axis=(1, 2)) & ~cached
         if partial.any():
@@ -124,15 +148,15 @@ def _segments(parts: list[Part], notes: list[str]) -> list[Segment]:
                 f"{label}: positions {position_ranges(np.flatnonzero(cached).tolist())} were served from vLLM's "
                 "prefix cache (-1: no routing recorded); left out, not counted as drops"
             )
-        segments.extend(known_runs(rows, ids, cached))
+        segments.extend(known_runs(rows, part.ids, cached, part.start))
     return segments
 
 
 def _parts(payload: Payload, notes: list[str]) -> list[Part]:
     if payload.data.startswith(NPY_MAGIC):
-        return [("the array", integer_array(npy_array(payload.data, payload.name), "the .npy array", 3), None)]
+        return [Part("the array", integer_array(npy_array(payload.data, payload.name), "the .npy array", 3))]
     if payload.head.lstrip().startswith(NPY_BASE64):
-        return [("the array", _array(payload.data.decode("ascii", "replace"), "the base64 .npy text"), None)]
+        return [Part("the array", _array(payload.data.decode("ascii", "replace"), "the base64 .npy text"))]
     return _responses(payload.json, notes)
 
 

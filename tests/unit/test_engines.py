@@ -408,3 +408,29 @@ def test_cli_show_bad_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Cap
     for argv in (["show", str(bad)], ["show", str(tmp_path / "missing.json")], ["show", str(bad), "--from", "x"]):
         code, out, err = _cli(capsys, *argv)
         assert code == 2 and not out and len(err.strip().splitlines()) == 1
+
+
+def test_vllm_completion_without_the_prompt_starts_after_it(original: RoutingTrace) -> None:
+    """Only routed_experts returned (no prompt routing): the completion is shown, starting at usage.prompt_tokens."""
+    response = _vllm_response(original, 0, prompt_len=4)
+    del response["prompt_routed_experts"], response["prompt_token_ids"]
+    response["usage"] = {"prompt_tokens": 4, "completion_tokens": 99}
+    routing = read_bytes(json.dumps(response).encode(), "r.json")
+    rows, ids = _rows(original, 0)
+    np.testing.assert_array_equal(routing.experts, rows[4:].transpose(1, 0, 2))
+    np.testing.assert_array_equal(routing.tokens.ids, ids[4:])
+    notes = " | ".join(routing.model.notes)
+    assert "sequence 0 at 4" in notes and "prompt's routing is not in the file" in notes
+
+
+def test_cli_show_with_a_tokenizer_shows_text(original: RoutingTrace, tmp_path: Path, demo: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """--tokenizer gives token text (and nothing else: E stays the highest id + 1)."""
+    path = tmp_path / "response.json"
+    path.write_text(json.dumps(_vllm_response(original, 1, prompt_len=3)), encoding="utf-8")
+    code, out, _ = _cli(capsys, "show", str(path), "--tokenizer", DEMO_MODEL)
+    assert code == 0
+    data = json.loads(out)
+    _, ids = _rows(original, 1)
+    assert data["texts"] == [demo.tokenizer.decode(ids.tolist())]
+    assert any("highest expert id + 1" in note for note in data["model"]["notes"])
