@@ -139,10 +139,25 @@ def integer_array(array: Any, what: str, ndim: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy header, read before any data (so a forged shape allocates nothing)."""
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, _, dtype = readers[version](stream)
+    return shape, dtype
+
+
 def npy_array(data: bytes, what: str) -> np.ndarray:
-    """A .npy file's array (never pickled objects)."""
+    """A .npy file's array (never pickled objects); the header's size must match the bytes that follow it."""
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        shape, dtype = _npy_header(stream)
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != len(data) - stream.tell():
+            raise ValueError("its header does not match its data (truncated, or objects)")
+        stream.seek(0)
+        return np.load(stream, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise TraceFormatError(f"{what}: not a readable .npy array ({str(error).splitlines()[0][:100]})") from None
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +283,7 @@ def _drop_routing(response: dict[str, Any]) -> None:
         ("truncated-npy-base64", "not valid base64"),
         ("not-npy-base64", "not a readable .npy"),
         ("npy-floats", "whole numbers"),
+        ("npy-forged-shape", "header does not match its data"),
     ],
 )
 def test_malformed_vllm_is_one_line(original: RoutingTrace, case: str, expected: str) -> None:
@@ -300,8 +303,9 @@ def test_malformed_vllm_is_one_line(original: RoutingTrace, case: str, expected:
         "truncated-npy-base64": encoded[:-3].encode(),
         "not-npy-base64": json.dumps({"prompt_routed_experts": encoded[:40] + "AAAA"}).encode(),
         "npy-floats": _npy(np.zeros((2, 4, 2), dtype=np.float32)),
+        "npy-forged-shape": _npy(np.zeros((2, 4, 2), dtype=np.int16)).replace(b"(2, 4, 2)", b"(9999999, 4, 2)"),
     }[case]
-    assert expected in _refusal(data, "routed.npy" if case == "npy-floats" else "r.json", "vllm")
+    assert expected in _refusal(data, "routed.npy" if case.startswith("npy") else "r.json", "vllm")
 
 
 def test_expert_ids_beyond_the_models_e_are_refused(original: RoutingTrace, hints: Any) -> None:
@@ -434,3 +438,20 @@ def test_cli_show_with_a_tokenizer_shows_text(original: RoutingTrace, tmp_path: 
     _, ids = _rows(original, 1)
     assert data["texts"] == [demo.tokenizer.decode(ids.tolist())]
     assert any("highest expert id + 1" in note for note in data["model"]["notes"])
+
+
+def test_reading_a_dump_imports_no_torch(original: RoutingTrace, tmp_path: Path) -> None:
+    """Only SGLang's .pt needs torch: a vLLM array or a Megatron trace reads without importing torch/transformers."""
+    npy, jsonl = tmp_path / "routed.npy", tmp_path / "router_trace_rank0.jsonl"
+    npy.write_bytes(_npy(_rows(original, 0)[0]))
+    jsonl.write_text("\n".join(_megatron_lines(_rows(original, 1)[0], 0, original.model.moe_layers)), encoding="utf-8")
+    script = (
+        "import sys\n"
+        "from moe_core.engines import read_files\n"
+        f"shapes = [read_files([p]).experts.shape for p in ({str(npy)!r}, {str(jsonl)!r})]\n"
+        "print(len(shapes), sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "2 []"
