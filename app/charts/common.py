@@ -8,6 +8,7 @@ from app.palette import expert_colors
 
 FONT_SIZE = 14
 PRESENT_FONT_SIZE = 20  # presentation mode: axes, legends and titles read from the back of a room
+CELL_FONT_SIZE = 12  # numbers drawn inside heatmap cells (text marks without a size of their own), scaled alike
 CHART_HEIGHT = 320
 
 
@@ -29,12 +30,14 @@ def expert_color(field: str, num_experts: int, title: str = "expert", legend: bo
 def styled(chart: alt.TopLevelMixin, present: bool = False) -> alt.TopLevelMixin:
     """Readable on a projector: larger labels and titles; larger still in presentation mode.
 
-    Each call replaces the axis, legend and title config, so show_chart can restyle a chart a view built.
+    Each call replaces the axis, legend, title and cell-number config, so show_chart can restyle a chart a view
+    built (numbers in heatmap cells grow with the axes in presentation mode).
     Legend labels and titles are never cut ("follow their grou…"): a limit of 0 is none.
     """
     size = PRESENT_FONT_SIZE if present else FONT_SIZE
     return (
         chart.configure_axis(labelFontSize=size, titleFontSize=size)
+        .configure_text(fontSize=round(CELL_FONT_SIZE * size / FONT_SIZE))
         .configure_axisX(labelAngle=0)
         .configure_legend(labelFontSize=size, titleFontSize=size, symbolSize=size * 8, labelLimit=0, titleLimit=0)
         .configure_header(labelFontSize=size, titleFontSize=size)  # facet row and column labels

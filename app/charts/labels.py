@@ -16,6 +16,19 @@ import pandas as pd
 from app.safe_text import neutral_bidi, one_line
 
 EXPERT_LABEL = "'E' + datum.label"  # legend / axis labelExpr: the chips' names, not bare numbers
+# The same where a chart pools the experts it does not name into one "other" (moe_core.analyses.matrix.OTHER).
+EXPERT_OR_OTHER_LABEL = "datum.value < 0 ? 'other' : 'E' + datum.label"
+EXPERT_AXIS_LABELS = 20  # at most this many expert names under an axis of many experts (every 4th, 8th, 16th)
+
+
+def expert_axis(num_experts: int, title: str = "expert", **options: object) -> alt.Axis:
+    """An axis of experts named as the chips name them ("E3"); with many experts only every 2nd, 4th, … 16th
+    is named, so 256 names do not pile onto one another."""
+    step = next(s for s in (1, 2, 4, 8, 16, 32, 64, 128) if num_experts / s <= EXPERT_AXIS_LABELS or s == 128)
+    values = list(range(0, num_experts, step)) if step > 1 else alt.Undefined
+    return alt.Axis(title=title, labelExpr=EXPERT_LABEL, values=values, **options)
+
+
 TOKEN_LABEL_CHARS = 12  # longer tokens are cut with "…" so the axis stays one column per token
 
 

@@ -6,18 +6,67 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import expert_color, styled
-from app.charts.labels import EXPERT_LABEL
+from app.charts.labels import expert_axis
 from app.charts.matrix import expert_matrix_chart
 
 LOAD_ROW_WIDTH = 920  # px the small multiples of one row share: the main column at a 1440 px window, less the y axis
 GROUPED_BARS = 96  # up to this many bars (layers × experts) in one chart that fills the page's width
+SMALL_MULTIPLES = (32, 64)  # up to this many layers and experts: a bar chart per layer; more: one heatmap
+HEATMAP_ROW_PX = (10, 28)  # a heatmap row's height, least and most: 61 layers fit on a screen, 4 are not slivers
+
+
+def load_heatmap_frame(frame: pd.DataFrame, count: str) -> pd.DataFrame:
+    """What the load heatmap sends the browser: per (layer, expert) the count and its ratio to an even split,
+    in small integer and float types (61 layers × 256 experts is 15,616 cells: 7 bytes each, not 48)."""
+    uniform = frame[f"{count}_uniform"].to_numpy()
+    ratio = frame[count].to_numpy() / uniform
+    return pd.DataFrame(
+        {
+            "layer": frame["layer"].astype("int16"),
+            "expert": frame["expert"].astype("int16"),
+            count: frame[count].astype("int32"),
+            "ratio": ratio.astype("float32"),
+        }
+    )
+
+
+def load_heatmap_chart(frame: pd.DataFrame, count: str, num_experts: int, title: alt.Title) -> alt.TopLevelMixin:
+    """Layers × experts, shaded by load over an even split (white = even): every expert of every layer at once,
+    where bars would be slivers (48-61 layers of 128-256 experts)."""
+    cells = load_heatmap_frame(frame, count)
+    num_layers = cells["layer"].nunique()
+    top = max(float(cells["ratio"].max()), 2.0)
+    chart = (
+        alt.Chart(cells)
+        .mark_rect()
+        .encode(
+            x=alt.X("expert:O", axis=expert_axis(num_experts)),
+            y=alt.Y("layer:O", title="MoE layer", axis=alt.Axis(labelOverlap="greedy")),
+            color=alt.Color(
+                "ratio:Q",
+                title="× even",
+                scale=alt.Scale(scheme="blueorange", domainMin=0, domainMid=1, domainMax=top),
+            ),
+            tooltip=[
+                "layer:O",
+                alt.Tooltip("expert:O"),
+                f"{count}:Q",
+                alt.Tooltip("ratio:Q", title="× even", format=".2f"),
+            ],
+        )
+    )
+    row = min(max(HEATMAP_ROW_PX[0], 900 // max(num_layers, 1)), HEATMAP_ROW_PX[1])
+    subtitle = [title.subtitle, f"{num_layers} layers × {num_experts} experts · colour: load over an even split "
+                "(white: even, orange: busier, blue: idler)"]  # fmt: skip
+    return styled(chart.properties(height=row * num_layers, title=alt.Title(title.text, subtitle=subtitle)))
 
 
 def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLevelMixin:
     """Bars per expert per layer, with a dashed line at the uniform load of each layer.
 
     Up to GROUPED_BARS bars: one chart, a group of bars per layer, as wide as the page at any window size.
-    More: small multiples per layer (four or two to a row, of fixed width, so each bar stays wide enough).
+    More: small multiples per layer (four or two to a row, of fixed width, so each bar stays wide enough); past
+    SMALL_MULTIPLES layers or experts, a layers × experts heatmap (load_heatmap_chart).
     """
     label = "top-1 tokens" if count == "top1" else "top-k slots"
     title = alt.Title(f"Load per expert ({label})", subtitle="dashed: perfectly even")
@@ -52,12 +101,14 @@ def load_chart(frame: pd.DataFrame, count: str, num_experts: int) -> alt.TopLeve
             .encode(x=x, y=f"mean({count}_uniform):Q", y2=f"mean({count}_uniform):Q")
         )
         return styled(alt.layer(bars, even, data=frame).properties(height=260, title=title))
+    if num_layers > SMALL_MULTIPLES[0] or num_experts > SMALL_MULTIPLES[1]:
+        return load_heatmap_chart(frame, count, num_experts, title)
     columns = max(1, min(num_layers, 4 if num_experts <= 16 else 2))
     bars = (
         alt.Chart()
         .mark_bar()
         .encode(
-            x=alt.X("expert:O", title="expert", axis=alt.Axis(labelExpr=EXPERT_LABEL)),
+            x=alt.X("expert:O", axis=expert_axis(num_experts)),
             y=alt.Y(f"{count}:Q", title=label),
             color=expert_color("expert", num_experts, legend=False),
             tooltip=tooltip,
@@ -93,7 +144,7 @@ def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
     return styled(chart)
 
 
-def coactivation_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
+def coactivation_chart(frame: pd.DataFrame, layer: int, num_experts: int | None = None) -> alt.TopLevelMixin:
     """OLMoE-style co-activation heatmap: row i, column j = share of expert i's tokens also routed to j."""
     return expert_matrix_chart(
         frame,
@@ -102,6 +153,7 @@ def coactivation_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
         share_title="share of i's tokens",
         title=f"Which experts work together at layer {layer}",
         subtitle="colour and numbers: share of expert i's tokens also routed to j (darker = more)",
+        num_experts=num_experts,
     )
 
 
@@ -110,7 +162,7 @@ def domain_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
     uniform = float(frame["uniform"].iloc[0])
     num_experts = frame["expert"].nunique()
     base = alt.Chart(frame).encode(
-        x=alt.X("expert:O", title="expert"),
+        x=alt.X("expert:O", axis=expert_axis(num_experts)),
         y=alt.Y("domain:N", title=None, sort=None),
     )
     cells = base.mark_rect().encode(
@@ -122,7 +174,7 @@ def domain_chart(frame: pd.DataFrame, layer: int) -> alt.TopLevelMixin:
         tooltip=["domain:N", "expert:O", alt.Tooltip("share:Q", format=".1%"), "slots:Q"],
     )
     far_from_even = (alt.datum.share > 2.5 * uniform) | (alt.datum.share < 0.3 * uniform)  # dark cells
-    labels = base.mark_text(fontSize=12).encode(
+    labels = base.mark_text().encode(
         text=alt.Text("share:Q", format=".0%"),
         color=alt.condition(far_from_even, alt.value("white"), alt.value("black")),
     )

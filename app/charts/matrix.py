@@ -13,12 +13,14 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import styled
-from app.charts.labels import EXPERT_LABEL
+from app.charts.labels import EXPERT_OR_OTHER_LABEL
 from app.palette import PURPLES, heat_ink
+from moe_core.analyses.matrix import OTHER
 
 MIN_ROW_TOKENS = 5  # rows with fewer tokens are greyed out: their shares are mostly chance
 THIN_ROW_COLOR = "#E4E4E4"
-NUMBERS_UP_TO = 16  # experts: more would not leave room for a number in each cell
+NUMBERS_UP_TO = 17  # rows or columns: more would not leave room for a number in each cell
+MATRIX_EXPERTS = 16  # experts named in a matrix (the busiest); the rest are pooled as "other" or left out
 
 
 def matrix_cells(frame: pd.DataFrame, min_row: int = MIN_ROW_TOKENS) -> pd.DataFrame:
@@ -35,25 +37,50 @@ def matrix_cells(frame: pd.DataFrame, min_row: int = MIN_ROW_TOKENS) -> pd.DataF
 
 
 def row_label_expr(frame: pd.DataFrame) -> str:
-    """y-axis labelExpr: "E3 · 12" for expert 3's row of 12 tokens (numbers only, so nothing to escape)."""
+    """y-axis labelExpr: "E3 · 12" for expert 3's row of 12 tokens, "other · 300" for the pooled row (numbers
+    only, so nothing to escape). Rows of every expert 0…E-1: a list by expert; a grouped matrix: a lookup."""
     totals = frame.drop_duplicates("source").set_index("source")["row_total"]
-    num_experts = int(max(frame["source"].max(), frame["target"].max())) + 1 if len(frame) else 1
-    by_expert = [int(totals.get(expert, 0)) for expert in range(num_experts)]
-    return f"'E' + datum.label + ' · ' + {json.dumps(by_expert)}[datum.value]"
+    if (frame["source"] >= 0).all():
+        num_experts = int(max(frame["source"].max(), frame["target"].max())) + 1 if len(frame) else 1
+        by_expert = [int(totals.get(expert, 0)) for expert in range(num_experts)]
+        return f"'E' + datum.label + ' · ' + {json.dumps(by_expert)}[datum.value]"
+    by_row = {str(int(expert)): int(total) for expert, total in totals.items()}
+    return f"({EXPERT_OR_OTHER_LABEL}) + ' · ' + {json.dumps(by_row)}['' + datum.value]"
+
+
+def grouping_note(frame: pd.DataFrame, num_experts: int | None) -> str:
+    """What a grouped matrix shows of the E experts ('' when it shows them all), for the subtitle."""
+    shown = int((frame["source"].drop_duplicates() >= 0).sum())
+    if num_experts is None or shown >= num_experts:
+        return ""
+    rest = num_experts - shown
+    if (frame["source"] == OTHER).any():
+        return f"the {shown} busiest of {num_experts} experts; the other {rest} pooled as 'other'"
+    return f"the {shown} busiest of {num_experts} experts; the other {rest} left out"
 
 
 def expert_matrix_chart(
-    frame: pd.DataFrame, row_title: str, column_title: str, share_title: str, title: str, subtitle: str
+    frame: pd.DataFrame,
+    row_title: str,
+    column_title: str,
+    share_title: str,
+    title: str,
+    subtitle: str,
+    num_experts: int | None = None,
 ) -> alt.TopLevelMixin:
-    """Heatmap of a matrix_frame (source, target, count, share, row_total): square, sized to the experts.
+    """Heatmap of a matrix_frame or grouped_matrix_frame (source, target, count, share, row_total): square,
+    sized to its rows, which keep the frame's order (a grouped one: busiest first, "other" last).
 
     Colour and number are both the share of the row; the row labels carry the row's tokens; thin rows grey.
+    `num_experts` (E) lets the subtitle say how many experts a grouped frame names.
     """
     cells = matrix_cells(frame)
-    num_experts = int(max(cells["source"].max(), cells["target"].max())) + 1 if len(cells) else 1
+    side_count = max(cells["source"].nunique(), cells["target"].nunique()) if len(cells) else 1
     base = alt.Chart(cells).encode(
-        x=alt.X("target:O", title=column_title, axis=alt.Axis(labelExpr=EXPERT_LABEL)),
-        y=alt.Y("source:O", title=f"{row_title} · its tokens", axis=alt.Axis(labelExpr=row_label_expr(cells))),
+        x=alt.X("target:O", title=column_title, sort=None, axis=alt.Axis(labelExpr=EXPERT_OR_OTHER_LABEL)),
+        y=alt.Y(
+            "source:O", title=f"{row_title} · its tokens", sort=None, axis=alt.Axis(labelExpr=row_label_expr(cells))
+        ),
     )
     shade = alt.Color("share:Q", title=share_title, scale=alt.Scale(range=list(PURPLES), interpolate="rgb",
                       domain=[0, 1]), legend=alt.Legend(format=".0%"))  # fmt: skip
@@ -68,15 +95,22 @@ def expert_matrix_chart(
         ],
     )
     layered = rects
-    if num_experts <= NUMBERS_UP_TO:
-        labels = base.mark_text(fontSize=12).encode(text="label:N", color=alt.Color("ink:N", scale=None))
+    if side_count <= NUMBERS_UP_TO:
+        labels = base.mark_text().encode(text="label:N", color=alt.Color("ink:N", scale=None))
         layered = (rects + labels).resolve_scale(color="independent")
-    side = min(560, max(240, 34 * num_experts))
-    full = f"{subtitle} · grey rows: under {MIN_ROW_TOKENS} tokens, too few for a share"
+    side = min(560, max(240, 34 * side_count))
+    notes = [
+        subtitle,
+        grouping_note(cells, num_experts),
+        f"grey rows: under {MIN_ROW_TOKENS} tokens, too few for a share",
+    ]
+    full = " · ".join(note for note in notes if note)
     return styled(layered.properties(height=side, width=side, title=alt.Title(title, subtitle=full)))
 
 
-def flow_pair_chart(frame: pd.DataFrame, source_layer: int, target_layer: int) -> alt.TopLevelMixin:
+def flow_pair_chart(
+    frame: pd.DataFrame, source_layer: int, target_layer: int, num_experts: int | None = None
+) -> alt.TopLevelMixin:
     """Layer flow of one pair: row = top-1 expert at the first layer, column = at the next; share of the row."""
     return expert_matrix_chart(
         frame,
@@ -85,6 +119,7 @@ def flow_pair_chart(frame: pd.DataFrame, source_layer: int, target_layer: int) -
         share_title="share of row",
         title=f"Where tokens go from layer {source_layer} to layer {target_layer}",
         subtitle="colour and numbers: share of the row's tokens (darker = more)",
+        num_experts=num_experts,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
+from app.charts.matrix import MATRIX_EXPERTS
 from app.components import explainer, sentence, show_chart, show_table
 from app.views import ViewContext
 from moe_core.analyses.load import (
@@ -81,7 +82,8 @@ def draw(context: ViewContext) -> None:
     if top_k == 1:
         st.info(f"Top-1 routing: each token has one expert at layer {layer}, so no two experts are co-activated.")
     else:
-        show_chart(coactivation_chart(coactivation_frame(routing, context.layer_row), layer), "coactivation")
+        pairs = coactivation_frame(routing, context.layer_row, keep=MATRIX_EXPERTS)
+        show_chart(coactivation_chart(pairs, layer, routing.model.num_experts), "coactivation")
 
     batch = context.domain_batch()
     if batch is None:

@@ -9,7 +9,7 @@ from app.components import explainer, sentence, show_chart, show_table
 from app.safe_text import neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.experts import similarity_frame
-from moe_core.analyses.gates import entropy_frame, gate_heatmap, token_distribution
+from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_heatmap, token_distribution
 from moe_core.experts import ExpertsCallUnsupported
 from moe_core.trace import needs_sentence
 
@@ -36,6 +36,7 @@ cosines spread about 1/√(weights), so 0.01 is chance for 10,000 weights but fa
 heatmap shows every pair, all weights at once: near 0, unrelated functions; near 1, copies.
 """
 WINDOW = 64  # tokens per heatmap window: the rank numbers and every token's text label stay legible
+HEATMAP_EXPERTS = 24  # experts named in the heatmap (those chosen most in the window); the rest make one row
 SIMILARITY_COLUMNS = ("mean_abs", "max_abs", "random_mean_abs", "random_max_abs")
 
 
@@ -52,8 +53,8 @@ def draw(context: ViewContext) -> None:
     if num_tokens > WINDOW:
         last = num_tokens - WINDOW
         start = st.slider(f"Heatmap: first of {WINDOW} tokens shown", 0, last, 0, step=8, key="gate_start")
-    heat = gate_heatmap(routing, row, start, start + WINDOW)
-    show_chart(gate_heatmap_chart(heat, info.scoring, num_tokens), "gate-heatmap")
+    heat = grouped_gate_heatmap(gate_heatmap(routing, row, start, start + WINDOW), HEATMAP_EXPERTS)
+    show_chart(gate_heatmap_chart(heat, info.scoring, num_tokens, info.num_experts), "gate-heatmap")
     if st.session_state.get("token", 0) >= num_tokens:
         st.session_state.token = 0
     token = st.number_input("Token # for the full distribution", 0, num_tokens - 1, key="token", step=1)

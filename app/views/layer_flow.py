@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.matrix import MIN_ROW_TOKENS, flow_overview_chart, flow_pair_chart
+from app.charts.matrix import MATRIX_EXPERTS, MIN_ROW_TOKENS, flow_overview_chart, flow_pair_chart
 from app.components import explainer, show_chart
 from app.views import ViewContext
 from moe_core.analyses.flow import flow_pair, flow_summary, transition_frame
@@ -42,4 +42,6 @@ def draw(context: ViewContext) -> None:
     columns[2].metric("Chance: even next layer (1/E)", f"{pair.even:.0%}")
     if start != context.layer_row:
         st.caption(f"Layer {layers[context.layer_row]} is the last MoE layer: showing the pair before it.")
-    show_chart(flow_pair_chart(transition_frame(routing, start), layers[start], layers[start + 1]), "layer-flow")
+    num_experts = routing.model.num_experts
+    pair_frame = transition_frame(routing, start, keep=MATRIX_EXPERTS)
+    show_chart(flow_pair_chart(pair_frame, layers[start], layers[start + 1], num_experts), "layer-flow")

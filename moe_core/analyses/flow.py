@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moe_core.analyses.matrix import matrix_frame
+from moe_core.analyses.matrix import grouped_matrix_frame
 from moe_core.trace import RoutingTrace
 
 
@@ -19,10 +19,14 @@ def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
     return counts
 
 
-def transition_frame(trace: RoutingTrace, from_row: int) -> pd.DataFrame:
-    """Long table of transition_counts. Columns: source, target, count, share (of the source row)."""
+def transition_frame(trace: RoutingTrace, from_row: int, keep: int | None = None) -> pd.DataFrame:
+    """Long table of transition_counts. Columns: source, target, count, share (of the source row), row_total.
+
+    With `keep`, the `keep` busiest experts of each layer by name and the rest pooled as OTHER (every token
+    still counted once): grouped_matrix_frame.
+    """
     counts = transition_counts(trace, from_row)
-    return matrix_frame(counts, counts.sum(axis=1))
+    return grouped_matrix_frame(counts, counts.sum(axis=1), keep if keep is not None else len(counts))
 
 
 def flow_pair(trace: RoutingTrace, layer_row: int) -> int | None:

@@ -34,6 +34,42 @@ def gate_heatmap(trace: RoutingTrace, layer_row: int, start: int = 0, stop: int 
     )
 
 
+OTHER = -1  # the row of a grouped heatmap that stands for the experts it does not name
+
+
+def grouped_gate_heatmap(frame: pd.DataFrame, keep: int) -> pd.DataFrame:
+    """A gate_heatmap with at most `keep` experts by name, the ones the window's tokens chose most often (then
+    the highest mean score), in expert order, and one OTHER row for the rest: its score is the highest of the
+    rest for that token, and `picked` says how many of the token's top-k slots went to them, so every pick is
+    still counted (the named rows' ranks plus OTHER's `picked` make k). A window of 64 tokens × 256 experts
+    drew 16,384 cells too thin to read.
+
+    Columns: those of gate_heatmap plus picked (OTHER rows; 0 elsewhere). Unchanged (with picked = 0) when the
+    window has at most `keep` experts.
+    """
+    experts = frame["expert"].unique()
+    shown = frame.assign(picked=0)
+    if len(experts) <= keep:
+        return shown
+    per_expert = frame.assign(chosen=frame["rank"] > 0).groupby("expert").agg(picks=("chosen", "sum"),
+                                                                              mean=("prob", "mean"))  # fmt: skip
+    kept = per_expert.sort_values(["picks", "mean"], ascending=False, kind="stable").index[:keep]
+    named = frame["expert"].isin(kept)
+    rest = frame[~named].assign(chosen=frame["rank"] > 0).groupby("token", sort=True)
+    top = rest["prob"].max()
+    other = pd.DataFrame(
+        {
+            "token": top.index,
+            "text": rest["text"].first().to_numpy(),
+            "expert": OTHER,
+            "prob": top.to_numpy(),
+            "rank": 0,
+            "picked": rest["chosen"].sum().to_numpy().astype(np.int64),
+        }
+    )
+    return pd.concat([shown[named].sort_values(["token", "expert"]), other], ignore_index=True)
+
+
 def token_distribution(trace: RoutingTrace, layer_row: int, token: int) -> pd.DataFrame:
     """One token's scores over all experts. Columns: expert, prob, rank (0 = not chosen), weight (combine weight)."""
     frame = gate_heatmap(trace, layer_row, token, token + 1)[["expert", "prob", "rank"]].reset_index(drop=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from moe_core.analyses.matrix import matrix_frame
+from moe_core.analyses.matrix import grouped_matrix_frame
 from moe_core.metrics import (
     expert_counts,
     max_over_mean,
@@ -91,13 +91,14 @@ def pooled_transformers_aux_loss(trace: RoutingTrace) -> float:
     return transformers_balance_loss(list(trace.logits), trace.model.top_k)
 
 
-def coactivation_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
+def coactivation_frame(trace: RoutingTrace, layer_row: int, keep: int | None = None) -> pd.DataFrame:
     """OLMoE's co-activation (Muennighoff et al. 2024, §5): for experts i and j at one MoE layer, the share of
     the tokens routed to i that were also routed to j. Experts that often work together suggest they split
     one skill between them; low values everywhere mean the experts are independent.
 
     Columns: source (i), target (j), count (tokens routed to both), share (count / tokens routed to i).
-    The diagonal is left out. Slots the model dropped count for no expert.
+    The diagonal is left out. Slots the model dropped count for no expert. With `keep`, only the `keep`
+    experts that take the most tokens, both ways (a pooled "other" would count pairs, not tokens).
     """
     experts = trace.experts[layer_row]
     num_experts = trace.model.num_experts
@@ -105,7 +106,8 @@ def coactivation_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
     rows, ranks = np.nonzero(experts != DROPPED)
     chosen[rows, experts[rows, ranks]] = 1
     together = chosen.T @ chosen  # [E, E]: tokens routed to both; the diagonal counts tokens routed to each
-    return matrix_frame(together, np.diag(together), keep_diagonal=False)
+    keep = keep if keep is not None else num_experts
+    return grouped_matrix_frame(together, np.diag(together), keep, keep_diagonal=False, pool=False)
 
 
 def domain_share_frame(trace: RoutingTrace, layer_row: int, domains: Sequence[str]) -> pd.DataFrame:

@@ -3,9 +3,28 @@ tokens): the analyses stay exact and fast enough for a page, and what a chart re
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.charts.capacity import drop_curve_chart, fill_chart
+from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart
+from app.charts.load import coactivation_chart, load_chart
+from app.charts.matrix import MATRIX_EXPERTS, flow_overview_chart, flow_pair_chart
+from app.charts.routing import token_layer_grid_chart
+from moe_core.analyses.capacity import LayerSlots, drop_curve, fill_frame
+from moe_core.analyses.flow import flow_summary, transition_frame
+from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_heatmap, token_distribution
+from moe_core.analyses.load import coactivation_frame, load_frame
+from moe_core.analyses.matrix import OTHER, busiest, grouped_matrix_frame, matrix_frame
+from moe_core.analyses.routing import token_layer_grid
+from moe_core.capacity import simulate_capacity
 from moe_core.metrics import top_k_counts
+from moe_core.synthetic import random_trace, trace_from_choices
+from moe_core.trace import RoutingTrace
 
 
 def test_top_k_counts_match_a_stable_sort_ties_included() -> None:
@@ -22,3 +41,102 @@ def test_top_k_counts_match_a_stable_sort_ties_included() -> None:
 
 def test_top_k_counts_of_no_tokens_are_zero() -> None:
     assert top_k_counts(np.zeros((0, 4)), 2).tolist() == [0, 0, 0, 0]
+
+
+# ---- grouping: the experts a chart does not name are counted, not lost ----------------------------------
+
+
+def test_grouped_flow_other_bucket_is_the_sum_of_the_rest() -> None:
+    """6 experts, 2 kept: rows are the two busiest source experts, then OTHER holding the other four rows' counts;
+    columns the two busiest targets, then OTHER. Every token is still counted once and every row's shares sum
+    to 1."""
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 9, (6, 6))
+    frame = grouped_matrix_frame(counts, counts.sum(axis=1), keep=2)
+    rows, columns = busiest(counts.sum(axis=1), 2), busiest(counts.sum(axis=0), 2)
+    other_rows, other_columns = np.setdiff1d(range(6), rows), np.setdiff1d(range(6), columns)
+    cell = frame.set_index(["source", "target"])["count"]
+    assert frame["source"].drop_duplicates().tolist() == [*rows, OTHER]
+    assert cell[(OTHER, OTHER)] == counts[np.ix_(other_rows, other_columns)].sum()
+    assert cell[(rows[0], OTHER)] == counts[rows[0], other_columns].sum()
+    assert frame["count"].sum() == counts.sum()
+    np.testing.assert_allclose(frame.groupby("source")["share"].sum(), 1.0)
+
+
+def test_grouped_coactivation_leaves_the_rest_out_and_its_diagonal() -> None:
+    """Co-activation pools nothing (a pooled column would count pairs of experts, not tokens): the 2 experts
+    with most tokens both ways, without their diagonal, shares over each expert's own tokens."""
+    routing = trace_from_choices([[0, 1], [0, 1], [0, 2], [3, 1], [2, 4]], num_experts=5)
+    frame = coactivation_frame(routing, 0, keep=2)  # experts 0 and 1 take 3 tokens each
+    assert set(zip(frame["source"], frame["target"], strict=True)) == {(0, 1), (1, 0)}
+    assert frame.set_index("source").loc[0, "share"] == pytest.approx(2 / 3)
+
+
+def test_grouped_gate_heatmap_keeps_every_pick() -> None:
+    """256 experts, top-8, a 64-token window, 24 named: the named experts' ranks and OTHER's `picked` add up to
+    8 per token; OTHER's score is the best of the experts it pools."""
+    routing = random_trace(64, num_experts=256, top_k=8, seed=2)
+    full = gate_heatmap(routing, 0)
+    grouped = grouped_gate_heatmap(full, 24)
+    named = grouped[grouped["expert"] >= 0]
+    assert named["expert"].nunique() == 24 and len(grouped) == 64 * 25
+    picks = (named["rank"] > 0).groupby(named["token"]).sum() + grouped[grouped["expert"] == OTHER].set_index("token")[
+        "picked"
+    ]
+    assert (picks == 8).all()
+    rest = full[~full["expert"].isin(named["expert"].unique())]
+    other = grouped[grouped["expert"] == OTHER].set_index("token")["prob"]
+    np.testing.assert_allclose(other, rest.groupby("token")["prob"].max())
+
+
+def test_few_experts_are_not_grouped() -> None:
+    """Up to `keep` experts, the grouped frames are the plain ones (the demo model's 8 experts stay as they were)."""
+    counts = np.arange(16).reshape(4, 4)
+    pd.testing.assert_frame_equal(
+        grouped_matrix_frame(counts, counts.sum(axis=1), 4), matrix_frame(counts, counts.sum(1))
+    )
+    heat = gate_heatmap(random_trace(5, num_experts=8, top_k=2), 0)
+    assert grouped_gate_heatmap(heat, 24).drop(columns="picked").equals(heat)
+
+
+# ---- every view's charts at DeepSeek-V3's shape ---------------------------------------------------------
+
+SPEC_BYTES = 1_500_000  # a chart's Vega-Lite spec with its data inline: well under the 4 MB one 256² matrix took
+CHART_ROWS = 20_000  # rows of any one chart's data; L × T × E here is 64 million
+
+
+@pytest.fixture(scope="module")
+def deepseek() -> RoutingTrace:
+    """DeepSeek-V3's routing shape: 61 MoE layers, 256 experts, top-8, 4,096 tokens, sigmoid scores."""
+    return random_trace(4096, num_experts=256, top_k=8, num_layers=61, scoring="sigmoid")
+
+
+def _specs(routing: RoutingTrace) -> dict[str, dict]:
+    """Every chart the five views draw from this trace (layer row 30), as exported specs with their data."""
+    experts, layers = routing.model.num_experts, routing.model.moe_layers
+    heat = grouped_gate_heatmap(gate_heatmap(routing, 30, 0, 64), 24)
+    charts = {
+        "grid": token_layer_grid_chart(token_layer_grid(routing, 0, 64), experts, 4096, 8),
+        "gates": gate_heatmap_chart(heat, "sigmoid", 4096, experts),
+        "distribution": distribution_chart(token_distribution(routing, 30, 5), "sigmoid", "#5"),
+        "entropy": entropy_chart(entropy_frame(routing, 30), experts),
+        "load": load_chart(load_frame(routing), "topk", experts),
+        "coactivation": coactivation_chart(coactivation_frame(routing, 30, keep=MATRIX_EXPERTS), 30, experts),
+        "flow overview": flow_overview_chart(flow_summary(routing, shuffles=2), 30),
+        "flow pair": flow_pair_chart(transition_frame(routing, 30, keep=MATRIX_EXPERTS), 30, 31, experts),
+        "fill": fill_chart(fill_frame(LayerSlots.simulated(routing, simulate_capacity(routing, 1.0), 30), 4096), "t"),
+        "drops": drop_curve_chart(drop_curve(routing.tokens.position, LayerSlots.simulated(
+            routing, simulate_capacity(routing, 1.0), 30)), "t"),
+    }  # fmt: skip
+    assert len(layers) == 61
+    with alt.data_transformers.disable_max_rows():
+        return {name: chart.to_dict() for name, chart in charts.items()}
+
+
+def test_every_chart_at_deepseek_shape_is_small(deepseek: RoutingTrace) -> None:
+    """No chart of a 61-layer, 256-expert, 4,096-token trace sends more than SPEC_BYTES or CHART_ROWS rows: the
+    browser never gets the [L, T, E] scores, only aggregates and windows."""
+    for name, spec in _specs(deepseek).items():
+        size = len(json.dumps(spec))
+        rows = max(len(rows) for rows in spec.get("datasets", {"": []}).values())
+        assert size < SPEC_BYTES and rows < CHART_ROWS, (name, size, rows)
