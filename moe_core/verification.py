@@ -20,7 +20,7 @@ from torch import nn
 
 from moe_core.capture import forward_text, tokenize_texts, trace
 from moe_core.experts import computed_experts, expert_weights
-from moe_core.hooks import Hook, hooks_active
+from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
 from moe_core.tokens import tokenize
@@ -225,27 +225,31 @@ def verify_model(
     """Trace `texts` once and prove the first `max_layers` MoE layers (all: None) against ablation.
 
     Cost: one forward, then per proven layer one replay of that block per routed expert (E + 1 block calls).
+    Holds the model's forward lock throughout: the ablations zero expert weights in place, which a visitor's pass
+    on a shared model must never see.
     """
     from moe_core.generic import WEIGHTS_RECOMPUTED_NOTE
 
     blocks, _ = find_moe_blocks(model, model.config.model_type)
     proven = blocks[:max_layers] if max_layers else blocks
-    with recording_block_inputs(proven) as calls:
-        routing = trace(model, tokenizer, texts, name=name)
-    rows = kept_rows(routing)
-    classes = ExpertClasses.of(model, routing.model.num_experts)
-    verdicts = tuple(
-        _layer_verdict(ablation_experts(block, block_calls[0], classes)[rows], captured_sets(routing, row, classes),
-                       block.layer)
-        for row, (block, block_calls) in enumerate(zip(proven, calls, strict=True))
-    )  # fmt: skip
+    with forward_lock(model):
+        with recording_block_inputs(proven) as calls:
+            routing = trace(model, tokenizer, texts, name=name)
+        rows = kept_rows(routing)
+        classes = ExpertClasses.of(model, routing.model.num_experts)
+        verdicts = tuple(
+            _layer_verdict(ablation_experts(block, block_calls[0], classes)[rows], captured_sets(routing, row, classes),
+                           block.layer)
+            for row, (block, block_calls) in enumerate(zip(proven, calls, strict=True))
+        )  # fmt: skip
+        logits_match = compare_with_router_logits(model, tokenizer, routing, rows)
     follows = adapter_for(model.config.model_type).weights_follow_probs
     follows = follows and WEIGHTS_RECOMPUTED_NOTE not in routing.model.notes  # recomputed weights prove nothing
     return ModelVerdict(
         verdicts,
         routing.model.num_experts,
         routing.model.top_k,
-        compare_with_router_logits(model, tokenizer, routing, rows),
+        logits_match,
         weights_follow_probs(routing) if follows else None,
         routing.model.notes,
     )
