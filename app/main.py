@@ -20,7 +20,6 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, sentence, set_chart_settings  # noqa: E402
-from app.corpus import corpus_page  # noqa: E402
 from app.export import ChartStamp  # noqa: E402
 from app.loading import (  # noqa: E402
     ExpertStudy,
@@ -53,9 +52,8 @@ from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, read_bytes  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
-from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
+from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
 from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
-from moe_core.trace_checks import check_vocabulary  # noqa: E402
 from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
@@ -266,8 +264,6 @@ def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
     if parsed is None or parsed[0] != key:
         try:
             result: RoutingTrace | str = read_bytes(data, upload.name)  # the format sniffed (engines.FORMATS)
-            if (vocabulary := bundled_vocabulary_size(result.model.name)) is not None:
-                check_vocabulary(result.tokens, vocabulary, result.model.name)
         except TraceFormatError as error:
             result = str(error)
         parsed = st.session_state.parsed_upload = (key, result)
@@ -353,8 +349,6 @@ def main() -> None:
     header = st.empty()
     header.caption("Loading the model and routing the text …")
     upload = _sidebar_inputs()
-    if corpus_page(header):  # a corpus from the operator's --corpus-dir, drawn from its summary alone
-        return
     routing, model_id = _routing(upload)
     has_model = model_id is not None
     layers = _moe_layers(routing)
