@@ -209,7 +209,8 @@ def _layers(dump: Dump, hints: ModelHints, count: int) -> tuple[tuple[int, ...],
     if dump.layers is not None:
         if hints.moe_layers is not None and tuple(hints.moe_layers) != tuple(dump.layers):
             mismatch = f"the dump's layers {list(dump.layers)[:8]} are not {hints.name}'s MoE layers"
-            return dump.layers, f"{mismatch} {list(hints.moe_layers)[:8]} (pipeline stages number layers locally)"
+            why = "a partial dump, or pipeline stages numbering layers locally"
+            return dump.layers, f"{mismatch} {list(hints.moe_layers)[:8]} ({why})"
         return dump.layers, ""
     if hints.moe_layers is not None:
         if len(hints.moe_layers) != count:
