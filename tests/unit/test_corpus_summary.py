@@ -172,3 +172,42 @@ def test_unknown_inputs_fail_clearly(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ValueError, match="pip install datasets"):
             list(read_documents("org/some-corpus"))
+
+
+def test_corpus_frames_match_the_trace_frames() -> None:
+    """The corpus page's frames equal the per-trace frames of the same routing (load, domains, flow, drops)."""
+    from moe_core.analyses import corpus as frames
+    from moe_core.analyses.capacity import LayerSlots, drop_curve
+    from moe_core.analyses.flow import transition_frame
+    from moe_core.analyses.load import domain_share_frame
+
+    documents = _documents(6, 6)
+    summary, routing = _summary(documents), _trace(documents)
+    assert frames.load_frame(summary).equals(load_frame(routing))
+    assert frames.transition_frame(summary, 1).equals(transition_frame(routing, 1))
+    domains = [d[2] for d in documents]
+    per_text = domain_share_frame(routing, 2, domains)
+    by_trace = (per_text["share"] * per_text["slots"]).groupby([per_text["domain"], per_text["expert"]]).sum()
+    pooled = frames.domain_share_frame(summary, 2).set_index(["domain", "expert"])
+    np.testing.assert_allclose((pooled["share"] * pooled["slots"]).sort_index(), by_trace.sort_index())
+    result = simulate_capacity(routing, 1.0)
+    expected = drop_curve(routing.tokens.position, LayerSlots.simulated(routing, result, 0), bins=8)
+    got = frames.drop_curve(summary, 0, bins=8)
+    np.testing.assert_allclose(got["slot_drop_rate"], expected["slot_drop_rate"])
+    np.testing.assert_allclose(got["token_drop_rate"], expected["token_drop_rate"])
+    assert got["tokens"].tolist() == expected["tokens"].tolist()
+
+
+def test_top_tokens_and_vocabulary_specialization() -> None:
+    """Top tokens per expert come with the share of the id's first choices; specialization matches metrics'."""
+    from moe_core.analyses import corpus as frames
+    from moe_core.metrics import vocabulary_specialization
+
+    documents = _documents(7, 10)
+    summary, routing = _summary(documents), _trace(documents)
+    table = frames.top_tokens_frame(summary, 0, per_expert=3, min_count=1)
+    assert table.groupby("expert").size().max() <= 3
+    assert ((table["share"] > 0) & (table["share"] <= 1)).all()
+    expected = vocabulary_specialization(routing.tokens.ids, routing.experts[0, :, 0], min_count=5)
+    got = frames.vocabulary_specialization(summary, min_count=5)["specialization"].iloc[0]
+    assert got == pytest.approx(expected)

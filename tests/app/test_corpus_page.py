@@ -1,0 +1,61 @@
+"""The corpus page: an operator's traced corpus, opened by name and drawn from its summary alone."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.operator import operator_options
+from moe_core.corpus.runner import CorpusSettings, trace_corpus
+
+DOCUMENTS = [("def f(x): return x + 1", "code"), ("The cat sat on the mat. " * 6, "prose"),
+             ("for i in range(3): print(i)", "code"), ("Guten Tag, wie geht es dir heute?", "prose")]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """DIR/small: a few documents of two domains traced and summarized; DIR/unfinished has no summary."""
+    root = tmp_path_factory.mktemp("corpora")
+    source = root.parent / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in DOCUMENTS), encoding="utf-8")
+    trace_corpus(CorpusSettings(str(tiny_model_dir), str(source), root / "small", domain_field="domain",
+                                shard_documents=2, device="cpu"))  # fmt: skip
+    (root / "unfinished").mkdir()
+    return root
+
+
+@pytest.fixture
+def operator_corpus_dir(corpus_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The server started with `-- --corpus-dir DIR`."""
+    monkeypatch.setattr(sys, "argv", ["app/main.py", "--corpus-dir", str(corpus_dir)])
+    operator_options.cache_clear()
+    yield corpus_dir
+    operator_options.cache_clear()
+
+
+def test_a_link_opens_the_corpus_page(operator_corpus_dir: Path, app_runner: Callable[..., AppTest]) -> None:
+    """corpus=small shows the corpus's header, its six tabs, charts and the token table, with no model loaded."""
+    at = app_runner({"corpus": "small"})
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert any("Corpus **small**" in c.value and "4 documents" in c.value for c in at.caption)
+    assert [tab.label for tab in at.tabs] == ["Expert load", "Domains", "Token ids", "Co-activation", "Layer flow",
+                                              "Drops by position"]  # fmt: skip
+    assert len(at.get("vega_lite_chart")) >= 5
+    tokens = at.dataframe[1].value
+    assert {"expert", "token", "share"} <= set(tokens.columns) and len(tokens)
+    assert at.selectbox(key="corpus").options == ["— none —", "small"]  # the folder without a summary is not offered
+
+
+def test_unknown_names_and_no_corpus_dir_show_the_text_views(
+    operator_corpus_dir: Path, app_runner: Callable[..., AppTest]
+) -> None:
+    """A name that is not offered (or a path) is ignored: the page shows the ordinary views."""
+    at = app_runner({"corpus": "../small"})
+    assert not at.exception
+    assert at.selectbox(key="corpus").value == ""
+    assert not any("Corpus **" in c.value for c in at.caption)
