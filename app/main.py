@@ -20,6 +20,7 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, sentence, set_chart_settings  # noqa: E402
+from app.corpus import corpus_page  # noqa: E402
 from app.export import ChartStamp  # noqa: E402
 from app.loading import (  # noqa: E402
     ExpertStudy,
@@ -349,6 +350,8 @@ def main() -> None:
     header = st.empty()
     header.caption("Loading the model and routing the text …")
     upload = _sidebar_inputs()
+    if corpus_page(header):  # a corpus from the operator's --corpus-dir, drawn from its summary alone
+        return
     routing, model_id = _routing(upload)
     has_model = model_id is not None
     layers = _moe_layers(routing)
