@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from app import background
 from app.memo import BytesLRU
 from app.operator import operator_options
 from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
@@ -163,11 +164,10 @@ def warm_up(loaded: LoadedModel, model_id: str) -> threading.Thread | None:
     def run() -> None:
         texts = domain_batch()
         TRACES.get((model_id, texts), lambda: trace(loaded.model, loaded.tokenizer, texts, name=model_id))
-        LABS.get(model_id, lambda: trace_equal_windows(loaded.model, loaded.tokenizer, name=model_id))
+        if not background.STOPPING.is_set():  # the process is exiting: do not start the next forward
+            LABS.get(model_id, lambda: trace_equal_windows(loaded.model, loaded.tokenizer, name=model_id))
 
-    thread = threading.Thread(target=run, name=f"warm-up {model_id}", daemon=True)
-    thread.start()
-    return thread
+    return background.start(run, f"warm-up {model_id}")
 
 
 COUNTERFACTUAL_ENTRIES = 16  # at 4,096 tokens and a 4096-word vocabulary about 2 MB each (no logits kept)

@@ -53,8 +53,9 @@ from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, read_bytes  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
-from moe_core.models import ModelLoadError, allowed_models, model_key  # noqa: E402
+from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
 from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
+from moe_core.trace_checks import check_vocabulary  # noqa: E402
 from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
@@ -265,6 +266,8 @@ def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
     if parsed is None or parsed[0] != key:
         try:
             result: RoutingTrace | str = read_bytes(data, upload.name)  # the format sniffed (engines.FORMATS)
+            if (vocabulary := bundled_vocabulary_size(result.model.name)) is not None:
+                check_vocabulary(result.tokens, vocabulary, result.model.name)
         except TraceFormatError as error:
             result = str(error)
         parsed = st.session_state.parsed_upload = (key, result)

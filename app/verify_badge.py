@@ -12,6 +12,7 @@ import traceback
 
 import streamlit as st
 
+from app import background
 from moe_core.models import LoadedModel
 from moe_core.routers import is_generic
 from moe_core.verification import VERIFY_TEXTS, ModelVerdict, verify_model
@@ -42,9 +43,7 @@ def start_in_background(loaded: LoadedModel, model_id: str) -> threading.Thread 
     with _LOCK:
         if model_id in _VERDICTS or model_id in _RUNNING:
             return None
-        thread = threading.Thread(target=verify_now, args=(loaded, model_id), name=f"verify {model_id}", daemon=True)
-        _RUNNING[model_id] = thread
-    thread.start()
+        thread = _RUNNING[model_id] = background.start(lambda: verify_now(loaded, model_id), f"verify {model_id}")
     return thread
 
 

@@ -496,6 +496,12 @@ def _check_min_capacity(min_capacity: int) -> None:
         raise ValueError(f"min_capacity must be an integer >= {MIN_CAPACITY_MIN}, got {min_capacity!r}")
 
 
+def check_group(group: str) -> None:
+    """The one check of a capacity group name, for the simulation and the capacity-bound forward."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+
+
 def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: str, min_capacity: int) -> None:
     """Reject settings and traces the simulation cannot give a meaningful answer for, saying what is valid."""
     check_capacity_factor(capacity_factor)
@@ -503,8 +509,7 @@ def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: s
     if policy not in SERVING_ORDERS:
         hint = "; expert-choice needs the capacity-bound forward (counterfactual)" if policy == EXPERT_CHOICE else ""
         raise ValueError(f"policy must be one of {', '.join(SERVING_ORDERS)}; got {policy!r}{hint}")
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+    check_group(group)
     if policy in POLICY_NEEDS_SCORES:
         trace.require("probs", needed_by=f"the {policy} policy")
     experts = np.asarray(trace.experts)

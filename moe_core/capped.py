@@ -28,11 +28,11 @@ from torch import nn
 from moe_core.capacity import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
-    GROUPS,
     SERVING_ORDERS,
     _check_min_capacity,
     _group_capacities,
     check_capacity_factor,
+    check_group,
     expert_choice,
     kept_slots,
     top1_probability,
@@ -386,8 +386,7 @@ def check_settings(capacity_factor: float, policy: str, group: str, min_capacity
     _check_min_capacity(min_capacity)
     if policy not in FORWARD_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(FORWARD_POLICIES)}; got {policy!r}")
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+    check_group(group)
 
 
 @torch.inference_mode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -92,6 +93,16 @@ def resolve(model_id: str) -> str:
     if source is None:
         raise _not_available(model_id)
     return source
+
+
+def bundled_vocabulary_size(name: str) -> int | None:
+    """The embedding size of a bundled model, from its config (no weights loaded); None for any other name."""
+    folder = BUNDLED_MODELS.get(name)
+    if folder is None:
+        return None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    size = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
+    return size if isinstance(size, int) else None
 
 
 def model_key(model_id: str) -> str:

@@ -190,6 +190,16 @@ def check_tokens(tokens: Tokens, texts: tuple[str, ...]) -> None:
         raise TraceFormatError(f"token {_first_bad(outside)}'s start/end lie outside its text")
 
 
+def check_vocabulary(tokens: Tokens, vocabulary_size: int, model: str) -> None:
+    """Token ids inside the vocabulary of the model the trace names, when that model's tokenizer is known."""
+    outside = tokens.ids >= vocabulary_size
+    if outside.any():
+        bad = _first_bad(outside)
+        raise TraceFormatError(
+            f"token {bad} has id {tokens.ids[bad]}, outside the vocabulary of {model[:80]} ({vocabulary_size} ids)"
+        )
+
+
 def check_routing(model: ModelInfo, arrays: dict[str, np.ndarray]) -> None:
     """Experts in [DROPPED, E); probs and weights finite; logits may be ±inf (a masked router) but not NaN.
 

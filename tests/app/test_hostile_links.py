@@ -105,6 +105,24 @@ def test_upload_with_a_far_position_is_refused() -> None:
     assert "position 50000000" in at.error[0].value
 
 
+def test_upload_naming_a_known_model_with_ids_outside_its_vocabulary_is_refused() -> None:
+    """A trace that says it comes from the bundled demo model but holds an id its vocabulary cannot have is refused
+    with the id and the vocabulary size; the same ids under an unknown model's name are accepted (no tokenizer)."""
+    from moe_core.models import DEMO_MODEL, bundled_vocabulary_size
+
+    vocabulary = bundled_vocabulary_size(DEMO_MODEL)
+    data = json.loads(_trace_json(name=DEMO_MODEL))
+    data["tokens"][2]["id"] = vocabulary
+    at = run_app({"text": "hello"}, setup=_upload(json.dumps(data).encode()))
+    _assert_clean(at)
+    refusal = at.error[0].value.replace("\\", "")  # Markdown-escaped parentheses
+    assert f"token 2 has id {vocabulary}, outside the vocabulary of {DEMO_MODEL} ({vocabulary} ids)" in refusal
+    data["model"]["name"] = "someone-elses-model"
+    at = run_app({"text": "hello"}, setup=_upload(json.dumps(data).encode()))
+    _assert_clean(at)
+    assert not at.error and at.get("vega_lite_chart")
+
+
 def test_upload_box_states_and_sets_the_size_limit() -> None:
     """The upload box carries the documented limit (the browser enforces it) and says it in its label."""
     at = run_app({"text": "hello"})
