@@ -11,9 +11,11 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from moe_core import verify_command
 from moe_core.capacity import (
@@ -93,9 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SCORES = {"float32": np.float32, "float16": np.float16, "none": None}  # --scores: how a saved trace keeps them
+
+
 def _trace_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--out", type=Path, help="write the trace to FILE.json or FILE.parquet instead")
+    parser.add_argument(
+        "--scores",
+        choices=tuple(SCORES),
+        default="float32",
+        help="router scores kept: float32, float16 (Parquet) or none (a compact trace: experts and weights only)",
+    )
 
 
 def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,10 +255,13 @@ def print_json(value: Any) -> None:
 
 def _run_trace(args: argparse.Namespace) -> None:
     routing = _trace(args)
+    dtype = SCORES[args.scores]
+    if dtype is None:
+        routing = replace(routing, logits=None, probs=None)
     if args.out is None:
         print_json(to_json_dict(routing))
         return
-    save_trace(routing, args.out)
+    save_trace(routing, args.out, dtype or np.float32)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -48,6 +48,24 @@ def test_trace_out_writes_a_loadable_file(
     assert load_trace_bytes(target.read_bytes(), target.name).texts == ("hello",)
 
 
+def test_trace_scores_option_writes_compact_traces(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """--scores none drops the [L, T, E] scores (JSON null) and keeps experts and weights; --scores float16 stores
+    them in half precision, within fp16 rounding of the full trace."""
+    base = ("trace", "--model", str(tiny_model_dir), "--text", "hello there")
+    _, full_out, _ = _run(capsys, *base)
+    _, none_out, _ = _run(capsys, *base, "--scores", "none")
+    full, compact = json.loads(full_out), json.loads(none_out)
+    assert all(layer["logits"] is None and layer["probs"] is None for layer in compact["layers"])
+    assert [layer["experts"] for layer in compact["layers"]] == [layer["experts"] for layer in full["layers"]]
+    assert [layer["weights"] for layer in compact["layers"]] == [layer["weights"] for layer in full["layers"]]
+    target = tmp_path / "half.parquet"
+    assert _run(capsys, *base, "--scores", "float16", "--out", str(target))[0] == 0
+    half = load_trace_bytes(target.read_bytes(), target.name)
+    np.testing.assert_allclose(half.probs[0], np.asarray(full["layers"][0]["probs"]), rtol=1e-3, atol=1e-4)
+
+
 def test_capacity_json(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
     """capacity prints per layer C, the kept mask [T][k] and fill [E], consistent with each other."""
     text = "one two three four five six seven eight nine ten"
