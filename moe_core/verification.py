@@ -369,3 +369,32 @@ def support_table(results: Sequence[FamilyResult]) -> str:
     for families, reason in NOT_COVERED.items():
         lines.append(f"| {families} | not covered | | | | | | | {reason} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RemoteCodeRow:
+    """One remote-code model in the README's table: its folder name, model_type, verdict and how it routes."""
+
+    name: str
+    model_type: str
+    verdict: ModelVerdict
+    moe_layers: int
+    note: str
+
+
+def remote_code_table(rows: Sequence[RemoteCodeRow]) -> str:
+    """The README's remote-code table, in Markdown: models with no adapter, proven by `verify` on generic capture."""
+    lines = [
+        "| model (look-alike) | model_type | capture = ablation (verify) | weights follow probs | MoE layers | E | k "
+        "| routing |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        verdict = row.verdict
+        probs = {True: "yes", False: "NO", None: "n/a"}[verdict.probs_match]
+        passed = "pass" if verdict.passed else f"FAIL: {verdict.detail}"
+        lines.append(
+            f"| {row.name} | {row.model_type} | {passed} | {probs} | {row.moe_layers} | {verdict.num_experts} "
+            f"| {verdict.top_k} | {row.note} |"
+        )
+    return "\n".join(lines)

@@ -18,6 +18,15 @@ LOOKALIKES = {
     "grok1": ("grok-1", 8, 2, (0, 1)),
 }
 
+# folder -> how it routes, for the README's remote-code table (moe_core.verification.remote_code_table)
+NOTES = {
+    "openmoe": "OpenMoE: ST-MoE top-2, capacity inside the model (its own drops traced as -1); MoE every 2nd layer",
+    "deepseek_moe": "DeepSeekMoE: 16 fine-grained experts top-4 + 2 shared, softmax without renormalisation; "
+    "layer 0 dense",
+    "llama_moe": "LLaMA-MoE: split LLaMA FFNs, noisy top-k gate (noise off in eval), dict router output",
+    "grok1": "Grok-1: 8 experts top-2, fused experts called as experts(hidden, index, weights)",
+}
+
 
 def build_checkpoint(name: str, target: Path, tokenizer: Any) -> Path:
     """The fixture folder plus tiny random weights and the demo tokenizer: a checkpoint as the hub would hold it."""

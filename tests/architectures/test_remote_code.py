@@ -15,8 +15,8 @@ from moe_core.capture import trace
 from moe_core.generic import GENERIC_NOTE, RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
 from moe_core.models import ModelLoadError, load_model
 from moe_core.trace import DROPPED
-from moe_core.verification import VERIFY_TEXTS, verify_model
-from tests.lookalikes import LOOKALIKES, build_checkpoint
+from moe_core.verification import VERIFY_TEXTS, RemoteCodeRow, remote_code_table, verify_model
+from tests.lookalikes import LOOKALIKES, NOTES, build_checkpoint
 
 LONG_TEXT = " ".join(VERIFY_TEXTS) * 3  # long enough that OpenMoE's capacity binds toward the end
 
@@ -109,3 +109,13 @@ def test_llama_moe_gate_noise_is_off_in_eval(loaded: dict[str, models.LoadedMode
     finally:
         gate.eval()
     assert not torch.equal(noisy, gate(rows)["logits"])
+
+
+def test_readme_remote_code_table_is_measured(loaded: dict[str, models.LoadedModel]) -> None:
+    """The README's remote-code table is remote_code_table of verify on the four look-alikes, as measured now."""
+    rows = []
+    for name, (model_type, _, _, _) in LOOKALIKES.items():
+        verdict = verify_model(loaded[name].model, loaded[name].tokenizer, VERIFY_TEXTS)
+        rows.append(RemoteCodeRow(name, model_type, verdict, len(verdict.layers), NOTES[name]))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert remote_code_table(rows) in readme
