@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE, styled
 from app.export import ChartStamp, chart_png, chart_svg
-from app.palette import expert_colors, text_color_on
+from app.palette import OTHER_COLOR, OTHER_SHADE, coloured_experts, expert_colors, text_color_on
 from app.safe_text import neutral_bidi
+from moe_core.trace import DROPPED
 
 _VISIBLE_CONTROLS = {i: chr(0x2400 + i) for i in range(32) if chr(i) not in "\n\t"} | {0x7F: "\u2421"}
 
@@ -42,32 +44,48 @@ def token_spans(
     for index, (text, expert, title) in enumerate(zip(texts, experts, titles, strict=True)):
         if not text:
             continue
-        name = f"x{expert}" if expert >= 0 else "x-"
-        used.add(expert if expert >= 0 else None)
+        name = SPECIAL_CLASSES[expert][0] if expert < 0 else f"x{expert}"
+        used.add(expert)
         css = f"{name} {marks[index]}" if marks and marks[index] else name
         tip = html.escape(neutral_bidi(title))
         parts.append(f'<span class="tok {css}" title="{tip}">{visible_text(text)}</span>')
     rules = [
-        ".tokens .x-{background:#FFFFFF;color:#000;outline:1px dashed #555}"
-        if expert is None
+        SPECIAL_CLASSES[expert][1]
+        if expert < 0
         else f".tokens .x{expert}{{background:{colors[expert]};color:{text_color_on(colors[expert])}}}"
-        for expert in sorted(used, key=lambda e: -1 if e is None else e)
+        for expert in sorted(used)
     ]
     return f"<style>{''.join(rules)}</style>" + '<div class="tokens">' + "".join(parts) + "</div>"
 
 
+SPECIAL_CLASSES = {  # token_spans' "experts" below 0: (CSS class, its rule)
+    DROPPED: ("x-", ".tokens .x-{background:#FFFFFF;color:#000;outline:1px dashed #555}"),
+    OTHER_SHADE: ("xo", f".tokens .xo{{background:{OTHER_COLOR};color:{text_color_on(OTHER_COLOR)}}}"),
+}
+
+
 def routed_text(frame: pd.DataFrame, num_experts: int, marks: Sequence[str] = ()) -> str:
-    """The text of a token_frame coloured by top-1 expert; each token's tooltip lists its top-k and weights."""
+    """The text of a token_frame coloured by top-1 expert; each token's tooltip lists its top-k and weights.
+    Past 20 experts only the most frequent few keep their colour (palette.coloured_experts), the rest are grey."""
     titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
-    return token_spans(frame["text"].tolist(), frame["top1"].tolist(), titles, num_experts, marks)
+    top1 = frame["top1"].to_numpy()
+    coloured = coloured_experts(top1, num_experts)
+    if coloured is not None:
+        top1 = np.where((top1 >= 0) & ~np.isin(top1, coloured), OTHER_SHADE, top1)
+    return token_spans(frame["text"].tolist(), top1.tolist(), titles, num_experts, marks)
 
 
-def legend(num_experts: int, label: str = "Expert") -> str:
+def legend(num_experts: int, label: str = "Expert", shown: Sequence[int] | None = None) -> str:
+    """The expert chips: every expert, or only `shown` (palette.coloured_experts) and one grey chip for the rest."""
     colors = expert_colors(num_experts)
+    experts = range(num_experts) if shown is None else shown
     chips = "".join(
-        f'<span class="chip" style="background:{c};color:{text_color_on(c)}">{label[0]}{i}</span>'
-        for i, c in enumerate(colors)
+        f'<span class="chip" style="background:{colors[i]};color:{text_color_on(colors[i])}">{label[0]}{i}</span>'
+        for i in experts
     )
+    if shown is not None:
+        chips += (f'<span class="chip" style="background:{OTHER_COLOR};color:#000">the other '
+                  f"{num_experts - len(shown)} experts</span>")  # fmt: skip
     return f'<div class="legend">{chips}</div>'
 
 

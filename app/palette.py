@@ -1,9 +1,13 @@
-"""Expert colours: stable across views and exports, colour-blind safe for 8 experts."""
+"""Expert colours: stable across views and exports, colour-blind safe for 8 experts; past 20, the most frequent
+few keep theirs and the rest share one grey."""
 
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from functools import lru_cache
+
+import numpy as np
 
 # Okabe & Ito (2008), colour-blind safe; black replaced by a grey so dark text stays readable on it.
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999")
@@ -12,6 +16,9 @@ TABLEAU_20 = (
     "#E15759", "#FF9D9A", "#79706E", "#BAB0AC", "#D37295", "#FABFD2", "#B07AA1", "#D4A6C8", "#9D7660", "#D7B5A6",
 )  # fmt: skip
 DROPPED_COLOR = "#FFFFFF"
+OTHER_COLOR = "#D4D4D4"  # experts outside the coloured few of a many-expert trace
+OTHER_SHADE = -2  # the value a chart colours OTHER_COLOR (-1 is DROPPED)
+COLOURED_EXPERTS = 16  # past TABLEAU_20's size only the most frequent experts keep their colour
 
 
 @lru_cache(maxsize=32)
@@ -31,6 +38,20 @@ def expert_colors(num_experts: int) -> tuple[str, ...]:
         red, green, blue = colorsys.hls_to_rgb(hue, lightness, 0.65)
         colors.append(f"#{round(red * 255):02X}{round(green * 255):02X}{round(blue * 255):02X}")
     return tuple(colors)
+
+
+def coloured_experts(
+    experts: Sequence[int] | np.ndarray, num_experts: int, keep: int = COLOURED_EXPERTS
+) -> tuple[int, ...] | None:
+    """Which experts keep their colour: None (all) up to len(TABLEAU_20) experts; past it the `keep` most frequent
+    in `experts` (ties: lower expert first), in expert order. 256 golden-angle hues are not tellable apart, so
+    the rest are drawn in one grey, named in tooltips."""
+    if num_experts <= len(TABLEAU_20):
+        return None
+    chosen = np.asarray(experts).reshape(-1)
+    counts = np.bincount(chosen[chosen >= 0], minlength=num_experts)
+    top = np.argsort(-counts, kind="stable")[:keep]
+    return tuple(sorted(int(e) for e in top if counts[e] > 0))
 
 
 def text_color_on(background: str) -> str:

@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 
 from app.charts.common import styled
+from app.charts.labels import expert_axis
 from moe_core.analyses.drops import POOLED
 
 KEPT, DROPPED = "#4C78A8", "#E45756"
@@ -21,7 +22,7 @@ def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.
         alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X("expert:O", title="expert"),
+            x=alt.X("expert:O", axis=expert_axis(frame["expert"].nunique())),
             y=alt.Y("count:Q", title="slots", stack=True),
             color=alt.Color("slots:N", title=None, scale=alt.Scale(domain=["kept", second], range=[KEPT, DROPPED])),
             order=alt.Order("slots:N", sort="ascending"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import altair as alt
 
-from app.palette import expert_colors
+from app.palette import OTHER_COLOR, OTHER_SHADE, expert_colors
 
 FONT_SIZE = 14
 PRESENT_FONT_SIZE = 20  # presentation mode: axes, legends and titles read from the back of a room
@@ -12,16 +14,25 @@ CELL_FONT_SIZE = 12  # numbers drawn inside heatmap cells (text marks without a 
 CHART_HEIGHT = 320
 
 
-def expert_color(field: str, num_experts: int, title: str = "expert", legend: bool = True) -> alt.Color:
+def expert_color(
+    field: str, num_experts: int, title: str = "expert", legend: bool = True, shown: Sequence[int] | None = None
+) -> alt.Color:
     """Nominal colour by expert index with the app's fixed palette (expert i is always the same colour); the
-    legend names experts "E0", "E1", … exactly as the chips above the text do."""
+    legend names experts "E0", "E1", … exactly as the chips above the text do.
+
+    `shown` (palette.coloured_experts): only these experts keep their colour, and the field's OTHER_SHADE value
+    is the grey of all the others, named "other" in the legend.
+    """
+    colors = expert_colors(num_experts)
+    experts = list(range(num_experts)) if shown is None else list(shown)
+    domain = experts if shown is None else [*experts, OTHER_SHADE]
+    palette = [colors[e] for e in experts] + ([] if shown is None else [OTHER_COLOR])
+    label = "'E' + datum.label" if shown is None else f"datum.value == {OTHER_SHADE} ? 'other' : 'E' + datum.label"
     return alt.Color(
         f"{field}:N",
         title=title,
-        scale=alt.Scale(domain=list(range(num_experts)), range=list(expert_colors(num_experts))),
-        legend=alt.Legend(
-            orient="top", direction="horizontal", columns=min(num_experts, 16), labelExpr="'E' + datum.label"
-        )
+        scale=alt.Scale(domain=domain, range=palette),
+        legend=alt.Legend(orient="top", direction="horizontal", columns=min(len(domain), 17), labelExpr=label)
         if legend
         else None,
     )

@@ -56,8 +56,8 @@ def load_heatmap_chart(frame: pd.DataFrame, count: str, num_experts: int, title:
         )
     )
     row = min(max(HEATMAP_ROW_PX[0], 900 // max(num_layers, 1)), HEATMAP_ROW_PX[1])
-    subtitle = [title.subtitle, f"{num_layers} layers × {num_experts} experts · colour: load over an even split "
-                "(white: even, orange: busier, blue: idler)"]  # fmt: skip
+    subtitle = f"{num_layers} layers × {num_experts} experts · colour: load over an even split (white: even, "
+    subtitle += "orange: busier, blue: idler)"
     return styled(chart.properties(height=row * num_layers, title=alt.Title(title.text, subtitle=subtitle)))
 
 
@@ -134,7 +134,7 @@ def balance_chart(frame: pd.DataFrame) -> alt.TopLevelMixin:
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("layer:O", title="MoE layer"),
+            x=alt.X("layer:O", title="MoE layer", axis=alt.Axis(labelOverlap="greedy")),
             y=alt.Y("value:Q", title="value (1 = balanced)", scale=alt.Scale(zero=False)),
             color=alt.Color("figure:N", title=None),
             tooltip=["layer:O", "figure:N", alt.Tooltip("value:Q", format=".3f")],

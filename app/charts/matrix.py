@@ -29,7 +29,7 @@ def matrix_cells(frame: pd.DataFrame, min_row: int = MIN_ROW_TOKENS) -> pd.DataF
     cells = frame.copy()
     cells["thin"] = cells["row_total"] < min_row
     cells["label"] = [
-        "" if thin or count == 0 else f"{share:.0%}"
+        "" if thin or count == 0 else "<1%" if share < 0.005 else f"{share:.0%}"
         for thin, count, share in zip(cells["thin"], cells["count"], cells["share"], strict=True)
     ]
     cells["ink"] = [heat_ink(share, PURPLES) for share in cells["share"]]
@@ -77,7 +77,12 @@ def expert_matrix_chart(
     cells = matrix_cells(frame)
     side_count = max(cells["source"].nunique(), cells["target"].nunique()) if len(cells) else 1
     base = alt.Chart(cells).encode(
-        x=alt.X("target:O", title=column_title, sort=None, axis=alt.Axis(labelExpr=EXPERT_OR_OTHER_LABEL)),
+        x=alt.X(
+            "target:O",
+            title=column_title,
+            sort=None,
+            axis=alt.Axis(labelExpr=EXPERT_OR_OTHER_LABEL, labelAngle=-90 if side_count > 12 else 0),
+        ),
         y=alt.Y(
             "source:O", title=f"{row_title} · its tokens", sort=None, axis=alt.Axis(labelExpr=row_label_expr(cells))
         ),
@@ -99,13 +104,9 @@ def expert_matrix_chart(
         labels = base.mark_text().encode(text="label:N", color=alt.Color("ink:N", scale=None))
         layered = (rects + labels).resolve_scale(color="independent")
     side = min(560, max(240, 34 * side_count))
-    notes = [
-        subtitle,
-        grouping_note(cells, num_experts),
-        f"grey rows: under {MIN_ROW_TOKENS} tokens, too few for a share",
-    ]
-    full = " · ".join(note for note in notes if note)
-    return styled(layered.properties(height=side, width=side, title=alt.Title(title, subtitle=full)))
+    notes = [grouping_note(cells, num_experts), f"grey rows: under {MIN_ROW_TOKENS} tokens, too few for a share"]
+    lines = [subtitle, " · ".join(note for note in notes if note)]  # two lines: one would run past the square
+    return styled(layered.properties(height=side, width=side, title=alt.Title(title, subtitle=lines)))
 
 
 def flow_pair_chart(
@@ -137,7 +138,8 @@ def flow_overview_chart(summary: pd.DataFrame, chosen_from: int | None = None) -
     long = long.melt(id_vars=["pair", "from_layer", "tokens"], value_vars=list(FLOW_SERIES), var_name="series")
     long["series"] = long["series"].map(FLOW_SERIES)
     order = [f"{a}→{b}" for a, b in zip(summary["from_layer"], summary["to_layer"], strict=True)]
-    base = alt.Chart(long).encode(x=alt.X("pair:O", title="MoE layer pair", sort=order))
+    axis = alt.Axis(labelOverlap="greedy")  # 60 pairs of a 61-layer model: every other label
+    base = alt.Chart(long).encode(x=alt.X("pair:O", title="MoE layer pair", sort=order, axis=axis))
     lines = base.mark_line(point=True).encode(
         y=alt.Y("value:Q", title="share of tokens", axis=alt.Axis(format=".0%"), scale=alt.Scale(domain=[0, 1])),
         color=alt.Color(

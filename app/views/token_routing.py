@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
 from app.components import explainer, html_block, legend, routed_text, show_chart, show_table
+from app.palette import coloured_experts
 from app.views import ViewContext
 from moe_core.analyses.routing import (
     consecutive_repeats,
@@ -52,7 +53,7 @@ def draw(context: ViewContext) -> None:
     frame = token_frame(routing, row)
     layer = context.layer
     st.subheader(f"Top-1 expert of each token at layer {layer}")
-    html_block(legend(routing.model.num_experts))
+    html_block(legend(routing.model.num_experts, shown=coloured_experts(frame["top1"], routing.model.num_experts)))
     marks = continuation_marks(routing, context.continued_at)
     if context.continued_at is not None and "own" in marks:
         html_block('<span class="tok own">the model\'s own writing</span> (from "Let the model continue")')

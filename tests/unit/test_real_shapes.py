@@ -15,6 +15,8 @@ from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_cha
 from app.charts.load import coactivation_chart, load_chart
 from app.charts.matrix import MATRIX_EXPERTS, flow_overview_chart, flow_pair_chart
 from app.charts.routing import token_layer_grid_chart
+from app.components import legend, routed_text
+from app.palette import COLOURED_EXPERTS, OTHER_SHADE, coloured_experts, expert_colors
 from moe_core.analyses.capacity import LayerSlots, drop_curve, fill_frame
 from moe_core.analyses.flow import flow_summary, transition_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_heatmap, token_distribution
@@ -24,7 +26,7 @@ from moe_core.analyses.routing import token_layer_grid
 from moe_core.capacity import simulate_capacity
 from moe_core.metrics import top_k_counts
 from moe_core.synthetic import random_trace, trace_from_choices
-from moe_core.trace import RoutingTrace
+from moe_core.trace import DROPPED, RoutingTrace
 
 
 def test_top_k_counts_match_a_stable_sort_ties_included() -> None:
@@ -140,3 +142,40 @@ def test_every_chart_at_deepseek_shape_is_small(deepseek: RoutingTrace) -> None:
         size = len(json.dumps(spec))
         rows = max(len(rows) for rows in spec.get("datasets", {"": []}).values())
         assert size < SPEC_BYTES and rows < CHART_ROWS, (name, size, rows)
+
+
+# ---- colours: past 20 experts the most frequent keep theirs, the rest share one grey ------------------------
+
+
+def test_few_experts_all_keep_their_colour_and_many_only_the_most_frequent() -> None:
+    """Up to 20 experts every one is coloured (None); 256: the 16 most frequent top-1 experts, in expert order."""
+    assert coloured_experts([0, 1, 1], 8) is None
+    top1 = np.repeat(np.arange(40), np.arange(40, 0, -1))  # expert 0 most frequent, 39 least
+    assert coloured_experts(top1, 256) == tuple(range(COLOURED_EXPERTS))
+
+
+def test_grid_greys_the_experts_it_does_not_colour() -> None:
+    """A 256-expert grid colours the window's most frequent top-1 experts by their fixed colour and the rest by
+    OTHER_SHADE (legend 'other'); its rows shrink so 61 layers fit a screen."""
+    routing = random_trace(64, num_experts=256, top_k=8, num_layers=61, seed=3)
+    spec = token_layer_grid_chart(token_layer_grid(routing, 0, 64), 256, 64, 8).to_dict()
+    cells = spec["layer"][0]["encoding"]["color"]
+    shown = cells["scale"]["domain"]
+    assert cells["field"] == "shade" and shown[-1] == OTHER_SHADE and len(shown) == COLOURED_EXPERTS + 1
+    assert cells["scale"]["range"][:-1] == [expert_colors(256)[e] for e in shown[:-1]]
+    assert spec["height"] <= 61 * 14
+    data = next(iter(spec["datasets"].values()))
+    assert {row["shade"] for row in data} <= set(shown) | {DROPPED}
+
+
+def test_routed_text_and_chips_grey_the_rest() -> None:
+    """The routed text's spans of uncoloured experts take the one grey class, and the chips end with 'the other
+    N experts'; the tooltip still names each token's real expert."""
+    frame = pd.DataFrame({"token": range(30), "text": [f"w{i}" for i in range(30)], "top1": np.arange(30) % 25,
+                          "route": [f"E{i % 25} 1.00" for i in range(30)]})  # fmt: skip
+    markup = routed_text(frame, 64)
+    # experts 0-4 twice, 5-24 once: E0-E15 are coloured (ties to the lower expert), E16-E24's 9 tokens grey
+    assert markup.count('class="tok xo"') == 9 and 'class="tok x15"' in markup
+    assert 'title="#29 E4 1.00"' in markup
+    chips = legend(64, shown=coloured_experts(frame["top1"], 64))
+    assert chips.count('class="chip"') == COLOURED_EXPERTS + 1 and f"the other {64 - COLOURED_EXPERTS}" in chips
