@@ -49,7 +49,8 @@ class Adapter:
                       "one_hot_call"  experts(hidden, one-hot [T, 1, E] with capacity drops zeroed, weights [T, 1]);
                       "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4);
                       "skip_call"     experts_call where a zero weight stands for the router's skip class (Zaya);
-                      "sorted_groups" the router's own grouping: slots sorted by expert plus per-expert counts (JetMoE).
+                      "sorted_groups" the router's own grouping: slots sorted by expert plus per-expert counts (JetMoE);
+                      "module_calls"  one module per expert, called on its rows (remote code: moe_core.generic).
     extra_routers:    class names of routers the model does not declare for output_router_logits (DeepSeek-V4's
                       hash routers, which pick experts from a token-id table); traced like the declared ones.
     untraced:         module-path parts whose routers are left out: Switch's "decoder" (the trace covers the
@@ -141,8 +142,18 @@ ADAPTERS: dict[str, Adapter] = {
 
 def adapter_for(model_type: str) -> Adapter:
     """The adapter of a model type. A multimodal wrapper (gemma4, llama4, dots3_note) routes like its text
-    decoder, which the table lists as "<type>_text"."""
-    return ADAPTERS.get(model_type) or ADAPTERS.get(f"{model_type}_text", DEFAULT_ADAPTER)
+    decoder, which the table lists as "<type>_text". A remote-code family seen by structural discovery gets the
+    row discovery wrote for it (STRUCTURAL_ADAPTERS)."""
+    found = ADAPTERS.get(model_type) or ADAPTERS.get(f"{model_type}_text")
+    return found or STRUCTURAL_ADAPTERS.get(model_type, DEFAULT_ADAPTER)
+
+
+# Written by structural discovery for remote-code families whose experts are a ModuleList: their experts are called
+# one module per expert, never as experts(hidden, index, weights), so the capacity-bound forward and the Closer Look
+# (which call the experts that way) say so in a sentence instead of failing mid-pass. Only for model types
+# transformers does not know: a native family's row is never shadowed.
+STRUCTURAL_ADAPTERS: dict[str, Adapter] = {}
+MODULE_CALLS = Adapter(choice="module_calls")
 
 
 @dataclass(frozen=True)
@@ -292,4 +303,14 @@ def structural_blocks(model: nn.Module) -> list[MoeBlock]:
                 blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, router, child, num_experts))
     if not blocks:
         raise NoRoutersError(f"{type(model).__name__} is a dense model: no routers found beside a set of experts")
+    _note_module_calls(getattr(getattr(model, "config", None), "model_type", ""), blocks)
     return sorted(blocks, key=lambda b: b.layer)
+
+
+def _note_module_calls(model_type: str, blocks: list[MoeBlock]) -> None:
+    """Record (STRUCTURAL_ADAPTERS) that a remote-code family calls its experts one module at a time."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    per_module = any(isinstance(b.experts, nn.ModuleList | nn.ModuleDict) for b in blocks)
+    if per_module and model_type and model_type not in CONFIG_MAPPING_NAMES and model_type not in ADAPTERS:
+        STRUCTURAL_ADAPTERS[model_type] = MODULE_CALLS

@@ -119,3 +119,28 @@ def test_readme_remote_code_table_is_measured(loaded: dict[str, models.LoadedMod
         rows.append(RemoteCodeRow(name, model_type, verdict, len(verdict.layers), NOTES[name]))
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert remote_code_table(rows) in readme
+
+
+@pytest.mark.parametrize("name", ["openmoe", "deepseek_moe", "llama_moe"])
+def test_per_module_experts_refuse_what_needs_a_fused_call(name: str, loaded: dict[str, models.LoadedModel]) -> None:
+    """The capacity-bound forward and the Closer Look call experts(hidden, index, weights); experts that are one
+    module each cannot be called so, and both say it in a sentence (a ValueError the views show) before any pass."""
+    from moe_core.capped import counterfactual
+    from moe_core.experts import expert_study
+
+    lm = loaded[name]
+    routing = trace(lm.model, lm.tokenizer, VERIFY_TEXTS[0])
+    with pytest.raises(ValueError, match="not called as experts"):
+        counterfactual(lm.model, lm.tokenizer, [VERIFY_TEXTS[0]], 1.0, "position", "sequence")
+    with pytest.raises(ValueError, match="not called as experts"):
+        expert_study(lm.model, lm.tokenizer, routing, 0)
+
+
+def test_fused_remote_code_experts_run_capacity_bound(loaded: dict[str, models.LoadedModel]) -> None:
+    """Grok-1's fused experts are called as experts(hidden, index, weights): the capacity-bound forward runs, and
+    with capacity to spare its losses equal the plain pass's."""
+    from moe_core.capped import counterfactual
+
+    lm = loaded["grok1"]
+    result = counterfactual(lm.model, lm.tokenizer, [VERIFY_TEXTS[0]], 64.0, "position", "sequence")
+    np.testing.assert_allclose(result.capped_loss, result.plain_loss, atol=1e-5, equal_nan=True)
