@@ -7,6 +7,7 @@ import streamlit as st
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
 from app.charts.matrix import MATRIX_EXPERTS
 from app.components import explainer, sentence, show_chart, show_table
+from app.memo import per_trace
 from app.views import ViewContext
 from moe_core.analyses.load import (
     balance_frame,
@@ -64,8 +65,10 @@ def draw(context: ViewContext) -> None:
     top_k = routing.model.top_k
     count = st.radio("Count", ["top1", "topk"], horizontal=True, key="load_count",
                      format_func=lambda c: _count_label(c, top_k))  # fmt: skip
-    show_chart(load_chart(load_frame(routing), count, routing.model.num_experts), f"expert-load-{count}")
-    balance = balance_frame(routing).dropna(axis="columns", how="all")  # a compact trace lacks the score-based ones
+    show_chart(load_chart(per_trace(load_frame, routing), count, routing.model.num_experts), f"expert-load-{count}")
+    balance = per_trace(balance_frame, routing).dropna(
+        axis="columns", how="all"
+    )  # a compact trace lacks the score-based ones
     labels = {name: label for name, (label, _) in BALANCE_COLUMNS.items()}
     helps = {name: meaning for name, (_, meaning) in BALANCE_COLUMNS.items()}
     show_table(balance, labels, decimals=dict.fromkeys(BALANCE_COLUMNS, 3), helps=helps)
@@ -74,7 +77,7 @@ def draw(context: ViewContext) -> None:
     if routing.has("logits"):
         st.caption(
             f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
-            f"training adds it (before its coefficient): {pooled_transformers_aux_loss(routing):.3f} "
+            f"training adds it (before its coefficient): {per_trace(pooled_transformers_aux_loss, routing):.3f} "
             f"({top_k} under perfectly even routing)."
         )
     show_chart(balance_chart(balance), "balance")
@@ -82,7 +85,7 @@ def draw(context: ViewContext) -> None:
     if top_k == 1:
         st.info(f"Top-1 routing: each token has one expert at layer {layer}, so no two experts are co-activated.")
     else:
-        pairs = coactivation_frame(routing, context.layer_row, keep=MATRIX_EXPERTS)
+        pairs = per_trace(coactivation_frame, routing, context.layer_row, MATRIX_EXPERTS)
         show_chart(coactivation_chart(pairs, layer, routing.model.num_experts), "coactivation")
 
     batch = context.domain_batch()

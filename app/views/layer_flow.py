@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.charts.matrix import MATRIX_EXPERTS, MIN_ROW_TOKENS, flow_overview_chart, flow_pair_chart
 from app.components import explainer, show_chart
+from app.memo import per_trace
 from app.views import ViewContext
 from moe_core.analyses.flow import flow_pair, flow_summary, transition_frame
 
@@ -33,7 +34,7 @@ def draw(context: ViewContext) -> None:
         st.info("This model has a single MoE layer: flow needs two.")
         return
     layers = routing.model.moe_layers
-    summary = flow_summary(routing)
+    summary = per_trace(flow_summary, routing)
     show_chart(flow_overview_chart(summary, layers[start]), "layer-flow-overview")
     pair = summary.iloc[start]
     columns = st.columns(3)
@@ -43,5 +44,5 @@ def draw(context: ViewContext) -> None:
     if start != context.layer_row:
         st.caption(f"Layer {layers[context.layer_row]} is the last MoE layer: showing the pair before it.")
     num_experts = routing.model.num_experts
-    pair_frame = transition_frame(routing, start, keep=MATRIX_EXPERTS)
+    pair_frame = per_trace(transition_frame, routing, start, MATRIX_EXPERTS)
     show_chart(flow_pair_chart(pair_frame, layers[start], layers[start + 1], num_experts), "layer-flow")

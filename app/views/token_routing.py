@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
 from app.components import explainer, html_block, legend, routed_text, show_chart, show_table
+from app.memo import per_trace
 from app.palette import coloured_experts
 from app.views import ViewContext
 from moe_core.analyses.routing import (
@@ -69,7 +70,7 @@ def draw(context: ViewContext) -> None:
 
     st.subheader("Do neighbouring tokens share experts?")
     show_table(
-        consecutive_repeats(routing),
+        per_trace(consecutive_repeats, routing),
         {
             "first_choice": "same first choice",
             "first_choice_chance": "chance (first, uniform)",
@@ -83,7 +84,7 @@ def draw(context: ViewContext) -> None:
     )
 
     st.subheader("Does the same token always go to the same expert?")
-    consistency = token_id_consistency(routing)
+    consistency = per_trace(token_id_consistency, routing)
     if consistency["ids"].iloc[0] == 0:
         st.info("No token id appears twice in this text: try a longer text or the repeated-word preset.")
     else:

@@ -102,10 +102,10 @@ def coactivation_frame(trace: RoutingTrace, layer_row: int, keep: int | None = N
     """
     experts = trace.experts[layer_row]
     num_experts = trace.model.num_experts
-    chosen = np.zeros((len(experts), num_experts), dtype=np.int64)
+    chosen = np.zeros((len(experts), num_experts), dtype=np.float32)  # BLAS: exact below 2**24 tokens
     rows, ranks = np.nonzero(experts != DROPPED)
     chosen[rows, experts[rows, ranks]] = 1
-    together = chosen.T @ chosen  # [E, E]: tokens routed to both; the diagonal counts tokens routed to each
+    together = np.rint(chosen.T @ chosen).astype(np.int64)  # [E, E]: tokens routed to both; diagonal: to each
     keep = keep if keep is not None else num_experts
     return grouped_matrix_frame(together, np.diag(together), keep, keep_diagonal=False, pool=False)
 

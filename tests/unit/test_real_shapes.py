@@ -16,6 +16,7 @@ from app.charts.load import coactivation_chart, load_chart
 from app.charts.matrix import MATRIX_EXPERTS, flow_overview_chart, flow_pair_chart
 from app.charts.routing import token_layer_grid_chart
 from app.components import legend, routed_text
+from app.memo import PerTrace
 from app.palette import COLOURED_EXPERTS, OTHER_SHADE, coloured_experts, expert_colors
 from moe_core.analyses.capacity import LayerSlots, drop_curve, fill_frame
 from moe_core.analyses.flow import flow_summary, transition_frame
@@ -179,3 +180,18 @@ def test_routed_text_and_chips_grey_the_rest() -> None:
     assert 'title="#29 E4 1.00"' in markup
     chips = legend(64, shown=coloured_experts(frame["top1"], 64))
     assert chips.count('class="chip"') == COLOURED_EXPERTS + 1 and f"the other {64 - COLOURED_EXPERTS}" in chips
+
+
+def test_per_trace_computes_once_per_trace_object() -> None:
+    """A rerun asking again for the same trace's table gets the first result; another trace (even an equal one)
+    is computed afresh, and so are other arguments."""
+    calls: list[tuple[int, int]] = []
+
+    def table(routing: RoutingTrace, row: int) -> int:
+        calls.append((id(routing), row))
+        return len(calls)
+
+    cache = PerTrace()
+    first, second = random_trace(4, 4, 2), random_trace(4, 4, 2)
+    assert cache(table, first, 0) == cache(table, first, 0) == 1
+    assert cache(table, second, 0) == 2 and cache(table, first, 1) == 3 and len(calls) == 3
