@@ -16,7 +16,7 @@ is a guess about the model, not a record of it.
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +45,9 @@ TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "top_k", "num_selected_experts
 class GenericRecord:
     """One block's tensors from one forward pass."""
 
-    inputs: list[torch.Tensor] = field(default_factory=list)  # the block's input rows [T, H]
+    inputs: list[torch.Tensor] = field(default_factory=list)  # row_hashes of the block's input [T]
     router_outputs: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
-    calls: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (expert, its input rows) per call
+    calls: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (expert, row_hashes of its input) per call
     fused: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (index, weights) as consumed
 
 
@@ -80,7 +80,7 @@ def _block_hooks(block: MoeBlock, record: GenericRecord) -> list[Hook]:
     def before_block(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden = _hidden_argument(args, kwargs)
         if hidden is not None:
-            record.inputs.append(_rows(hidden).clone())
+            record.inputs.append(row_hashes(_rows(hidden)))
 
     def after_router(_module: nn.Module, _args: Any, output: Any) -> None:
         record.router_outputs.append(tuple(t.detach() for t in _tensors(output)))
@@ -97,7 +97,7 @@ def _block_hooks(block: MoeBlock, record: GenericRecord) -> list[Hook]:
             def before_expert(_m: nn.Module, args: tuple, kwargs: dict, number: int = number) -> None:
                 hidden = _hidden_argument(args, kwargs)
                 if hidden is not None:
-                    record.calls.append((number, _rows(hidden)))
+                    record.calls.append((number, row_hashes(_rows(hidden))))
 
             hooks.append((expert, "pre", before_expert))
     else:
@@ -140,34 +140,57 @@ def read_router(tensors: Sequence[torch.Tensor], num_experts: int) -> RouterOutp
     )
 
 
-def _row_keys(rows: torch.Tensor) -> list[bytes]:
-    """Each row's bytes (any dtype, bf16 included): equal rows, equal keys."""
-    flat = rows.contiguous().cpu()
-    return [row.tobytes() for row in flat.view(torch.uint8).reshape(len(flat), -1).numpy()]
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> integer view
+_HASH_SEED = 20240207
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_weights(width: int, device: str) -> torch.Tensor:
+    """Odd random int64 weights, one per column; the same for every row, call and pass."""
+    generator = torch.Generator().manual_seed(_HASH_SEED + width)
+    return (torch.randint(-(2**62), 2**62, (width,), generator=generator) | 1).to(device)
+
+
+def row_hashes(rows: torch.Tensor) -> torch.Tensor:
+    """[n] int64: a hash of each row's exact bits (integer arithmetic, so equal rows give equal hashes whatever the
+    batch or device; distinct rows collide with probability ~2^-49). Computed where the rows are, GPU included,
+    so capture keeps 8 bytes per row instead of the rows themselves. The row width is folded in: rows of another
+    width never match."""
+    bits = rows.contiguous().view(_BITS[rows.element_size()]).long()
+    return (bits * _hash_weights(bits.shape[-1], str(bits.device))).sum(-1) + bits.shape[-1]
+
+
+def _rank_among_equal(keys: torch.Tensor) -> torch.Tensor:
+    """[n]: how many earlier entries of `keys` are equal to each entry (0 for the first of each value)."""
+    ordered, where = keys.sort(stable=True)
+    index = torch.arange(len(keys))
+    starts = torch.ones(len(keys), dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    run_start = torch.cummax(torch.where(starts, index, 0), dim=0).values
+    rank = torch.empty_like(index)
+    rank[where] = index - run_start
+    return rank
 
 
 def served_by_calls(
     inputs: torch.Tensor, calls: Sequence[tuple[int, torch.Tensor]], num_experts: int
 ) -> np.ndarray | None:
-    """[T, E] bool: which experts ran on which rows of the block's input, or None where an expert's input row is
-    no row of the block's input (the block transforms the rows before its experts: not readable this way).
+    """[T, E] bool: which experts ran on which rows of the block's input (both as row_hashes), or None where an
+    expert's input row is no row of the block's input (the block transforms rows before its experts).
 
-    Rows repeated in the input (the same first token of two texts) are given to an expert in order.
+    Rows repeated in the input (the same first token of two texts) are given to an expert in row order.
     """
-    where: dict[bytes, list[int]] = defaultdict(list)
-    for row, key in enumerate(_row_keys(inputs)):
-        where[key].append(row)
-    taken: dict[tuple[int, bytes], int] = defaultdict(int)
-    served = np.zeros((len(inputs), num_experts), dtype=bool)
-    for expert, rows in calls:
-        if rows.shape[-1] != inputs.shape[-1]:
+    keys, order = inputs.cpu().sort(stable=True)
+    served = np.zeros((len(keys), num_experts), dtype=bool)
+    per_expert: dict[int, list[torch.Tensor]] = {}
+    for expert, hashes in calls:
+        per_expert.setdefault(expert, []).append(hashes.cpu())
+    for expert, parts in per_expert.items():
+        wanted = torch.cat(parts)
+        position = torch.searchsorted(keys, wanted) + _rank_among_equal(wanted)
+        if len(keys) == 0 or (position >= len(keys)).any() or not torch.equal(keys[position], wanted):
             return None
-        for key in _row_keys(rows):
-            seen = where.get(key, [])
-            if taken[expert, key] >= len(seen):
-                return None
-            served[seen[taken[expert, key]], expert] = True
-            taken[expert, key] += 1
+        served[order[position].numpy(), expert] = True
     return served
 
 

@@ -134,3 +134,24 @@ def test_generic_capture_matches_the_routers_own_choice(returns_choice: bool, de
     routing = trace(HandMade(returns_choice), demo_tokenizer, TEXTS)
     naive = np.argsort(-routing.probs, axis=-1)[..., :TOP_K]
     np.testing.assert_array_equal(np.sort(routing.experts, -1), np.sort(naive, -1))
+
+
+def test_identical_rows_are_matched_in_order(demo_tokenizer: Any) -> None:
+    """The same text twice gives bit-identical rows; each is matched once, so both copies read the same experts."""
+    model = HandMade()
+    routing = trace(model, demo_tokenizer, (TEXTS[0], TEXTS[0]))
+    first, second = (routing.tokens.sequence == s for s in (0, 1))
+    np.testing.assert_array_equal(routing.experts[:, first], routing.experts[:, second])
+    assert verify_model(model, demo_tokenizer, (TEXTS[0], TEXTS[0])).passed
+
+
+def test_row_hashes_see_bits_not_values() -> None:
+    """Equal rows hash equally in any batch; a one-ulp change or another width hashes differently."""
+    from moe_core.generic import row_hashes
+
+    rows = torch.randn(5, HIDDEN)
+    assert torch.equal(row_hashes(rows)[2:4], row_hashes(rows[2:4].clone()))
+    nudged = rows.clone()
+    nudged[0, 0] = torch.nextafter(nudged[0, 0], torch.tensor(float("inf")))
+    assert row_hashes(nudged)[0] != row_hashes(rows)[0]
+    assert row_hashes(rows[:, :-1])[0] != row_hashes(rows)[0]
