@@ -225,6 +225,9 @@ def _slots_from_served(router: RouterOutput, served: np.ndarray, k: int) -> Laye
             if router.weights is not None:
                 return LayerChoice(router.logits, experts, router.weights.float().cpu(), "captured")
             return LayerChoice(router.logits, experts, _scores_at(router.logits, experts), "weights recomputed")
+    if (mask.sum(dim=1) > k).any():  # more experts ran than a token has slots: the choice is in unseen weights
+        index, weights = _top_k(router.logits.cpu(), k)
+        return LayerChoice(router.logits, index, weights, "recomputed")
     order = torch.where(mask, router.logits.float().cpu(), -torch.inf).argsort(dim=1, descending=True)[:, :k]
     experts = torch.where(mask.gather(1, order), order, DROPPED)
     return LayerChoice(router.logits, experts, _scores_at(router.logits, experts), "weights recomputed")

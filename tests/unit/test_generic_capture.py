@@ -39,8 +39,9 @@ class Gate(nn.Module):
 class Block(nn.Module):
     """Top-2 MoE over a ModuleList of FFNs, dispatched row by row (call) or computed inline (inline)."""
 
-    def __init__(self, returns_choice: bool, inline: bool) -> None:
+    def __init__(self, returns_choice: bool, inline: bool, dense: bool = False) -> None:
         super().__init__()
+        self.dense = dense  # dense: every expert runs on every row, the unchosen ones weighted 0
         self.gate = Gate(returns_choice)
         ffn = lambda: nn.Sequential(nn.Linear(HIDDEN, 16), nn.SiLU(), nn.Linear(16, HIDDEN))  # noqa: E731
         self.experts = nn.ModuleList(ffn() for _ in range(EXPERTS))
@@ -55,6 +56,9 @@ class Block(nn.Module):
             weights, index = routed.softmax(-1).topk(TOP_K, dim=-1)
             weights = weights / weights.sum(-1, keepdim=True)
         out = torch.zeros_like(rows)
+        if self.dense:
+            dense = torch.zeros(len(rows), EXPERTS).scatter(1, index, weights)
+            return sum(module(rows) * dense[:, e, None] for e, module in enumerate(self.experts)).reshape(hidden.shape)
         for expert, module in enumerate(self.experts):
             token, slot = (index == expert).nonzero(as_tuple=True)
             if not len(token):
@@ -66,9 +70,9 @@ class Block(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, returns_choice: bool, inline: bool) -> None:
+    def __init__(self, returns_choice: bool, inline: bool, dense: bool) -> None:
         super().__init__()
-        self.mlp = Block(returns_choice, inline)
+        self.mlp = Block(returns_choice, inline, dense)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden + self.mlp(hidden)
@@ -77,14 +81,14 @@ class Layer(nn.Module):
 class HandMade(nn.Module):
     """A causal-LM-shaped model of a family transformers has never heard of."""
 
-    def __init__(self, returns_choice: bool = True, inline: bool = False) -> None:
+    def __init__(self, returns_choice: bool = True, inline: bool = False, dense: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.config = SimpleNamespace(
             model_type="handmade", name_or_path="handmade", num_hidden_layers=2, num_experts_per_tok=TOP_K
         )
         self.embed = nn.Embedding(VOCAB, HIDDEN)
-        self.layers = nn.ModuleList(Layer(returns_choice, inline) for _ in range(2))
+        self.layers = nn.ModuleList(Layer(returns_choice, inline, dense) for _ in range(2))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, **_: Any) -> torch.Tensor:
         hidden = self.embed(input_ids)
@@ -155,3 +159,12 @@ def test_row_hashes_see_bits_not_values() -> None:
     nudged[0, 0] = torch.nextafter(nudged[0, 0], torch.tensor(float("inf")))
     assert row_hashes(nudged)[0] != row_hashes(rows)[0]
     assert row_hashes(rows[:, :-1])[0] != row_hashes(rows)[0]
+
+
+def test_experts_that_all_run_are_not_a_captured_choice(demo_tokenizer: Any) -> None:
+    """Every expert runs on every row and the choice lives in weights capture cannot see: flagged as recomputed,
+    and the proof still checks the top-k by ablation (unchosen experts weigh 0: zeroing them changes nothing)."""
+    model = HandMade(dense=True)
+    routing = trace(model, demo_tokenizer, TEXTS)
+    assert RECOMPUTED_NOTE in routing.model.notes
+    assert verify_model(model, demo_tokenizer, TEXTS).passed
