@@ -3,6 +3,8 @@
 Discovery reads the model's own declaration (`_can_record_outputs["router_logits"]`), falling back to
 any `gate`/`router` module that has an `experts` sibling. Everything that differs between families
 lives in `ADAPTERS`, one row per transformers `model_type`; the capture code has no per-family branches.
+A model class transformers does not ship (remote code) has no row: its MoE layers are found by structure
+(`structural_blocks`) and captured by moe_core.generic.
 """
 
 from __future__ import annotations

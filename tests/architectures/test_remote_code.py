@@ -144,3 +144,18 @@ def test_fused_remote_code_experts_run_capacity_bound(loaded: dict[str, models.L
     lm = loaded["grok1"]
     result = counterfactual(lm.model, lm.tokenizer, [VERIFY_TEXTS[0]], 64.0, "position", "sequence")
     np.testing.assert_allclose(result.capped_loss, result.plain_loss, atol=1e-5, equal_nan=True)
+
+
+def test_verify_command_on_remote_code(checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """verify --trust-remote-code proves OpenMoE's layers; without the flag it is one line and exit 2."""
+    import json
+
+    from moe_core.cli import main
+
+    folder = str(checkpoints["openmoe"])
+    assert main(["verify", "--model", folder, "--trust-remote-code", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] and [entry["layer"] for entry in data["layers"]] == [1, 3]
+    assert main(["verify", "--model", folder]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "trust_remote_code" in error
