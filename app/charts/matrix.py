@@ -163,3 +163,49 @@ def flow_overview_chart(summary: pd.DataFrame, chosen_from: int | None = None) -
         subtitle="above the grey chance lines: the previous layer's expert predicts the next · wide grey: shown below",
     )
     return styled(layered.properties(height=220, title=title))
+
+
+PAIR_CELL_PX = 14  # one cell of a small-multiple heatmap
+PAIR_EXPERTS = 8  # experts named in each small multiple (its rows and columns), the rest pooled as "other"
+PAIR_COLUMNS = 6  # small multiples per row
+
+
+def flow_pairs_chart(frame: pd.DataFrame, num_experts: int, chosen_from: int | None = None) -> alt.TopLevelMixin:
+    """Small multiples of every consecutive layer pair's flow (all_pairs_frame): each a heatmap of the share of
+    the row, rows busiest first and the pooled "other" last, so all pairs can be compared at a glance; rows
+    under MIN_ROW_TOKENS tokens grey. The pair drawn in detail below says so in its title."""
+    cells = matrix_cells(frame).drop(columns=["label", "ink"])  # no numbers in cells this small
+    cells["pair"] = [f"{a} → {b}" + (" (below)" if a == chosen_from else "")
+                     for a, b in zip(cells["from_layer"], cells["to_layer"], strict=True)]  # fmt: skip
+    order = list(dict.fromkeys(cells["pair"]))
+    side = max(cells["row"].max(), cells["column"].max()) + 1 if len(cells) else 1
+    shade = alt.Color("share:Q", title="share of row", scale=alt.Scale(range=list(PURPLES), interpolate="rgb",
+                      domain=[0, 1]), legend=alt.Legend(format=".0%"))  # fmt: skip
+    rects = (
+        alt.Chart(cells)
+        .mark_rect()
+        .encode(
+            x=alt.X("column:O", title=None, axis=None),
+            y=alt.Y("row:O", title=None, axis=None),
+            color=alt.condition(alt.datum.thin, alt.value(THIN_ROW_COLOR), shade),
+            tooltip=[
+                alt.Tooltip("pair:N", title="layers"),
+                alt.Tooltip("source:O", title="row expert (-1: other)"),
+                alt.Tooltip("target:O", title="column expert (-1: other)"),
+                alt.Tooltip("count:Q", title="tokens"),
+                alt.Tooltip("row_total:Q", title="tokens in the row"),
+                alt.Tooltip("share:Q", title="share of the row", format=".0%"),
+            ],
+        )
+        .properties(width=PAIR_CELL_PX * side, height=PAIR_CELL_PX * side)
+    )
+    named = side - 1 if (frame["source"] == OTHER).any() else side
+    rows = "rows: top-1 expert at the first layer, columns: at the next"
+    if named < side:
+        rows += f" (the {named} busiest of each layer, then 'other')"
+    marks = f"grey rows: under {MIN_ROW_TOKENS} tokens · (below): drawn in detail below · hover a cell for its experts"
+    subtitle = [f"{rows} · colour: share of the row's tokens", marks]
+    chart = rects.facet(
+        facet=alt.Facet("pair:N", title=None, sort=order), columns=min(PAIR_COLUMNS, len(order))
+    ).properties(title=alt.Title(f"Every layer pair at a glance ({num_experts} experts)", subtitle=subtitle))
+    return styled(chart)

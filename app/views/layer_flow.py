@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts.matrix import MATRIX_EXPERTS, MIN_ROW_TOKENS, flow_overview_chart, flow_pair_chart
+from app.charts.matrix import (
+    MATRIX_EXPERTS,
+    MIN_ROW_TOKENS,
+    PAIR_EXPERTS,
+    flow_overview_chart,
+    flow_pair_chart,
+    flow_pairs_chart,
+)
 from app.components import explainer, show_chart
 from app.memo import per_trace
 from app.views import ViewContext
-from moe_core.analyses.flow import flow_pair, flow_summary, transition_frame
+from moe_core.analyses.flow import all_pairs_frame, flow_pair, flow_summary, transition_frame
 
 TITLE = "Layer flow"
 EXPLAINER = f"""
@@ -17,7 +24,10 @@ pair of consecutive MoE layers at once: the share of tokens that take their grou
 two chance levels, an even next layer (1/E) and the next layer's own choices shuffled across tokens (same load,
 no link to the previous layer; small groups raise it, since a group of one token always follows its path).
 
-The heatmap shows one pair, the layer chosen in the sidebar and the next: each row is the tokens whose
+Below it, every pair as a small heatmap (the busiest experts of each layer, the rest pooled as "other"), to
+compare the pairs at a glance; hover a cell for its experts and tokens.
+
+The large heatmap shows one pair, the layer chosen in the sidebar and the next: each row is the tokens whose
 first-choice expert is the row's at the first layer (the row label says how many), and each cell the share of
 them whose first choice at the next layer is the column's. A dark cell means a group of tokens travels together
 through the network. Rows of fewer than {MIN_ROW_TOKENS} tokens are grey: their shares are mostly chance.
@@ -36,6 +46,8 @@ def draw(context: ViewContext) -> None:
     layers = routing.model.moe_layers
     summary = per_trace(flow_summary, routing)
     show_chart(flow_overview_chart(summary, layers[start]), "layer-flow-overview")
+    every_pair = per_trace(all_pairs_frame, routing, PAIR_EXPERTS)
+    show_chart(flow_pairs_chart(every_pair, routing.model.num_experts, layers[start]), "layer-flow-pairs")
     pair = summary.iloc[start]
     columns = st.columns(3)
     columns[0].metric(f"Follow their group's path, layer {layers[start]} → {layers[start + 1]}", f"{pair.followed:.0%}")

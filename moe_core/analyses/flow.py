@@ -14,9 +14,13 @@ def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
     num_experts = trace.model.num_experts
     source, target = trace.experts[from_row, :, 0], trace.experts[from_row + 1, :, 0]
     valid = (source >= 0) & (target >= 0)
-    counts = np.zeros((num_experts, num_experts), dtype=np.int64)
-    np.add.at(counts, (source[valid], target[valid]), 1)
-    return counts
+    return pair_counts(source[valid], target[valid], num_experts)
+
+
+def pair_counts(source: np.ndarray, target: np.ndarray, num_experts: int) -> np.ndarray:
+    """[E, E] how many (source, target) pairs there are of each: one bincount (np.add.at was 10x slower)."""
+    flat = np.bincount(source * num_experts + target, minlength=num_experts * num_experts)
+    return flat.reshape(num_experts, num_experts).astype(np.int64)
 
 
 def transition_frame(trace: RoutingTrace, from_row: int, keep: int | None = None) -> pd.DataFrame:
@@ -63,9 +67,33 @@ def flow_summary(trace: RoutingTrace, shuffles: int = 20, seed: int = 0) -> pd.D
         source, target = source[valid], target[valid]
         chance = []
         for _ in range(shuffles):
-            counts = np.zeros((num_experts, num_experts), dtype=np.int64)
-            np.add.at(counts, (source, rng.permutation(target)), 1)
-            chance.append(followed_share(counts))
+            chance.append(followed_share(pair_counts(source, rng.permutation(target), num_experts)))
         followed = followed_share(transition_counts(trace, row))
         rows.append((layers[row], layers[row + 1], followed, float(np.mean(chance)), 1 / num_experts, len(source)))
     return pd.DataFrame(rows, columns=["from_layer", "to_layer", "followed", "shuffled", "even", "tokens"])
+
+
+def all_pairs_frame(trace: RoutingTrace, keep: int) -> pd.DataFrame:
+    """Every pair of consecutive MoE layers at once: each pair's transition_frame with `keep` experts named
+    (the rest pooled), stacked, so small multiples can show every pair side by side.
+
+    Columns: from_layer, to_layer, row (0… the row's place in its pair: busiest first, OTHER last), column (the
+    same for columns), then transition_frame's source, target, count, share, row_total.
+    """
+    layers = trace.model.moe_layers
+    frames = []
+    for row in range(len(layers) - 1):
+        frame = transition_frame(trace, row, keep)
+        places = {kind: {e: i for i, e in enumerate(frame[kind].drop_duplicates())} for kind in ("source", "target")}
+        frames.append(
+            frame.assign(
+                from_layer=layers[row],
+                to_layer=layers[row + 1],
+                row=frame["source"].map(places["source"]),
+                column=frame["target"].map(places["target"]),
+            )
+        )
+    columns = ["from_layer", "to_layer", "row", "column", "source", "target", "count", "share", "row_total"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]

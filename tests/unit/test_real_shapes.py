@@ -13,13 +13,13 @@ import pytest
 from app.charts.capacity import drop_curve_chart, fill_chart
 from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart
 from app.charts.load import coactivation_chart, load_chart
-from app.charts.matrix import MATRIX_EXPERTS, flow_overview_chart, flow_pair_chart
+from app.charts.matrix import MATRIX_EXPERTS, PAIR_EXPERTS, flow_overview_chart, flow_pair_chart, flow_pairs_chart
 from app.charts.routing import token_layer_grid_chart
 from app.components import legend, routed_text
 from app.memo import PerTrace
 from app.palette import COLOURED_EXPERTS, OTHER_SHADE, coloured_experts, expert_colors
 from moe_core.analyses.capacity import LayerSlots, drop_curve, fill_frame
-from moe_core.analyses.flow import flow_summary, transition_frame
+from moe_core.analyses.flow import all_pairs_frame, flow_summary, transition_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_heatmap, token_distribution
 from moe_core.analyses.load import coactivation_frame, load_frame
 from moe_core.analyses.matrix import OTHER, busiest, grouped_matrix_frame, matrix_frame
@@ -126,6 +126,7 @@ def _specs(routing: RoutingTrace) -> dict[str, dict]:
         "load": load_chart(load_frame(routing), "topk", experts),
         "coactivation": coactivation_chart(coactivation_frame(routing, 30, keep=MATRIX_EXPERTS), 30, experts),
         "flow overview": flow_overview_chart(flow_summary(routing, shuffles=2), 30),
+        "flow pairs": flow_pairs_chart(all_pairs_frame(routing, PAIR_EXPERTS), experts, 30),
         "flow pair": flow_pair_chart(transition_frame(routing, 30, keep=MATRIX_EXPERTS), 30, 31, experts),
         "fill": fill_chart(fill_frame(LayerSlots.simulated(routing, simulate_capacity(routing, 1.0), 30), 4096), "t"),
         "drops": drop_curve_chart(drop_curve(routing.tokens.position, LayerSlots.simulated(
@@ -195,3 +196,13 @@ def test_per_trace_computes_once_per_trace_object() -> None:
     first, second = random_trace(4, 4, 2), random_trace(4, 4, 2)
     assert cache(table, first, 0) == cache(table, first, 0) == 1
     assert cache(table, second, 0) == 2 and cache(table, first, 1) == 3 and len(calls) == 3
+
+
+def test_every_pair_frame_counts_each_pair_whole() -> None:
+    """all_pairs_frame holds every consecutive pair once, each pair's counts summing to the tokens routed at
+    both layers, with row and column places 0… (busiest first, 'other' last)."""
+    routing = random_trace(500, num_experts=64, top_k=8, num_layers=5, seed=4)
+    frame = all_pairs_frame(routing, 8)
+    assert frame.groupby("from_layer")["count"].sum().tolist() == [500] * 4
+    assert frame["to_layer"].tolist()[:1] == [1] and frame["row"].max() == frame["column"].max() == 8
+    assert (frame[frame["row"] == 8]["source"] == OTHER).all()
