@@ -93,7 +93,11 @@ def current_ranks() -> Ranks:
         from accelerate import PartialState
     except ImportError:
         raise ValueError("several processes (WORLD_SIZE > 1) need accelerate: pip install accelerate") from None
-    state = PartialState()
+    world = int(os.environ["WORLD_SIZE"])
+    state = PartialState(cpu=not torch.cuda.is_available())  # without a GPU: gloo across CPU processes
+    if state.num_processes != world:
+        raise ValueError(f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} processes: launch with "
+                         "accelerate launch or torchrun")  # fmt: skip
     return Ranks(state.process_index, state.num_processes, state.local_process_index, state)
 
 
