@@ -59,3 +59,16 @@ def test_unknown_names_and_no_corpus_dir_show_the_text_views(
     assert not at.exception
     assert at.selectbox(key="corpus").value == ""
     assert not any("Corpus **" in c.value for c in at.caption)
+
+
+def test_leaving_the_corpus_page_brings_back_the_text_views(
+    operator_corpus_dir: Path, app_runner: Callable[..., AppTest]
+) -> None:
+    """Text views -> a corpus -> none again: the text views come back with their settings, without an error."""
+    at = app_runner({"view": "flow", "layer": "1"})
+    at.selectbox(key="corpus").select("small").run()
+    assert any("Corpus **small**" in c.value for c in at.caption)
+    at.selectbox(key="corpus").select("").run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert not any("Corpus **" in c.value for c in at.caption)
+    assert at.session_state["view"] == "flow"
