@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,10 @@ WEIGHTS_RECOMPUTED_NOTE = (
     "weights recomputed, not captured: the experts that ran are read from the experts' calls, but the model applies "
     "its combine weights where capture cannot see them; the weights shown are the chosen experts' scores"
 )
+SCORES_RECOMPUTED_NOTE = (
+    "router scores recomputed from the router's weight (its output holds only the top-k); the experts and weights "
+    "are as consumed"
+)
 GENERIC_NOTE = "no adapter for this family: MoE layers found by structure, experts read from the experts' own calls"
 TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "top_k", "num_selected_experts", "moe_k")
 
@@ -47,6 +51,7 @@ class GenericRecord:
 
     inputs: list[torch.Tensor] = field(default_factory=list)  # row_hashes of the block's input [T]
     router_outputs: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+    scores_recomputed: bool = False  # the router returned no [T, E] scores: they were recomputed from its weight
     calls: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (expert, row_hashes of its input) per call
     fused: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (index, weights) as consumed
 
@@ -82,8 +87,14 @@ def _block_hooks(block: MoeBlock, record: GenericRecord) -> list[Hook]:
         if hidden is not None:
             record.inputs.append(row_hashes(_rows(hidden)))
 
-    def after_router(_module: nn.Module, _args: Any, output: Any) -> None:
-        record.router_outputs.append(tuple(t.detach() for t in _tensors(output)))
+    def after_router(module: nn.Module, args: Any, output: Any) -> None:
+        tensors = tuple(t.detach() for t in _tensors(output))
+        rows = _hidden_argument(tuple(args), {})
+        if rows is not None and _scores_in(tensors, len(_rows(rows)), block.num_experts) is None:
+            recomputed = linear_scores(module, _rows(rows), block.num_experts)
+            if recomputed is not None:
+                tensors, record.scores_recomputed = (*tensors, recomputed), True
+        record.router_outputs.append(tensors)
 
     def before_fused(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         choice = _fused_choice(args, kwargs)
@@ -125,13 +136,39 @@ class RouterOutput:
     weights: torch.Tensor | None
 
 
-def read_router(tensors: Sequence[torch.Tensor], num_experts: int) -> RouterOutput:
-    """The first float tensor with E on its last axis is the scores; an integer [.., k] tensor (k < E) is the
-    index, and a float tensor of the index's shape beside it the weights."""
-    logits = next((t for t in tensors if t.is_floating_point() and t.ndim >= 1 and t.shape[-1] == num_experts), None)
+def _scores_in(tensors: Sequence[torch.Tensor], num_rows: int, num_experts: int) -> torch.Tensor | None:
+    """The first float tensor holding one row of E scores per token ([T, E] or [B, S, E]), if any: per-batch [E]
+    statistics (LLaMA-MoE's load and importance) are not scores."""
+    return next(
+        (
+            t
+            for t in tensors
+            if t.is_floating_point() and t.shape[-1] == num_experts and t.numel() == num_rows * num_experts
+        ),
+        None,
+    )
+
+
+def linear_scores(router: nn.Module, rows: torch.Tensor, num_experts: int) -> torch.Tensor | None:
+    """rows @ W.T (+ b) where the router holds exactly one [E, H] matrix (DeepSeekMoE's MoEGate keeps a bare weight
+    and returns only its top-k): the scores it computed and did not return. None for any other router."""
+    matrices = [p for p in router.parameters() if p.ndim == 2 and p.shape == (num_experts, rows.shape[-1])]
+    if len(matrices) != 1 or any(p.ndim == 2 for p in router.parameters() if p is not matrices[0]):
+        return None
+    biases = [p for p in router.parameters() if p.ndim == 1 and p.shape == (num_experts,)]
+    return torch.nn.functional.linear(rows, matrices[0], biases[0] if len(biases) == 1 else None).detach()
+
+
+def read_router(tensors: Sequence[torch.Tensor], num_rows: int, num_experts: int) -> RouterOutput:
+    """The router's [T, E] scores; an integer [T, k] tensor (k < E) is the index, and a float tensor of the index's
+    shape beside it the weights."""
+    logits = _scores_in(tensors, num_rows, num_experts)
     if logits is None:
-        raise RuntimeError(f"the router's output has no tensor with {num_experts} experts on its last axis")
-    index = next((t for t in tensors if not t.is_floating_point() and t.ndim >= 1 and t.dtype != torch.bool), None)
+        raise RuntimeError(f"the router's output has no [{num_rows}, {num_experts}] scores, nor one [E, H] matrix")
+    index = next(
+        (t for t in tensors if not t.is_floating_point() and t.dtype != torch.bool and t.numel() % num_rows == 0
+         and 0 < t.numel() // num_rows < num_experts), None
+    )  # fmt: skip
     weights = None
     if index is not None:
         weights = next((t for t in tensors if t.is_floating_point() and t.shape == index.shape), None)
@@ -202,6 +239,7 @@ class LayerChoice:
     experts: torch.Tensor  # [T, k] long, DROPPED where the model dropped the slot
     weights: torch.Tensor  # [T, k] float
     status: str  # "captured", "weights recomputed" or "recomputed"
+    scores_recomputed: bool = False  # the scores come from the router's weight, not its output
 
 
 def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,9 +290,14 @@ def top_k_of(model: nn.Module, router: RouterOutput) -> int:
 
 def resolve(model: nn.Module, block: MoeBlock, record: GenericRecord) -> LayerChoice:
     """The layer's consumed choice from one pass's record (see the module docstring)."""
+    return replace(_resolve(model, block, record), scores_recomputed=record.scores_recomputed)
+
+
+def _resolve(model: nn.Module, block: MoeBlock, record: GenericRecord) -> LayerChoice:
     if len(record.router_outputs) != 1:
         raise RuntimeError(f"expected one router call at layer {block.layer}, got {len(record.router_outputs)}")
-    router = read_router(record.router_outputs[0], block.num_experts)
+    num_rows = len(record.inputs[0]) if record.inputs else _rows(record.router_outputs[0][0]).shape[0]
+    router = read_router(record.router_outputs[0], num_rows, block.num_experts)
     k = top_k_of(model, router)
     if record.fused:
         index, weights = record.fused[0]
@@ -274,7 +317,8 @@ STATUS_NOTES = {"recomputed": RECOMPUTED_NOTE, "weights recomputed": WEIGHTS_REC
 def status_notes(choices: Sequence[LayerChoice]) -> tuple[str, ...]:
     """The notes a reader must see: how the layers were found, and every way some layer was not captured."""
     statuses = {choice.status for choice in choices}
-    return (GENERIC_NOTE, *(note for status, note in STATUS_NOTES.items() if status in statuses))
+    scores = (SCORES_RECOMPUTED_NOTE,) if any(choice.scores_recomputed for choice in choices) else ()
+    return (GENERIC_NOTE, *(note for status, note in STATUS_NOTES.items() if status in statuses), *scores)
 
 
 def infer_scoring(logits: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> str:

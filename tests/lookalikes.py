@@ -22,7 +22,7 @@ LOOKALIKES = {
 NOTES = {
     "openmoe": "OpenMoE: ST-MoE top-2, capacity inside the model (its own drops traced as -1); MoE every 2nd layer",
     "deepseek_moe": "DeepSeekMoE: 16 fine-grained experts top-4 + 2 shared, softmax without renormalisation; "
-    "layer 0 dense",
+    "layer 0 dense; the gate returns only its top-k (scores recomputed from its weight, flagged)",
     "llama_moe": "LLaMA-MoE: split LLaMA FFNs, noisy top-k gate (noise off in eval), dict router output",
     "grok1": "Grok-1: 8 experts top-2, fused experts called as experts(hidden, index, weights)",
 }

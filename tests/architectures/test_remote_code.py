@@ -89,10 +89,18 @@ def test_openmoe_drops_appear_as_dropped_and_respect_its_capacity(loaded: dict[s
     assert halves[1].mean() > halves[0].mean()
 
 
-def test_deepseek_shared_experts_are_reported(loaded: dict[str, models.LoadedModel]) -> None:
-    """DeepSeekMoE's shared experts serve every token outside the routing: the model info counts them."""
+def test_deepseek_shared_experts_and_unreturned_scores(loaded: dict[str, models.LoadedModel]) -> None:
+    """DeepSeekMoE's shared experts serve every token outside the routing: the model info counts them. Its gate
+    returns only the top-k: the scores are its weight applied to its input, flagged, and their softmax top-k are
+    exactly the consumed experts."""
+    from moe_core.generic import SCORES_RECOMPUTED_NOTE
+
     lm = loaded["deepseek_moe"]
-    assert trace(lm.model, lm.tokenizer, VERIFY_TEXTS[0]).model.num_shared_experts == 2
+    routing = trace(lm.model, lm.tokenizer, VERIFY_TEXTS)
+    assert routing.model.num_shared_experts == 2
+    assert SCORES_RECOMPUTED_NOTE in routing.model.notes
+    naive = np.sort(np.argsort(-routing.probs, axis=-1)[..., :4], axis=-1)
+    np.testing.assert_array_equal(naive, np.sort(routing.experts, axis=-1))
 
 
 def test_llama_moe_gate_noise_is_off_in_eval(loaded: dict[str, models.LoadedModel]) -> None:

@@ -51,7 +51,7 @@ class Block(nn.Module):
         rows = hidden.reshape(-1, HIDDEN)
         routed = self.gate(rows)
         if isinstance(routed, tuple):
-            _, index, weights = routed
+            *_, index, weights = routed
         else:
             weights, index = routed.softmax(-1).topk(TOP_K, dim=-1)
             weights = weights / weights.sum(-1, keepdim=True)
@@ -167,4 +167,28 @@ def test_experts_that_all_run_are_not_a_captured_choice(demo_tokenizer: Any) -> 
     model = HandMade(dense=True)
     routing = trace(model, demo_tokenizer, TEXTS)
     assert RECOMPUTED_NOTE in routing.model.notes
+    assert verify_model(model, demo_tokenizer, TEXTS).passed
+
+
+class ChoiceOnlyGate(Gate):
+    """Like DeepSeekMoE's MoEGate: returns only (index, weights), never the scores it computed."""
+
+    def forward(self, hidden: torch.Tensor) -> Any:
+        _, index, weights = super().forward(hidden)
+        return index, weights
+
+
+def test_scores_a_router_does_not_return_are_recomputed_from_its_weight(demo_tokenizer: Any) -> None:
+    """A router returning only its top-k: the scores are its one [E, H] matrix applied to its input (flagged), the
+    experts and weights are still the consumed ones, and the proof passes."""
+    from moe_core.generic import SCORES_RECOMPUTED_NOTE
+
+    model = HandMade()
+    reference = trace(model, demo_tokenizer, TEXTS)
+    for layer in model.layers:
+        layer.mlp.gate.__class__ = ChoiceOnlyGate
+    routing = trace(model, demo_tokenizer, TEXTS)
+    assert SCORES_RECOMPUTED_NOTE in routing.model.notes and SCORES_RECOMPUTED_NOTE not in reference.model.notes
+    np.testing.assert_allclose(routing.logits, reference.logits, atol=1e-6)
+    np.testing.assert_array_equal(routing.experts, reference.experts)
     assert verify_model(model, demo_tokenizer, TEXTS).passed
