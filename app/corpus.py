@@ -170,7 +170,12 @@ def draw(summary: CorpusSummary, model: str) -> None:
         _flow(summary, row)
     with drops:
         title = f"Drops by position at layer {layer}, capacity factor {summary.capacity_factor:g} (each document alone)"
-        show_chart(drop_curve_chart(frames.drop_curve(summary, row), title), "corpus-drops")
+        curve = frames.drop_curve(summary, row)
+        show_chart(drop_curve_chart(curve, title), "corpus-drops")
+        if len(curve) and curve["tokens"].iloc[-1] < curve["tokens"].iloc[0]:
+            st.caption(f"The first bin holds {int(curve['tokens'].iloc[0]):,} tokens and the last "
+                       f"{int(curve['tokens'].iloc[-1]):,}: documents differ in length, so the late bins come from "
+                       "the longest documents alone.")  # fmt: skip
 
 
 def _domains(summary: CorpusSummary, row: int, layer: int) -> None:
