@@ -211,3 +211,14 @@ def test_top_tokens_and_vocabulary_specialization() -> None:
     expected = vocabulary_specialization(routing.tokens.ids, routing.experts[0, :, 0], min_count=5)
     got = frames.vocabulary_specialization(summary, min_count=5)["specialization"].iloc[0]
     assert got == pytest.approx(expected)
+
+
+def test_one_process_without_a_launcher_and_no_bar_in_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without WORLD_SIZE the run is rank 0 of 1 (no accelerate needed); off a terminal the bar is silent."""
+    from moe_core.corpus.runner import Ranks, current_ranks, progress_bar
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert current_ranks() == Ranks()
+    bar = progress_bar(Ranks())
+    assert bar.disable
+    bar.close()
