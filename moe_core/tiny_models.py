@@ -299,6 +299,19 @@ TINY_MODELS: dict[str, TinyModel] = {
 }
 
 
+# The routing shapes of released models (from their config.json), for build_tiny_model's overrides: the app's
+# charts and benchmarks at real sizes with a tiny hidden size.
+REAL_SHAPES: dict[str, dict[str, Any]] = {
+    "deepseek_v3": {  # deepseek-ai/DeepSeek-V3: 256 routed experts in 8 groups, top-8 from 4 groups, 3 dense layers
+        "n_routed_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "n_shared_experts": 1,
+        "first_k_dense_replace": 3, "num_hidden_layers": 61, "routed_scaling_factor": 2.5,
+    },
+    "qwen3_moe": {  # Qwen/Qwen3-30B-A3B: 128 experts, top-8, 48 layers
+        "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48, "mlp_only_layers": [],
+    },
+    "olmoe": {"num_experts": 64, "num_experts_per_tok": 8, "num_hidden_layers": 16},  # allenai/OLMoE-1B-7B-0924
+}  # fmt: skip
+
 # Families that build tiny from the generic overrides below alone (checked by the same ablation test).
 GENERIC_OVERRIDES: dict[str, Any] = {
     "num_experts": 8,
@@ -422,10 +435,14 @@ def _calibrate_routers(model: nn.Module, blocks: Sequence[MoeBlock], generator: 
         output_weight.mul_(ROUTER_LOGIT_STD / max(spread, 1e-6))
 
 
-def build_tiny_model(family: str, seed: int = 0) -> nn.Module:
-    """A randomly initialised tiny model of `family` with calibrated routers and random router biases, in eval mode."""
+def build_tiny_model(family: str, seed: int = 0, overrides: dict[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised tiny model of `family` with calibrated routers and random router biases, in eval mode.
+
+    `overrides` go on top of the tiny config: a real model's routing shape (experts, top-k, layers, groups) with
+    the tiny hidden size, e.g. REAL_SHAPES["deepseek_v3"].
+    """
     spec = family_spec(family)
-    config = AutoConfig.for_model(family, **{**COMMON, **spec.config})
+    config = AutoConfig.for_model(family, **{**COMMON, **spec.config, **(overrides or {})})
     torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
     model = auto.from_config(config).eval()

@@ -174,9 +174,14 @@ def flow_pairs_chart(frame: pd.DataFrame, num_experts: int, chosen_from: int | N
     """Small multiples of every consecutive layer pair's flow (all_pairs_frame): each a heatmap of the share of
     the row, rows busiest first and the pooled "other" last, so all pairs can be compared at a glance; rows
     under MIN_ROW_TOKENS tokens grey. The pair drawn in detail below says so in its title."""
-    cells = matrix_cells(frame).drop(columns=["label", "ink"])  # no numbers in cells this small
+    cells = matrix_cells(frame)
     cells["pair"] = [f"{a} → {b}" + (" (below)" if a == chosen_from else "")
                      for a, b in zip(cells["from_layer"], cells["to_layer"], strict=True)]  # fmt: skip
+    small = {"row": "int8", "column": "int8", "source": "int16", "target": "int16", "count": "int32",
+             "row_total": "int32", "share": "float32"}  # fmt: skip
+    cells = cells[["pair", "thin", *small]].astype(
+        small
+    )  # what the cells draw, in small types: 60 pairs of a 61-layer model
     order = list(dict.fromkeys(cells["pair"]))
     side = max(cells["row"].max(), cells["column"].max()) + 1 if len(cells) else 1
     shade = alt.Color("share:Q", title="share of row", scale=alt.Scale(range=list(PURPLES), interpolate="rgb",

@@ -1,0 +1,55 @@
+"""Every view on a DeepSeek-V3-shaped trace (61 layers, 256 experts, top-8, 4,096 tokens), through AppTest: no
+error, and what the page sends stays small, aggregated or windowed, never the [L, T, E] scores.
+
+A trace of that shape with its scores is 0.5 GB, ten times the upload limit, so the upload's parser is replaced
+by one that hands back the trace built here: the page then runs exactly as for an uploaded file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import moe_core.trace_io
+from moe_core.synthetic import random_trace
+from moe_core.trace import RoutingTrace
+from tests.app.conftest import page_html, run_app
+
+pytestmark = pytest.mark.slow
+
+CHART_BYTES = 1_000_000  # a chart's spec plus its Arrow data (the page's largest is the load heatmap's ~190 KB)
+PAGE_TEXT_BYTES = 1_500_000  # the markdown of a view: the routed text of 4,096 tokens with their top-8 tooltips
+SHAPE = (4096, 256, 8, 61)  # tokens, experts, top-k, MoE layers
+
+
+@pytest.fixture(scope="module")
+def deepseek() -> RoutingTrace:
+    tokens, experts, top_k, layers = SHAPE
+    return random_trace(tokens, num_experts=experts, top_k=top_k, num_layers=layers, scoring="sigmoid")
+
+
+@pytest.fixture
+def uploaded(deepseek: RoutingTrace, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any uploaded file opens as the DeepSeek-shaped trace."""
+    monkeypatch.setattr(moe_core.trace_io, "load_trace_bytes", lambda data, name: deepseek)
+    yield
+
+
+def _upload(at) -> None:
+    at.file_uploader(key="upload").set_value(("deepseek-v3.parquet", b"stand-in", "application/octet-stream"))
+
+
+@pytest.mark.parametrize("view", ["routing", "gates", "load", "capacity", "flow"])
+def test_every_view_draws_a_deepseek_shaped_trace_within_bounds(view: str, uploaded: None) -> None:
+    """Each view draws its charts without an error; no chart carries more than CHART_BYTES (spec and data), and
+    the page's text stays under PAGE_TEXT_BYTES."""
+    at = run_app({"text": "hello", "view": view, "layer": "30"}, setup=_upload)
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert "256 experts, top-8" in at.caption[0].value and "61 MoE layers" in at.caption[0].value
+    charts = at.get("vega_lite_chart")
+    assert charts, view
+    for chart in charts:
+        size = len(chart.proto.spec) + sum(len(d.data.data) for d in chart.proto.datasets)
+        assert size < CHART_BYTES, (view, chart.proto.spec[:200], size)
+    assert len(page_html(at)) < PAGE_TEXT_BYTES
