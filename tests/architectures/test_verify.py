@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from moe_core.cli import main
 from moe_core.tiny_models import all_families, build_tiny_model
 from moe_core.verification import verify_model
+from tests.cli_runner import run_cli as _run
 
 SHORT_TEXT = ("def add(a, b):\n    return a + b  # the quick brown fox, 12 + 30 = 42",)
 
@@ -22,15 +22,6 @@ def test_verify_passes_on_every_familys_tiny_model(family: str, demo_tokenizer: 
     verdict = verify_model(build_tiny_model(family), demo_tokenizer, SHORT_TEXT, max_layers=1)
     assert verdict.passed, verdict.detail
     assert len(verdict.layers) == 1
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_verify_command_prints_pass_per_layer(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:

@@ -10,17 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_core.cli import main
 from moe_core.trace_io import load_trace_bytes
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:  # argparse usage errors
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli_runner import run_cli as _run
 
 
 def test_trace_prints_the_documented_json(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:

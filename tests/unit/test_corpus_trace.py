@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe_core.capture import trace
-from moe_core.cli import main
 from moe_core.corpus.runner import CorpusSettings, corpus_total, trace_corpus
 from moe_core.corpus.shards import MANIFEST, read_shard
 from moe_core.corpus.summary import summarize_documents
 from moe_core.models import LoadedModel, load_model
+from tests.cli_runner import run_cli as _cli
 
 WORDS = ("alpha beta", "def f(x): return x + 1", "Guten Tag, wie geht es?", "1 + 2 = 3", "<p>hello</p>")
 
@@ -45,15 +45,6 @@ def _settings(tiny_model_dir: Path, corpus: Path, out: Path, **changes: Any) -> 
     base = {"model": str(tiny_model_dir), "input": str(corpus), "out": out, "domain_field": "domain",
             "batch_tokens": 64, "shard_documents": 3, "device": "cpu"}  # fmt: skip
     return CorpusSettings(**(base | changes))
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 class Crash(Exception):

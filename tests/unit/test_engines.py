@@ -17,13 +17,13 @@ import torch
 
 from moe_core.capacity import simulate_capacity
 from moe_core.capture import trace
-from moe_core.cli import main
 from moe_core.engines import FORMATS, detect, model_hints, read_bytes, read_files
 from moe_core.engines.common import Payload
 from moe_core.models import DEMO_MODEL, load_model
 from moe_core.trace import DROPPED, RoutingTrace
 from moe_core.trace_checks import MAX_TRACE_BYTES, TraceFormatError
 from moe_core.trace_io import load_trace, to_json_text
+from tests.cli_runner import run_cli as _cli
 
 TEXTS = ("def f(x): return x * 2", "Guten Tag, wie geht es dir heute?")
 
@@ -374,15 +374,6 @@ def test_sniffing_is_a_table_that_knows_the_saved_trace(original: RoutingTrace) 
 
 
 # --- the CLI -----------------------------------------------------------------------------------------------------
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_show_prints_the_trace_json(original: RoutingTrace, tmp_path: Path,
