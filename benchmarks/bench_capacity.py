@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
+from benchmarks.timing import paired
 from moe_core.batches import held_out_texts
 from moe_core.capacity import simulate_capacity
 from moe_core.capped import decide, lm_forward, run_capped
@@ -65,17 +65,6 @@ def best_of(run: Callable[[], object], repeats: int = REPEATS) -> float:
     return paired(run, lambda: None, repeats)[0]
 
 
-def paired(first: Callable[[], object], second: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
-    """Best time of each, the two run alternately so that drifts in machine load hit both alike."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for index, run in enumerate((first, second)):
-            start = time.perf_counter()
-            run()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best[0], best[1]
-
-
 def measure(case: str, model: nn.Module, tokenized: TokenizedBatch) -> list[Row]:
     with torch.inference_mode():
         forward_s = best_of(lambda: trace_batch(model, tokenized), repeats=2)
@@ -83,7 +72,7 @@ def measure(case: str, model: nn.Module, tokenized: TokenizedBatch) -> list[Row]
         simulate_s = best_of(lambda: simulate_capacity(routing, 1.0), repeats=10)
         rule = functools.partial(decide, capacity_factor=1.0, policy="position")
         plain_s, capped_s = paired(
-            lambda: lm_forward(model, tokenized.batch), lambda: run_capped(model, tokenized, rule)
+            lambda: lm_forward(model, tokenized.batch), lambda: run_capped(model, tokenized, rule), REPEATS
         )
     slots = routing.experts.size
     return [

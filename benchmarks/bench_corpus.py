@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import paired
 from moe_core.batches import held_out_texts
 from moe_core.capture import context_length, forward_text
 from moe_core.corpus.documents import Document, shard_chunks
@@ -79,17 +78,6 @@ def traced(loaded: LoadedModel, corpus: Path, shard_documents: int) -> int:
     return total.tokens if total is not None else 0
 
 
-def paired(first: Callable[[], int], second: Callable[[], int], repeats: int = REPEATS) -> tuple[float, float]:
-    """Best time of each, the two run alternately."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for index, run in enumerate((first, second)):
-            start = time.perf_counter()
-            run()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best[0], best[1]
-
-
 def main() -> int:
     loaded = load_model(DEMO_MODEL)
     docs = documents()
@@ -99,7 +87,9 @@ def main() -> int:
         tokens = plain_forward(loaded, docs, SHARD_DOCUMENTS)  # warm-up, and the token count
         traced(loaded, corpus, SHARD_DOCUMENTS)  # warm-up: first Parquet write, imports
         plain_s, corpus_s = paired(
-            lambda: plain_forward(loaded, docs, SHARD_DOCUMENTS), lambda: traced(loaded, corpus, SHARD_DOCUMENTS)
+            lambda: plain_forward(loaded, docs, SHARD_DOCUMENTS),
+            lambda: traced(loaded, corpus, SHARD_DOCUMENTS),
+            REPEATS,
         )
     ratio = plain_s / corpus_s
     verdict = "PASS" if ratio >= TARGET else "FAIL"
