@@ -1,12 +1,15 @@
 """Regenerate the README's screenshots (docs/screenshots/*.png) from the running app in Debian's chromium.
 
-python scripts/screenshots.py
+python scripts/screenshots.py                  # all of them
+python scripts/screenshots.py --real-shapes    # only the 256-expert (DeepSeek-V3-shaped) ones
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,6 +49,50 @@ def capacity_lab(browser, url: str) -> None:
     whole.unlink()
 
 
+REAL_SHAPE_VIEWS = {  # README screenshots of a DeepSeek-V3-shaped model: view -> viewport height
+    "routing": 1500,
+    "load": 1500,
+    "flow": 2600,  # the overview and every pair's small multiple
+}
+
+
+def deepseek_trace(path: Path, text: str) -> None:
+    """A random-init model of DeepSeek-V3's config (256 experts in 8 groups, top-8, 58 MoE layers of 61) with a
+    tiny hidden size, `text` routed through it, saved as Parquet: what the app shows at that shape."""
+    from moe_core.capture import trace
+    from moe_core.models import load_model
+    from moe_core.tiny_models import REAL_SHAPES, build_tiny_model
+    from moe_core.trace_io import save_trace
+
+    model = build_tiny_model("deepseek_v3", overrides={**REAL_SHAPES["deepseek_v3"], "max_position_embeddings": 4096})
+    routing = trace(model, load_model().tokenizer, [text], name="DeepSeek-V3 shape, random init")
+    save_trace(replace(routing, logits=None, probs=None), path)  # compact, as an engine dump: under the upload limit
+
+
+def real_shapes(browser, url: str, text: str) -> None:
+    """Token routing, expert load and layer flow of a 256-expert trace, opened through the upload box."""
+    from app.view_registry import VIEWS
+    from benchmarks.bench_real_shapes import VIEW_BUTTONS, drawn, upload
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "deepseek-v3-shape.parquet"
+        deepseek_trace(path, text)
+        for view, height in REAL_SHAPE_VIEWS.items():
+            page = browser.new_page(viewport={"width": VIEWPORT["width"], "height": height})
+            page.goto(f"{url}/")
+            wait_for_charts(page)
+            upload(page, path)
+            drawn(page)
+            if view != VIEWS[0]:
+                page.locator(VIEW_BUTTONS).nth(VIEWS.index(view)).click()
+                page.wait_for_function(f"() => location.search.includes('view={view}')")
+                drawn(page)
+            time.sleep(1.0)
+            page.screenshot(path=OUT / f"{view}-256.png")
+            page.close()
+            print(f"wrote {OUT / f'{view}-256.png'}")
+
+
 def main() -> None:
     texts = presets()
     mixed = "\n".join(texts[name] for name in ("Prose", "Python code", "Arithmetic"))
@@ -59,8 +106,13 @@ def main() -> None:
     presenting = f"view=routing&present=1&text={quote(texts['Python code'])}"
     projector = {"presentation-1280": (presenting, {"width": 1280, "height": 720}),
                  "presentation-1920": (presenting, {"width": 1920, "height": 1080})}  # fmt: skip
+    only_real_shapes = "--real-shapes" in sys.argv[1:]  # just the 256-expert shots
+    long_text = "\n".join([mixed, texts["Long text (all domains)"]])  # about 1,700 tokens: each expert has some
     OUT.mkdir(parents=True, exist_ok=True)
     with app_server() as url, chromium() as browser:
+        if only_real_shapes:
+            real_shapes(browser, url, long_text)
+            return
         for name, (query, viewport) in {**{n: (q, VIEWPORT) for n, q in shots.items()}, **projector}.items():
             page = browser.new_page(viewport=viewport)
             page.goto(f"{url}/?{query}")
@@ -70,6 +122,7 @@ def main() -> None:
             page.close()
             print(f"wrote {OUT / f'{name}.png'}")
         capacity_lab(browser, url)
+        real_shapes(browser, url, long_text)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from app.charts.matrix import expert_matrix_chart
 LOAD_ROW_WIDTH = 920  # px the small multiples of one row share: the main column at a 1440 px window, less the y axis
 GROUPED_BARS = 96  # up to this many bars (layers × experts) in one chart that fills the page's width
 SMALL_MULTIPLES = (32, 64)  # up to this many layers and experts: a bar chart per layer; more: one heatmap
+LOAD_RATIO_MAX = (
+    4.0  # the heatmap's darkest orange: 4x an even share and above (one hot expert would wash out the rest)
+)
 HEATMAP_ROW_PX = (10, 28)  # a heatmap row's height, least and most: 61 layers fit on a screen, 4 are not slivers
 
 
@@ -35,7 +38,6 @@ def load_heatmap_chart(frame: pd.DataFrame, count: str, num_experts: int, title:
     where bars would be slivers (48-61 layers of 128-256 experts)."""
     cells = load_heatmap_frame(frame, count)
     num_layers = cells["layer"].nunique()
-    top = max(float(cells["ratio"].max()), 2.0)
     chart = (
         alt.Chart(cells)
         .mark_rect()
@@ -44,8 +46,8 @@ def load_heatmap_chart(frame: pd.DataFrame, count: str, num_experts: int, title:
             y=alt.Y("layer:O", title="MoE layer", axis=alt.Axis(labelOverlap="greedy")),
             color=alt.Color(
                 "ratio:Q",
-                title="× even",
-                scale=alt.Scale(scheme="blueorange", domainMin=0, domainMid=1, domainMax=top),
+                title=f"× even ({LOAD_RATIO_MAX:g}+ darkest)",
+                scale=alt.Scale(scheme="blueorange", domainMin=0, domainMid=1, domainMax=LOAD_RATIO_MAX, clamp=True),
             ),
             tooltip=[
                 "layer:O",
