@@ -53,7 +53,6 @@ from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, read_bytes  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
-from moe_core.hooks import busy  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
 from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
 from moe_core.trace_checks import check_vocabulary  # noqa: E402
@@ -404,5 +403,4 @@ def main() -> None:
     st.query_params.from_dict(to_query(settings, with_input=has_model))  # no text or model for an upload
 
 
-with busy():  # passes other sessions start meanwhile leave this run a core (moe_core.hooks.pass_threads)
-    main()
+main()

@@ -342,7 +342,7 @@ def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
     (teacher forcing), so its logits at position t predict token t + 1 given the encoded text."""
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
-    with forward_lock(model).shared():
+    with forward_lock(model):
         if getattr(model.config, "is_encoder_decoder", False):
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
             return model(**inputs, decoder_input_ids=ids, decoder_attention_mask=mask, use_cache=False).logits

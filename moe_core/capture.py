@@ -208,7 +208,7 @@ def forward_text(model: nn.Module, batch: dict[str, torch.Tensor], **options: An
     """
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items()}
-    with forward_lock(model).shared():
+    with forward_lock(model):
         if getattr(model.config, "is_encoder_decoder", False):
             return model.get_encoder()(**inputs, **options)
         keep = {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}

@@ -35,9 +35,9 @@ def continue_text(model: nn.Module, tokenizer: Any, text: str, max_new_tokens: i
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
     end = tokenizer.eos_token_id
-    with forward_lock(model).exclusive():  # generate() keeps state on the model (its cache length, a static cache)
+    with forward_lock(model):
         output = model.generate(
-            **inputs,
+        **inputs,
             max_new_tokens=min(max_new_tokens, room),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,

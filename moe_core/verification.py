@@ -225,14 +225,14 @@ def verify_model(
     """Trace `texts` once and prove the first `max_layers` MoE layers (all: None) against ablation.
 
     Cost: one forward, then per proven layer one replay of that block per routed expert (E + 1 block calls).
-    Holds the exclusive side of the model's forward lock throughout: the ablations zero expert weights in place,
-    which a visitor's pass on a shared model must never see.
+    Holds the model's forward lock throughout: the ablations zero expert weights in place, which a visitor's pass
+    on a shared model must never see.
     """
     from moe_core.generic import WEIGHTS_RECOMPUTED_NOTE
 
     blocks, _ = find_moe_blocks(model, model.config.model_type)
     proven = blocks[:max_layers] if max_layers else blocks
-    with forward_lock(model).exclusive():
+    with forward_lock(model):
         with recording_block_inputs(proven) as calls:
             routing = trace(model, tokenizer, texts, name=name)
         rows = kept_rows(routing)
