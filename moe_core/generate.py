@@ -37,7 +37,7 @@ def continue_text(model: nn.Module, tokenizer: Any, text: str, max_new_tokens: i
     end = tokenizer.eos_token_id
     with forward_lock(model):
         output = model.generate(
-        **inputs,
+            **inputs,
             max_new_tokens=min(max_new_tokens, room),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,

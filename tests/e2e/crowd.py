@@ -40,7 +40,7 @@ async def _visit(page: Page, visitor: int, round_: int, timeout_s: float) -> Vis
     start = time.monotonic()
     try:
         area = page.locator(PROMPT)
-        await area.fill(text)
+        await area.fill(text, timeout=timeout_s * 1000)  # a loaded machine draws the sidebar late
         await area.press("Control+Enter")
         deadline = start + timeout_s
         while time.monotonic() < deadline:
