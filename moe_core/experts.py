@@ -20,7 +20,7 @@ from torch import nn
 from transformers.integrations import moe as transformers_moe
 
 from moe_core.capture import context_length, forward_text
-from moe_core.hooks import hooks_active
+from moe_core.hooks import forward_lock, hooks_active
 from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
 from moe_core.tokens import tokenize
 from moe_core.trace import RoutingTrace
@@ -251,10 +251,9 @@ def expert_study(model: nn.Module, tokenizer: Any, routing: RoutingTrace, layer_
 
     block = moe_block(model, layer_row)
     num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
-    hidden = experts_input(model, tokenizer, routing.texts, block)
-    norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
-    return ExpertStudy(
-        norm_preference(routing, layer_row, norms),
-        weight_similarity(block.experts, num_weighted),
-        matrix_similarity_frame(matrix_similarities(block.experts, num_weighted)),
-    )
+    with forward_lock(model):  # the expert weights are read here, and the ablation proof zeroes them in place
+        hidden = experts_input(model, tokenizer, routing.texts, block)
+        norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
+        similarity = weight_similarity(block.experts, num_weighted)
+        matrices = matrix_similarities(block.experts, num_weighted)
+    return ExpertStudy(norm_preference(routing, layer_row, norms), similarity, matrix_similarity_frame(matrices))

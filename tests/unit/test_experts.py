@@ -152,3 +152,26 @@ def test_experts_input_is_cut_to_the_context_like_the_trace(demo_tokenizer: Any)
     routing = trace(model, demo_tokenizer, long)
     hidden = experts_input(model, demo_tokenizer, [long], moe_block(model, 0))
     assert hidden.shape[0] == len(routing.tokens) == model.config.max_position_embeddings
+
+
+def test_expert_study_reads_the_expert_weights_under_the_models_lock(
+    demo_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ablation proof zeroes expert weights in place under forward_lock; every step of the Closer Look that
+    reads those weights (the expert outputs, both similarities) runs while this thread holds that lock."""
+    from moe_core.hooks import forward_lock
+
+    model = build_tiny_model("mixtral")
+    routing = trace(model, demo_tokenizer, "The lock keeps readers out.")
+    lock = forward_lock(model)
+    held: dict[str, bool] = {}
+    for name in ("output_norms", "weight_similarity", "matrix_similarities"):
+        original = getattr(experts_module, name)
+
+        def checked(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            held[_name] = lock._is_owned()  # RLock: whether the calling thread holds it
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(experts_module, name, checked)
+    experts_module.expert_study(model, demo_tokenizer, routing, 0)
+    assert held == {"output_norms": True, "weight_similarity": True, "matrix_similarities": True}
