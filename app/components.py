@@ -64,15 +64,36 @@ SPECIAL_CLASSES = {  # token_spans' "experts" below 0: (CSS class, its rule)
 }
 
 
-def routed_text(frame: pd.DataFrame, num_experts: int, marks: Sequence[str] = ()) -> str:
+def routed_text(frame: pd.DataFrame, num_experts: int, marks: Sequence[str] = (), window: slice = slice(None)) -> str:
     """The text of a token_frame coloured by top-1 expert; each token's tooltip lists its top-k and weights.
-    Past 20 experts only the most frequent few keep their colour (palette.coloured_experts), the rest are grey."""
-    titles = [f"#{t} {r}" for t, r in zip(frame["token"], frame["route"], strict=True)]
+    Past 20 experts only the most frequent few keep their colour (palette.coloured_experts), the rest are grey.
+
+    `window`: the rows to draw. The colours are chosen over the whole frame, so they agree with the legend."""
     top1 = frame["top1"].to_numpy()
     coloured = coloured_experts(top1, num_experts)
     if coloured is not None:
         top1 = np.where((top1 >= 0) & ~np.isin(top1, coloured), OTHER_SHADE, top1)
-    return token_spans(frame["text"].tolist(), top1.tolist(), titles, num_experts, marks)
+    shown = frame.iloc[window]
+    titles = [f"#{t} {r}" for t, r in zip(shown["token"], shown["route"], strict=True)]
+    marks = list(marks)[window] if marks else ()
+    return token_spans(shown["text"].tolist(), top1[window].tolist(), titles, num_experts, marks)
+
+
+TEXT_WINDOW = 512  # tokens of routed text drawn at once: 4,096 tokens with top-8 tooltips made a 560 KB block
+TEXT_BOX_PX = 320  # the routed text scrolls inside a box this tall, so a long text does not push the charts away
+
+
+def routed_text_box(frame: pd.DataFrame, num_experts: int, marks: Sequence[str], key: str) -> None:
+    """The routed text in its scroll box; past TEXT_WINDOW tokens a slider picks which window is drawn, and the
+    caption says which tokens these are."""
+    window = slice(None)
+    if len(frame) > TEXT_WINDOW:
+        last = len(frame) - TEXT_WINDOW
+        start = st.slider(f"Text: first of {TEXT_WINDOW} tokens shown", 0, last, 0, step=TEXT_WINDOW // 8, key=key)
+        window = slice(start, start + TEXT_WINDOW)
+        st.caption(f"Tokens {start:,}–{min(start + TEXT_WINDOW, len(frame)) - 1:,} of {len(frame):,}.")
+    text = routed_text(frame, num_experts, marks, window)
+    html_block(f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">{text}</div>')
 
 
 def legend(num_experts: int, label: str = "Expert", shown: Sequence[int] | None = None) -> str:

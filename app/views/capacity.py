@@ -19,7 +19,7 @@ from app.charts.capacity import (
     sequence_drops_chart,
     sweep_chart,
 )
-from app.components import explainer, html_block, routed_text, show_chart, show_table
+from app.components import explainer, html_block, routed_text_box, show_chart, show_table
 from app.safe_text import md_text, neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
@@ -193,7 +193,7 @@ def _marked_text(routing: RoutingTrace, row: int, slots: LayerSlots, capped: Cou
     else:
         st.caption("Marks from the static simulation (turn on the capacity-bound forward above to see the cost).")
         html_block(MARKS_LEGEND)
-    html_block(routed_text(frame, routing.model.num_experts, marks))
+    routed_text_box(frame, routing.model.num_experts, marks, key="drops_text_start")
 
 
 def _delta_classes(delta: np.ndarray) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
-from app.components import explainer, html_block, legend, routed_text, show_chart, show_table
+from app.components import explainer, html_block, legend, routed_text_box, show_chart, show_table
 from app.memo import per_trace
 from app.palette import coloured_experts
 from app.views import ViewContext
@@ -45,7 +45,6 @@ NEIGHBOUR_RATES = (
     "any_choice_text_chance",
 )
 GRID_WINDOW = 64  # tokens per grid window: each keeps its own text label at a 1440 px window
-TEXT_BOX_PX = 320  # the routed text scrolls inside a box this tall, so a long text does not push the grid away
 
 
 def draw(context: ViewContext) -> None:
@@ -58,8 +57,7 @@ def draw(context: ViewContext) -> None:
     marks = continuation_marks(routing, context.continued_at)
     if context.continued_at is not None and "own" in marks:
         html_block('<span class="tok own">the model\'s own writing</span> (from "Let the model continue")')
-    text = routed_text(frame, routing.model.num_experts, marks)
-    html_block(f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">{text}</div>')
+    routed_text_box(frame, routing.model.num_experts, marks, key="text_start")
     start = 0
     if len(frame) > GRID_WINDOW:
         last = len(frame) - GRID_WINDOW

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from moe_core.metrics import vocabulary_specialization
+from moe_core.metrics import vocabulary_specialization_rows
 from moe_core.trace import DROPPED, RoutingTrace, gate_weights
 
 
@@ -158,8 +158,8 @@ def token_id_consistency(trace: RoutingTrace, min_count: int = 2, shuffles: int 
     rows = []
     for row, layer in enumerate(trace.model.moe_layers):
         top1 = trace.experts[row, :, 0]
-        real = vocabulary_specialization(token_ids, top1, min_count)
-        shuffled = [vocabulary_specialization(token_ids, rng.permutation(top1), min_count) for _ in range(shuffles)]
+        versions = np.stack([top1, *(rng.permutation(top1) for _ in range(shuffles))])
+        real, *shuffled = vocabulary_specialization_rows(token_ids, versions, min_count)
         rows.append((layer, real, float(np.mean(shuffled)) if shuffled else math.nan))
     frame = pd.DataFrame(rows, columns=["layer", "consistency", "shuffled"])
     frame["ids"] = int((counts >= min_count).sum())

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import re
+
 import pytest
 
 import moe_core.trace_io
 from moe_core.synthetic import random_trace
 from moe_core.trace import RoutingTrace
+from app.components import TEXT_WINDOW
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow
 
 CHART_BYTES = 1_000_000  # a chart's spec plus its Arrow data (the page's largest is the load heatmap's ~190 KB)
-PAGE_TEXT_BYTES = 1_500_000  # the markdown of a view: the routed text of 4,096 tokens with their top-8 tooltips
+PAGE_TEXT_BYTES = 300_000  # the markdown of a view: a window of the routed text with its top-8 tooltips
 SHAPE = (4096, 256, 8, 61)  # tokens, experts, top-k, MoE layers
 
 
@@ -53,3 +56,21 @@ def test_every_view_draws_a_deepseek_shaped_trace_within_bounds(view: str, uploa
         size = len(chart.proto.spec) + sum(len(d.data.data) for d in chart.proto.datasets)
         assert size < CHART_BYTES, (view, chart.proto.spec[:200], size)
     assert len(page_html(at)) < PAGE_TEXT_BYTES
+
+
+def _routed_token_numbers(at) -> list[int]:
+    """The token numbers (#n in each span's tooltip) of the routed text drawn on the page."""
+    box = next(m.value for m in at.markdown if 'class="routed-box"' in str(m.value))
+    return [int(n) for n in re.findall(r'class="tok [^"]*" title="#(\d+) ', box)]
+
+
+@pytest.mark.parametrize(("view", "key"), [("routing", "text_start"), ("capacity", "drops_text_start")])
+def test_long_routed_text_is_drawn_a_window_at_a_time(view: str, key: str, uploaded: None) -> None:
+    """Past TEXT_WINDOW tokens the routed text draws one window: the first at first, the one the slider picks
+    after, and the caption says which tokens of how many."""
+    at = run_app({"text": "hello", "view": view, "layer": "30"}, setup=_upload)
+    assert _routed_token_numbers(at) == list(range(TEXT_WINDOW))
+    at.slider(key=key).set_value(1024).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _routed_token_numbers(at) == list(range(1024, 1024 + TEXT_WINDOW))
+    assert f"Tokens 1,024–{1024 + TEXT_WINDOW - 1:,} of 4,096." in [c.value for c in at.caption]

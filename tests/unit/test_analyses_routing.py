@@ -90,6 +90,21 @@ def test_token_id_consistency_hand_case() -> None:
     assert row["ids"] == 2 and np.isnan(row["shuffled"])
 
 
+def test_vocabulary_specialization_counts_each_row_alone() -> None:
+    """Rows are counted apart, dropped slots leave an id's total, and an id rare in one row still counts in
+    another. ids 5 5 5 7 7 9:
+    row 0, choices 1 1 2 3 3 0: (2/3 + 2/2) / 2 = 5/6;
+    row 1, choices 1 -1 -1 3 0 0: id 5 keeps one routed token (too few), id 7 1 of 2: 1/2;
+    row 2, every slot dropped: NaN (no id seen twice)."""
+    from moe_core.metrics import vocabulary_specialization, vocabulary_specialization_rows
+
+    ids = np.array([5, 5, 5, 7, 7, 9])
+    rows = np.array([[1, 1, 2, 3, 3, 0], [1, DROPPED, DROPPED, 3, 0, 0], [DROPPED] * 6])
+    got = vocabulary_specialization_rows(ids, rows, min_count=2)
+    assert got[:2] == pytest.approx([5 / 6, 1 / 2]) and np.isnan(got[2])
+    assert vocabulary_specialization(ids, rows[1], min_count=2) == pytest.approx(1 / 2)
+
+
 def test_routing_by_token_id_stands_out_from_the_shuffled_baseline() -> None:
     """When the first choice is a function of the id (OpenMoE's extreme), consistency is 1 and shuffling the
     same assignments across tokens brings it far down."""
