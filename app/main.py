@@ -51,7 +51,7 @@ from app.view_registry import VIEWS, view_module  # noqa: E402
 from app.views import ViewContext  # noqa: E402
 from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
 from moe_core.capped import Counterfactual  # noqa: E402
-from moe_core.engines import UPLOAD_TYPES, read_bytes  # noqa: E402
+from moe_core.engines import UPLOAD_TYPES, Payload, read_payloads  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
 from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
@@ -100,12 +100,12 @@ def _typed_text() -> None:
 
 
 def _new_upload() -> None:
-    st.session_state.source = "upload" if st.session_state.upload is not None else "text"
+    st.session_state.source = "upload" if st.session_state.upload else "text"
 
 
 def _shows_upload() -> bool:
     """Whether the page shows the uploaded trace (not the text): a file is there and Show says so."""
-    return st.session_state.get("upload") is not None and st.session_state.get("source", "upload") == "upload"
+    return bool(st.session_state.get("upload")) and st.session_state.get("source", "upload") == "upload"
 
 
 def _continue_prompt() -> None:
@@ -131,8 +131,8 @@ def _continued_at(model_id: str | None) -> int | None:
     return st.session_state.get("continued_at")
 
 
-def _sidebar_inputs() -> UploadedFile | None:
-    """Model, prompt and trace-upload widgets; returns the uploaded trace file, if any."""
+def _sidebar_inputs() -> list[UploadedFile]:
+    """Model, prompt and trace-upload widgets; returns the uploaded trace files (none: an empty list)."""
     sidebar = st.sidebar
     sidebar.header("Input")
     allowed = allowed_models()
@@ -161,16 +161,18 @@ def _sidebar_inputs() -> UploadedFile | None:
     )
     if error := st.session_state.pop("continue_error", None):
         sidebar.warning(f"Cannot continue the text: {md_text(error)}")
-    upload = sidebar.file_uploader(
+    uploads = sidebar.file_uploader(
         f"…or view a saved trace or an engine's routing dump (vLLM, SGLang, Megatron-Core), up to {MAX_TRACE_MB} MB",
         type=UPLOAD_TYPES,
         key="upload",
         max_upload_size=MAX_TRACE_MB,
+        accept_multiple_files=True,
         on_change=_new_upload,
+        help="One file, or every router_trace_rank*.jsonl of one Megatron-Core run (they are merged).",
     )
-    if upload is not None:
+    if uploads:
         sidebar.radio("Show", list(SOURCES), key="source", format_func=SOURCES.get, horizontal=True)
-    return upload
+    return list(uploads or ())
 
 
 def _moe_layers(routing: RoutingTrace) -> list[int]:
@@ -258,14 +260,15 @@ def _current_settings() -> Settings:
     return Settings(**{name: st.session_state[name] for name in URL_KEYS})
 
 
-def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
-    """The uploaded trace, parsed once per file (a 131 MB trace was re-parsed in 9-14 s on every rerun)."""
-    data = upload.getvalue()
-    key = (upload.name, hashlib.blake2b(data, digest_size=16).hexdigest())
+def _uploaded_trace(uploads: list[UploadedFile]) -> RoutingTrace:
+    """The uploaded trace, parsed once per set of files (a 131 MB trace was re-parsed in 9-14 s on every rerun).
+    Several files are one dump where the format merges them (Megatron-Core's ranks)."""
+    payloads = [Payload(upload.name, upload.getvalue()) for upload in uploads]
+    key = tuple((p.name, hashlib.blake2b(p.data, digest_size=16).hexdigest()) for p in payloads)
     parsed = st.session_state.get("parsed_upload")
     if parsed is None or parsed[0] != key:
         try:
-            result: RoutingTrace | str = read_bytes(data, upload.name)  # the format sniffed (engines.FORMATS)
+            result: RoutingTrace | str = read_payloads(payloads)  # the format sniffed (engines.FORMATS)
             if (vocabulary := bundled_vocabulary_size(result.model.name)) is not None:
                 check_vocabulary(result.tokens, vocabulary, result.model.name)
         except TraceFormatError as error:
@@ -277,10 +280,10 @@ def _uploaded_trace(upload: UploadedFile) -> RoutingTrace:
     return parsed[1]
 
 
-def _routing(upload: UploadedFile | None) -> tuple[RoutingTrace, str | None]:
+def _routing(uploads: list[UploadedFile]) -> tuple[RoutingTrace, str | None]:
     """The trace to show, and the model behind it (None for an uploaded trace)."""
-    if upload is not None and _shows_upload():
-        return _uploaded_trace(upload), None
+    if uploads and _shows_upload():
+        return _uploaded_trace(uploads), None
     prompt = st.session_state.prompt
     if not prompt.strip():
         st.info("Type some text in the sidebar (or pick a preset) to see how it is routed.")
@@ -296,17 +299,18 @@ def _routing(upload: UploadedFile | None) -> tuple[RoutingTrace, str | None]:
         st.stop()
 
 
-def _source_note(upload: UploadedFile | None, model_id: str | None) -> None:
+def _source_note(uploads: list[UploadedFile], model_id: str | None) -> None:
     """Say plainly which input the page shows when a file is uploaded (the text box stays visible beside it)."""
-    if upload is None:
+    if not uploads:
         return
+    names = md_code(uploads[0].name) + (f" and {len(uploads) - 1} more files" if len(uploads) > 1 else "")
     if model_id is None:
         st.info(
-            f"Showing the uploaded trace {md_code(upload.name)}, not the text in the sidebar. A link cannot carry "
+            f"Showing the uploaded trace {names}, not the text in the sidebar. A link cannot carry "
             "a file, so this page's link keeps only the view settings."
         )
     else:
-        st.info(f"Showing the text in the sidebar; the uploaded trace {md_code(upload.name)} is set aside (Show).")
+        st.info(f"Showing the text in the sidebar; the uploaded trace {names} is set aside (Show).")
 
 
 def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
@@ -352,10 +356,10 @@ def main() -> None:
     st.title("MoE Routing Explorer")  # at once, before any model work: a first visit never sees a blank page
     header = st.empty()
     header.caption("Loading the model and routing the text …")
-    upload = _sidebar_inputs()
+    uploads = _sidebar_inputs()
     if corpus_page(header):  # a corpus from the operator's --corpus-dir, drawn from its summary alone
         return
-    routing, model_id = _routing(upload)
+    routing, model_id = _routing(uploads)
     has_model = model_id is not None
     layers = _moe_layers(routing)
     _sidebar_settings(layers)
@@ -371,7 +375,7 @@ def main() -> None:
     for note in info.notes:  # "recomputed, not captured" (generic capture's fallback) must not be missed
         shown, mark = (st.warning, "⚠") if "not captured" in note else (st.caption, "ⓘ")
         shown(f"{mark} {md_text(note)}")
-    _source_note(upload, model_id)
+    _source_note(uploads, model_id)
     if model_id is not None:
         draw_badge(get_model(model_id), model_id)
     for notice in st.session_state.notices:  # escaped where they were written (app/state.py)

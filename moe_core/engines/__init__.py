@@ -22,7 +22,18 @@ from moe_core.engines.hints import model_hints
 from moe_core.trace import RoutingTrace
 from moe_core.trace_checks import TraceFormatError
 
-__all__ = ["AUTO", "FORMATS", "UPLOAD_TYPES", "EngineFormat", "ModelHints", "model_hints", "read_bytes", "read_files"]
+__all__ = [
+    "AUTO",
+    "FORMATS",
+    "UPLOAD_TYPES",
+    "EngineFormat",
+    "ModelHints",
+    "Payload",
+    "model_hints",
+    "read_bytes",
+    "read_files",
+    "read_payloads",
+]
 
 AUTO = "auto"
 

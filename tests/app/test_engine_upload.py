@@ -38,15 +38,31 @@ def test_a_vllm_npy_opens_in_the_routing_view(rows: tuple[np.ndarray, np.ndarray
     assert "?0" in page_html(at)  # no token ids in a bare array: tokens show by position
 
 
+def _megatron_lines(experts: np.ndarray, rank: int = 0) -> list[str]:
+    return [json.dumps({"step": 0, "block": "decoder", "layer": layer, "rank": rank, "num_tokens": len(experts),
+                        "topk": experts.shape[2], "top_indices": experts[:, layer].tolist()})
+            for layer in range(experts.shape[1])]  # fmt: skip
+
+
 def test_a_megatron_jsonl_opens_and_bad_lines_are_one_message(rows: tuple[np.ndarray, np.ndarray]) -> None:
     """One rank's router trace is drawn; a broken one gives the reader's one-line reason."""
-    experts = rows[0]
-    lines = [json.dumps({"step": 0, "block": "decoder", "layer": layer, "rank": 0, "num_tokens": len(experts),
-                         "topk": experts.shape[2], "top_indices": experts[:, layer].tolist()})
-             for layer in range(experts.shape[1])]  # fmt: skip
+    lines = _megatron_lines(rows[0])
     at = run_app({"view": "load"}, setup=_upload("router_trace_rank0.jsonl", "\n".join(lines).encode()))
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     assert "Megatron-Core dump" in at.caption[0].value
     broken = _upload("router_trace_rank0.jsonl", (lines[0][:-20] + "\n").encode())
     at = run_app({"view": "load"}, setup=broken)
     assert at.error and "line 1" in at.error[0].value
+
+
+def test_megatron_ranks_uploaded_together_are_merged(rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two ranks' files in the upload box at once make one trace (engines.read_payloads, whose merge the unit
+    tests check): both ranks' tokens are counted, each rank is a sequence, and the page names both files."""
+    experts = rows[0]
+    files = [(f"router_trace_rank{rank}.jsonl", "\n".join(_megatron_lines(r, rank)).encode(), "application/json")
+             for rank, r in enumerate((experts, experts[::-1].copy()))]  # fmt: skip
+    at = run_app({"view": "load"}, setup=lambda at: at.file_uploader(key="upload").set_value(files))
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert f"{2 * len(experts)} tokens" in at.caption[0].value
+    assert any("step 0 rank 0, step 0 rank 1" in c.value for c in at.caption)
+    assert any("router_trace_rank0.jsonl" in i.value and "and 1 more files" in i.value for i in at.info)

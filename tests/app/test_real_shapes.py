@@ -7,16 +7,15 @@ by one that hands back the trace built here: the page then runs exactly as for a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import re
+from collections.abc import Iterator
 
 import pytest
 
 import moe_core.trace_io
+from app.components import TEXT_WINDOW
 from moe_core.synthetic import random_trace
 from moe_core.trace import RoutingTrace
-from app.components import TEXT_WINDOW
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow
