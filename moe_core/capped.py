@@ -48,7 +48,7 @@ from moe_core.capture import (
     trace_batch,
 )
 from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks
+from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks
 from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
 
 CAPPABLE_CHOICES = ("experts_call", "one_hot_call")  # the experts' call the hook can rewrite
@@ -60,7 +60,7 @@ class CappedUnsupported(ValueError):
 
 def unsupported_reason(model: nn.Module) -> str:
     """Empty when the capacity-bound forward applies to `model`, else one sentence saying why it cannot."""
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_of(model)
     if adapter.choice in CAPPABLE_CHOICES:
         return ""
     why = {
@@ -444,7 +444,7 @@ def run_capped(
     """One pass in which `rule` decides every MoE layer's slots: ([B, S, V] next-token logits, what each layer
     did, in layer order). `decide` with a capacity setting is the usual rule; tests pass others."""
     blocks, logits_index = find_moe_blocks(model, model.config.model_type)
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_of(model)
     layers: list[CappedLayer] = []
     state = _groups(tokenized.batch, group)
     hooks = _capping_hooks(blocks, logits_index, adapter.scoring, adapter.choice, state, rule, route_k, layers)

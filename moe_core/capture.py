@@ -20,7 +20,7 @@ from torch import nn
 
 from moe_core import generic
 from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock, adapter_for, find_moe_blocks, is_generic
+from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks, is_generic
 from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
 
@@ -171,7 +171,7 @@ def _describe(
     model: nn.Module, blocks: Sequence[MoeBlock], num_experts: int, top_k: int, device: str, dtype: str
 ) -> ModelInfo:
     config = model.config
-    adapter = adapter_for(config.model_type)
+    adapter = adapter_of(model)
     shared = 1 if any(hasattr(b.block, a) for b in blocks for a in ("shared_expert", "shared_experts")) else 0
     shared = getattr(config, "n_shared_experts", None) or getattr(config, "num_shared_experts", None) or shared
     return ModelInfo(
@@ -287,7 +287,7 @@ def _adapter_arrays(
     keep: torch.Tensor | None,
 ) -> tuple[Arrays, Any]:  # fmt: skip
     """A family in the adapter table: the table says where the choice is read and how the router scores."""
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_of(model)
     with recording(blocks, logits_index, adapter.choice) as records:
         output = forward(model, tokenized.batch)
     logits = _gather([r.logits for r in records], keep).float()

@@ -21,7 +21,7 @@ from transformers.integrations import moe as transformers_moe
 
 from moe_core.capture import context_length, forward_text
 from moe_core.hooks import forward_lock, hooks_active
-from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_for, find_moe_blocks
+from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_of, find_moe_blocks
 from moe_core.tokens import tokenize
 from moe_core.trace import RoutingTrace
 
@@ -167,7 +167,7 @@ def matrix_similarities(experts: nn.Module, num_experts: int, seed: int = 0) -> 
 
 def _require_experts_call(model: nn.Module) -> None:
     """Running one expert on given tokens needs the common experts(hidden [T, H], index, weights) call."""
-    if adapter_for(model.config.model_type).choice not in EXPERTS_CALL_CHOICES:
+    if adapter_of(model).choice not in EXPERTS_CALL_CHOICES:
         raise ExpertsCallUnsupported(
             f"{model.config.model_type}: its experts are not called as experts(hidden, index, weights)"
         )
@@ -225,7 +225,7 @@ def output_norms(model: nn.Module, block: MoeBlock, hidden: torch.Tensor, num_ex
 def computed_experts(model: nn.Module, num_classes: int) -> int:
     """How many of the router's classes are real experts with weights; the rest are zero-computation classes
     (LongCat's identity experts, Zaya's skip), per the adapter table."""
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_of(model)
     return getattr(model.config, adapter.computed_experts) if adapter.computed_experts else num_classes
 
 

@@ -144,18 +144,25 @@ ADAPTERS: dict[str, Adapter] = {
 
 def adapter_for(model_type: str) -> Adapter:
     """The adapter of a model type. A multimodal wrapper (gemma4, llama4, dots3_note) routes like its text
-    decoder, which the table lists as "<type>_text". A remote-code family seen by structural discovery gets the
-    row discovery wrote for it (STRUCTURAL_ADAPTERS)."""
-    found = ADAPTERS.get(model_type) or ADAPTERS.get(f"{model_type}_text")
-    return found or STRUCTURAL_ADAPTERS.get(model_type, DEFAULT_ADAPTER)
+    decoder, which the table lists as "<type>_text". For a model object, use adapter_of: remote code must not
+    get the row of a built-in type its config happens to name."""
+    return ADAPTERS.get(model_type) or ADAPTERS.get(f"{model_type}_text") or DEFAULT_ADAPTER
 
 
-# Written by structural discovery for remote-code families whose experts are a ModuleList: their experts are called
-# one module per expert, never as experts(hidden, index, weights), so the capacity-bound forward and the Closer Look
-# (which call the experts that way) say so in a sentence instead of failing mid-pass. Only for model types
-# transformers does not know: a native family's row is never shadowed.
-STRUCTURAL_ADAPTERS: dict[str, Adapter] = {}
+# Remote-code experts that are a ModuleList are called one module per expert, never as experts(hidden, index,
+# weights), so the capacity-bound forward and the Closer Look (which call the experts that way) say so in a
+# sentence instead of failing mid-pass.
 MODULE_CALLS = Adapter(choice="module_calls")
+
+
+def adapter_of(model: nn.Module) -> Adapter:
+    """The adapter row that describes this model object. Transformers' own classes: their model type's row.
+    Remote code (is_generic), whatever model_type its config names, since a built-in row describes transformers'
+    classes and not this code: MODULE_CALLS where its experts are one module each, else the default row."""
+    if not is_generic(model):
+        return adapter_for(model.config.model_type)
+    per_module = any(isinstance(b.experts, nn.ModuleList | nn.ModuleDict) for b in structural_blocks(model))
+    return MODULE_CALLS if per_module else DEFAULT_ADAPTER
 
 
 @dataclass(frozen=True)
@@ -305,14 +312,4 @@ def structural_blocks(model: nn.Module) -> list[MoeBlock]:
                 blocks.append(MoeBlock(parent_name, layer_number(parent_name), parent, router, child, num_experts))
     if not blocks:
         raise NoRoutersError(f"{type(model).__name__} is a dense model: no routers found beside a set of experts")
-    _note_module_calls(getattr(getattr(model, "config", None), "model_type", ""), blocks)
     return sorted(blocks, key=lambda b: b.layer)
-
-
-def _note_module_calls(model_type: str, blocks: list[MoeBlock]) -> None:
-    """Record (STRUCTURAL_ADAPTERS) that a remote-code family calls its experts one module at a time."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    per_module = any(isinstance(b.experts, nn.ModuleList | nn.ModuleDict) for b in blocks)
-    if per_module and model_type and model_type not in CONFIG_MAPPING_NAMES and model_type not in ADAPTERS:
-        STRUCTURAL_ADAPTERS[model_type] = MODULE_CALLS

@@ -21,7 +21,7 @@ from torch import nn
 from moe_core.capture import forward_text, tokenize_texts, trace
 from moe_core.experts import computed_experts, expert_weights
 from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
+from moe_core.routers import MoeBlock, adapter_of, find_moe_blocks
 from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
 from moe_core.tokens import tokenize
 from moe_core.trace import DROPPED, RoutingTrace
@@ -105,7 +105,7 @@ class ExpertClasses:
 
     @classmethod
     def of(cls, model: nn.Module, num_classes: int) -> ExpertClasses:
-        return cls(computed_experts(model, num_classes), adapter_for(model.config.model_type).zero_expert_module)
+        return cls(computed_experts(model, num_classes), adapter_of(model).zero_expert_module)
 
 
 @torch.inference_mode()
@@ -243,7 +243,7 @@ def verify_model(
             for row, (block, block_calls) in enumerate(zip(proven, calls, strict=True))
         )  # fmt: skip
         logits_match = compare_with_router_logits(model, tokenizer, routing, rows)
-    follows = adapter_for(model.config.model_type).weights_follow_probs
+    follows = adapter_of(model).weights_follow_probs
     follows = follows and WEIGHTS_RECOMPUTED_NOTE not in routing.model.notes  # recomputed weights prove nothing
     return ModelVerdict(
         verdicts,
@@ -303,7 +303,7 @@ def compare_with_router_logits(
     returned_layers = [(r[0] if isinstance(r, tuple | list) else r) for r in returned]
     returned_logits = [layer.reshape(-1, layer.shape[-1]).float().numpy()[rows] for layer in returned_layers]
     captured_logits = list(routing.logits)
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_of(model)
     if len(returned_logits) != len(captured_logits) and not (adapter.untraced or adapter.extra_routers):
         return False  # a router the trace missed, or one it invented
     # Usually the two lists pair up one to one. Where the adapter says why they cannot (JetMoE returns its

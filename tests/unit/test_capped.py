@@ -19,6 +19,7 @@ from moe_core.capped import (
     lm_forward,
     run_capped,
     top_k_what_if,
+    unsupported_reason,
 )
 from moe_core.capture import tokenize_texts
 from moe_core.routers import find_moe_blocks
@@ -187,6 +188,32 @@ def test_families_it_cannot_run_on_say_why(demo_tokenizer: Any) -> None:
     """Llama 4's dense scores scale the experts' input: one sentence, not a traceback."""
     with pytest.raises(CappedUnsupported, match="llama4_text: the capacity-bound forward cannot run"):
         counterfactual(build_tiny_model("llama4_text"), demo_tokenizer, TEXTS, 1.0)
+
+
+def _as_remote_code(model: torch.nn.Module) -> torch.nn.Module:
+    """The same object, its class now from outside transformers, as trust_remote_code loads one whose config
+    names a built-in model_type ("mixtral")."""
+    from moe_core import routers
+
+    model.__class__ = type("FromTheHub", (type(model),), {"__module__": "transformers_modules.org.model.modeling"})
+    routers._BLOCKS_CACHE.pop(model, None)  # found while it was transformers' class; a loaded one never was
+    return model
+
+
+def test_remote_code_naming_a_built_in_type_is_judged_by_its_own_experts(demo_tokenizer: Any) -> None:
+    """Remote code whose config says "mixtral" is not given Mixtral's adapter row (routers.adapter_of): with fused
+    experts called as experts(hidden, index, weights) it runs capacity-bound (with capacity to spare, the
+    plain pass's losses); with one module per expert it is refused in a sentence before any pass."""
+    fused = _as_remote_code(build_tiny_model("mixtral"))
+    assert unsupported_reason(fused) == ""
+    roomy = counterfactual(fused, demo_tokenizer, TEXTS, 64.0)
+    np.testing.assert_allclose(roomy.capped_loss, roomy.plain_loss, atol=1e-5, equal_nan=True)
+    per_module = _as_remote_code(build_tiny_model("mixtral"))
+    experts = per_module.config.num_local_experts
+    for block in find_moe_blocks(per_module, "mixtral")[0]:
+        block.block.experts = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(experts))
+    with pytest.raises(CappedUnsupported, match=r"mixtral: .* not called as experts"):
+        counterfactual(per_module, demo_tokenizer, TEXTS, 1.0)
 
 
 def test_switch_drops_on_top_of_its_own_capacity(demo_tokenizer: Any) -> None:
