@@ -83,13 +83,26 @@ TEXT_WINDOW = 512  # tokens of routed text drawn at once: 4,096 tokens with top-
 TEXT_BOX_PX = 320  # the routed text scrolls inside a box this tall, so a long text does not push the charts away
 
 
-def routed_text_box(frame: pd.DataFrame, num_experts: int, marks: Sequence[str], key: str) -> None:
+def window_slider(label: str, last: int, default: int, step: int, key: str) -> int:
+    """The first token of a window over a long text. A start kept from a longer text is brought within this
+    one's range first: Streamlit raises on a slider whose value is beyond its max, and the page would stay broken."""
+    if key in st.session_state and not 0 <= st.session_state[key] <= last:
+        st.session_state[key] = min(max(st.session_state[key], 0), last)
+    if key in st.session_state:
+        return st.slider(label, 0, last, step=step, key=key)
+    return st.slider(label, 0, last, default, step=step, key=key)
+
+
+def routed_text_box(
+    frame: pd.DataFrame, num_experts: int, marks: Sequence[str], key: str, from_the_end: bool = False
+) -> None:
     """The routed text in its scroll box; past TEXT_WINDOW tokens a slider picks which window is drawn, and the
-    caption says which tokens these are."""
+    caption says which tokens these are. `from_the_end`: the last window first (where capacity drops pile up)."""
     window = slice(None)
     if len(frame) > TEXT_WINDOW:
         last = len(frame) - TEXT_WINDOW
-        start = st.slider(f"Text: first of {TEXT_WINDOW} tokens shown", 0, last, 0, step=TEXT_WINDOW // 8, key=key)
+        first = last if from_the_end else 0
+        start = window_slider(f"Text: first of {TEXT_WINDOW} tokens shown", last, first, TEXT_WINDOW // 8, key)
         window = slice(start, start + TEXT_WINDOW)
         st.caption(f"Tokens {start:,}–{min(start + TEXT_WINDOW, len(frame)) - 1:,} of {len(frame):,}.")
     text = routed_text(frame, num_experts, marks, window)

@@ -193,7 +193,7 @@ def _marked_text(routing: RoutingTrace, row: int, slots: LayerSlots, capped: Cou
     else:
         st.caption("Marks from the static simulation (turn on the capacity-bound forward above to see the cost).")
         html_block(MARKS_LEGEND)
-    routed_text_box(frame, routing.model.num_experts, marks, key="drops_text_start")
+    routed_text_box(frame, routing.model.num_experts, marks, key="drops_text_start", from_the_end=True)
 
 
 def _delta_classes(delta: np.ndarray) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
-from app.components import explainer, html_block, legend, routed_text_box, show_chart, show_table
+from app.components import explainer, html_block, legend, routed_text_box, show_chart, show_table, window_slider
 from app.memo import per_trace
 from app.palette import coloured_experts
 from app.views import ViewContext
@@ -61,7 +61,7 @@ def draw(context: ViewContext) -> None:
     start = 0
     if len(frame) > GRID_WINDOW:
         last = len(frame) - GRID_WINDOW
-        start = st.slider(f"Grid: first of {GRID_WINDOW} tokens shown", 0, last, 0, step=16, key="grid_start")
+        start = window_slider(f"Grid: first of {GRID_WINDOW} tokens shown", last, 0, 16, "grid_start")
     grid = token_layer_grid(routing, start, start + GRID_WINDOW)
     chart = token_layer_grid_chart(grid, routing.model.num_experts, len(frame), routing.model.top_k)
     show_chart(chart, "token-layer-grid")

@@ -63,13 +63,35 @@ def _routed_token_numbers(at) -> list[int]:
     return [int(n) for n in re.findall(r'class="tok [^"]*" title="#(\d+) ', box)]
 
 
-@pytest.mark.parametrize(("view", "key"), [("routing", "text_start"), ("capacity", "drops_text_start")])
-def test_long_routed_text_is_drawn_a_window_at_a_time(view: str, key: str, uploaded: None) -> None:
-    """Past TEXT_WINDOW tokens the routed text draws one window: the first at first, the one the slider picks
-    after, and the caption says which tokens of how many."""
+@pytest.mark.parametrize(
+    ("view", "key", "first"), [("routing", "text_start", 0), ("capacity", "drops_text_start", 4096 - TEXT_WINDOW)]
+)
+def test_long_routed_text_is_drawn_a_window_at_a_time(view: str, key: str, first: int, uploaded: None) -> None:
+    """Past TEXT_WINDOW tokens the routed text draws one window: at first the text's start (the capacity view:
+    its end, where drops pile up), then the one the slider picks, and the caption says which tokens of how many."""
     at = run_app({"text": "hello", "view": view, "layer": "30"}, setup=_upload)
-    assert _routed_token_numbers(at) == list(range(TEXT_WINDOW))
+    assert _routed_token_numbers(at) == list(range(first, first + TEXT_WINDOW))
     at.slider(key=key).set_value(1024).run()
     assert not at.exception, [e.value for e in at.exception]
     assert _routed_token_numbers(at) == list(range(1024, 1024 + TEXT_WINDOW))
     assert f"Tokens 1,024–{1024 + TEXT_WINDOW - 1:,} of 4,096." in [c.value for c in at.caption]
+
+
+def test_a_window_start_beyond_a_shorter_text_is_brought_within_it(
+    deepseek: RoutingTrace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text window and the grid window at the end of a 4,096-token trace, then a 1,000-token one: no
+    exception (Streamlit raises on a slider value above its max), both windows at the shorter text's end."""
+    shorter = random_trace(1000, num_experts=8, top_k=2, num_layers=4)
+    traces = {"long.parquet": deepseek, "short.parquet": shorter}
+    monkeypatch.setattr(moe_core.trace_io, "load_trace_bytes", lambda data, name: traces[name])
+    upload = lambda name: lambda at: at.file_uploader(key="upload").set_value((name, name.encode(), "x"))  # noqa: E731
+    at = run_app({"view": "routing"}, setup=upload("long.parquet"))
+    at.slider(key="text_start").set_value(4096 - TEXT_WINDOW)
+    at.slider(key="grid_start").set_value(4096 - 64).run()
+    assert _routed_token_numbers(at)[0] == 4096 - TEXT_WINDOW
+    upload("short.parquet")(at)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _routed_token_numbers(at) == list(range(1000 - TEXT_WINDOW, 1000))
+    assert at.slider(key="grid_start").value == 1000 - 64
