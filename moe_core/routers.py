@@ -161,7 +161,8 @@ def adapter_of(model: nn.Module) -> Adapter:
     classes and not this code: MODULE_CALLS where its experts are one module each, else the default row."""
     if not is_generic(model):
         return adapter_for(model.config.model_type)
-    per_module = any(isinstance(b.experts, nn.ModuleList | nn.ModuleDict) for b in structural_blocks(model))
+    blocks, _ = find_moe_blocks(model, model.config.model_type)  # structural_blocks, found once per model
+    per_module = any(isinstance(b.experts, nn.ModuleList | nn.ModuleDict) for b in blocks)
     return MODULE_CALLS if per_module else DEFAULT_ADAPTER
 
 

@@ -212,6 +212,7 @@ def test_remote_code_naming_a_built_in_type_is_judged_by_its_own_experts(demo_to
     experts = per_module.config.num_local_experts
     for block in find_moe_blocks(per_module, "mixtral")[0]:
         block.block.experts = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(experts))
+    _as_remote_code(per_module)  # found again, with the new experts
     with pytest.raises(CappedUnsupported, match=r"mixtral: .* not called as experts"):
         counterfactual(per_module, demo_tokenizer, TEXTS, 1.0)
 
