@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MAIN_SCRIPT = Path(__file__).resolve().parent / "main.py"
+# A served app does not watch its own source: Streamlit's polling watcher wakes a task per source file every
+# 0.2 s, which takes the GIL from the visitors' script runs. Options given on the command line come later and
+# win (`--server.fileWatcherType auto` while editing the app).
+SERVER_DEFAULTS = ("--server.fileWatcherType", "none")
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -31,7 +35,8 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def streamlit_argv(streamlit_options: Sequence[str], operator: Sequence[str]) -> list[str]:
     """What `streamlit run` is given: its options, the script, and the operator's options for the script."""
-    return ["streamlit", "run", *streamlit_options, str(MAIN_SCRIPT), *(["--", *operator] if operator else [])]
+    script = [str(MAIN_SCRIPT), *(["--", *operator] if operator else [])]
+    return ["streamlit", "run", *SERVER_DEFAULTS, *streamlit_options, *script]
 
 
 def _preload(operator: tuple[str, ...]) -> None:

@@ -40,7 +40,7 @@ def load_heatmap_chart(frame: pd.DataFrame, count: str, num_experts: int, title:
     num_layers = cells["layer"].nunique()
     chart = (
         alt.Chart(cells)
-        .mark_rect()
+        .mark_rect(invalid=None)  # no per-cell validity filter: every ratio is finite (an even share is > 0)
         .encode(
             x=alt.X("expert:O", axis=expert_axis(num_experts)),
             y=alt.Y("layer:O", title="MoE layer", axis=alt.Axis(labelOverlap="greedy")),

@@ -117,10 +117,25 @@ def test_preload_fills_every_cache_the_first_visit_reads(
 
 def test_python_m_app_passes_streamlit_and_operator_options_through() -> None:
     """`python -m app --server.port 1 -- --model m` runs `streamlit run --server.port 1 app/main.py -- --model m`."""
-    from app.__main__ import MAIN_SCRIPT, split_arguments, streamlit_argv
+    from app.__main__ import MAIN_SCRIPT, SERVER_DEFAULTS, split_arguments, streamlit_argv
 
     options, operator = split_arguments(["--server.port", "1", "--", "--model", "m"])
     assert (options, operator) == (["--server.port", "1"], ["--model", "m"])
-    assert streamlit_argv(options, operator) == ["streamlit", "run", "--server.port", "1", str(MAIN_SCRIPT), "--",
-                                                 "--model", "m"]  # fmt: skip
-    assert streamlit_argv([], []) == ["streamlit", "run", str(MAIN_SCRIPT)]
+    assert streamlit_argv(options, operator) == ["streamlit", "run", *SERVER_DEFAULTS, "--server.port", "1",
+                                                 str(MAIN_SCRIPT), "--", "--model", "m"]  # fmt: skip
+    assert streamlit_argv([], []) == ["streamlit", "run", *SERVER_DEFAULTS, str(MAIN_SCRIPT)]
+
+
+def test_a_served_app_watches_no_files_unless_the_command_line_asks() -> None:
+    """Streamlit's own parser: the app's default turns the file watcher off, an operator's option wins."""
+    from streamlit.web import cli
+
+    from app.__main__ import split_arguments, streamlit_argv
+
+    def watcher(argv: list[str]) -> str:
+        run = streamlit_argv(*split_arguments(argv))
+        assert run[:2] == ["streamlit", "run"]
+        return cli.main_run.make_context("run", run[2:]).params["server_fileWatcherType"]
+
+    assert watcher([]) == "none"
+    assert watcher(["--server.fileWatcherType", "poll", "--", "--model", "m"]) == "poll"

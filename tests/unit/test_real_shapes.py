@@ -9,6 +9,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import pytest
+import vl_convert as vlc
 
 from app.charts.capacity import drop_curve_chart, fill_chart
 from app.charts.gates import distribution_chart, entropy_chart, gate_heatmap_chart
@@ -137,13 +138,42 @@ def _specs(routing: RoutingTrace) -> dict[str, dict]:
         return {name: chart.to_dict() for name, chart in charts.items()}
 
 
-def test_every_chart_at_deepseek_shape_is_small(deepseek: RoutingTrace) -> None:
+@pytest.fixture(scope="module")
+def deepseek_specs(deepseek: RoutingTrace) -> dict[str, dict]:
+    return _specs(deepseek)
+
+
+def test_every_chart_at_deepseek_shape_is_small(deepseek_specs: dict[str, dict]) -> None:
     """No chart of a 61-layer, 256-expert, 4,096-token trace sends more than SPEC_BYTES or CHART_ROWS rows: the
     browser never gets the [L, T, E] scores, only aggregates and windows."""
-    for name, spec in _specs(deepseek).items():
+    for name, spec in deepseek_specs.items():
         size = len(json.dumps(spec))
         rows = max(len(rows) for rows in spec.get("datasets", {"": []}).values())
         assert size < SPEC_BYTES and rows < CHART_ROWS, (name, size, rows)
+
+
+def _marks(vega: dict) -> list[dict]:
+    """Every mark of a compiled Vega spec, those inside groups (layers, facets) included."""
+    found = []
+    for mark in vega.get("marks", []):
+        found += [mark, *_marks(mark)]
+    return found
+
+
+def test_no_chart_makes_the_browser_evaluate_an_expression_per_item_it_does_not_need(
+    deepseek_specs: dict[str, dict],
+) -> None:
+    """Streamlit's front end runs Vega's expressions in an interpreter, per mark item: no chart builds an ARIA
+    description string per item (a third of drawing the 61 x 256 load heatmap), and the load heatmap, whose
+    every ratio is finite, has no per-cell validity filter (another third)."""
+    for name, spec in deepseek_specs.items():
+        vega = vlc.vegalite_to_vega(spec)
+        described = [m.get("name") for m in _marks(vega) if "description" in m.get("encode", {}).get("update", {})]
+        assert not described, (name, described)
+    load = vlc.vegalite_to_vega(deepseek_specs["load"])
+    assert load["marks"][0]["type"] == "rect" and len(load["marks"][0]["from"]) == 1
+    filters = [step for data in load["data"] for step in data.get("transform", []) if step["type"] == "filter"]
+    assert not filters
 
 
 # ---- colours: past 20 experts the most frequent keep theirs, the rest share one grey ------------------------
