@@ -163,6 +163,9 @@ def frame_height(chart: alt.TopLevelMixin, present: bool = False) -> int | None:
     return int(height + chrome) if isinstance(height, int | float) else None
 
 
+HTML_TABLE_ROWS = 16  # show_table draws tables up to this many rows as HTML
+
+
 def show_table(
     frame: pd.DataFrame,
     labels: dict[str, str],
@@ -173,17 +176,21 @@ def show_table(
     """A table with readable column names; `percent` columns (shares in [0, 1]) shown as 12.3%, one decimal for
     every row, so a projected table lines up; `decimals` fixes other columns' digits, `helps` their tooltips.
 
-    Presentation mode draws it as an HTML table: st.dataframe paints its cells on a canvas that no stylesheet
-    can enlarge (zooming it overflowed the page).
+    Short tables (up to HTML_TABLE_ROWS rows, no column help) and every table in presentation mode are HTML
+    (st.table). st.dataframe's grid is 1.2 MB of script a browser loads and compiles on first use: about 1 s of a
+    new visitor's first page on 2 cores, for tables of a few rows that need none of its scrolling or sorting
+    (and it paints cells on a canvas no stylesheet can enlarge). Longer tables, and those whose columns carry
+    help, stay st.dataframe: scroll, sort, help on hover.
     """
     shown = frame.copy()
     shown[list(percent)] = shown[list(percent)] * 100
     digits = dict(decimals or {}) | dict.fromkeys(percent, 1)
     suffix = dict.fromkeys(percent, "%")
-    if chart_settings()[1]:
-        styler = shown.rename(columns=labels).style.hide(axis="index").format(precision=3)
-        formats = {labels.get(c, c): f"{{:.{d}f}}{suffix.get(c, '')}" for c, d in digits.items()}
-        st.table(styler.format(formats))
+    if chart_settings()[1] or (len(frame) <= HTML_TABLE_ROWS and not helps):
+        # One format() call naming every float column: a second call with a dict resets the columns it omits.
+        floats = {c: 3 for c in shown.columns if pd.api.types.is_float_dtype(shown[c])} | digits
+        formats = {labels.get(c, c): f"{{:.{d}f}}{suffix.get(c, '')}" for c, d in floats.items()}
+        st.table(shown.rename(columns=labels).style.hide(axis="index").format(formats))
         return
     helps = helps or {}
 

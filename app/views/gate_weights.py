@@ -13,6 +13,21 @@ from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_he
 from moe_core.experts import ExpertsCallUnsupported
 from moe_core.trace import needs_sentence
 
+PREFERENCE_LABELS = {
+    "first_is_largest": "first choice has the largest output",
+    "chance": "chance",
+    "rank_correlation": "router ranking vs output norms (rho)",
+    "tokens": "tokens",
+}
+SIMILARITY_LABELS = {
+    "matrix": "matrix",
+    "shape": "shape (one expert)",
+    "weights": "weights",
+    "mean_abs": "mean |cosine|",
+    "max_abs": "max |cosine|",
+    "random_mean_abs": "random init: mean |cosine|",
+    "random_max_abs": "random init: max |cosine|",
+}
 TITLE = "Gate weights"
 EXPLAINER = """
 The router scores **every** expert for every token; the model keeps the top-k and mixes their outputs with
@@ -75,23 +90,9 @@ def _closer_look(context: ViewContext) -> None:
     if study is None:
         st.caption("This needs the model, to run every expert: not available for an uploaded trace.")
         return
-    labels = {
-        "first_is_largest": "first choice has the largest output",
-        "chance": "chance",
-        "rank_correlation": "router ranking vs output norms (rho)",
-        "tokens": "tokens",
-    }
-    show_table(study.preference.round({"rank_correlation": 2}), labels, percent=("first_is_largest", "chance"))
+    preference = study.preference.round({"rank_correlation": 2})
+    show_table(preference, PREFERENCE_LABELS, percent=("first_is_largest", "chance"), decimals={"rank_correlation": 2})
     layer = context.layer
     st.subheader(f"Are the experts' weights more alike than random ones at layer {layer}?")
-    labels = {
-        "matrix": "matrix",
-        "shape": "shape (one expert)",
-        "weights": "weights",
-        "mean_abs": "mean |cosine|",
-        "max_abs": "max |cosine|",
-        "random_mean_abs": "random init: mean |cosine|",
-        "random_max_abs": "random init: max |cosine|",
-    }
-    show_table(study.matrices, labels, decimals=dict.fromkeys(SIMILARITY_COLUMNS, 4))
+    show_table(study.matrices, SIMILARITY_LABELS, decimals=dict.fromkeys(SIMILARITY_COLUMNS, 4))
     show_chart(similarity_chart(similarity_frame(study.similarity), layer), "expert-similarity")

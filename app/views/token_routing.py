@@ -44,6 +44,23 @@ NEIGHBOUR_RATES = (
     "any_choice_chance",
     "any_choice_text_chance",
 )
+CONSISTENCY_LABELS = {"consistency": "same expert as usual", "shuffled": "first choices shuffled",
+                      "ids": "ids seen twice+"}  # fmt: skip
+
+
+def neighbour_labels(top_k: int) -> dict[str, str]:
+    """The neighbours table's column names (consecutive_repeats' columns)."""
+    return {
+        "first_choice": "same first choice",
+        "first_choice_chance": "chance (first, uniform)",
+        "first_choice_text_chance": "chance (first, this text's load)",
+        "any_choice": f"share one of top-{top_k}",
+        "any_choice_chance": "chance (any, uniform)",
+        "any_choice_text_chance": "chance (any, this text's load)",
+        "pairs": "neighbour pairs",
+    }
+
+
 GRID_WINDOW = 64  # tokens per grid window: each keeps its own text label at a 1440 px window
 
 
@@ -67,24 +84,11 @@ def draw(context: ViewContext) -> None:
     show_chart(chart, "token-layer-grid")
 
     st.subheader("Do neighbouring tokens share experts?")
-    show_table(
-        per_trace(consecutive_repeats, routing),
-        {
-            "first_choice": "same first choice",
-            "first_choice_chance": "chance (first, uniform)",
-            "first_choice_text_chance": "chance (first, this text's load)",
-            "any_choice": f"share one of top-{routing.model.top_k}",
-            "any_choice_chance": "chance (any, uniform)",
-            "any_choice_text_chance": "chance (any, this text's load)",
-            "pairs": "neighbour pairs",
-        },
-        percent=NEIGHBOUR_RATES,
-    )
+    show_table(per_trace(consecutive_repeats, routing), neighbour_labels(routing.model.top_k), percent=NEIGHBOUR_RATES)
 
     st.subheader("Does the same token always go to the same expert?")
     consistency = per_trace(token_id_consistency, routing)
     if consistency["ids"].iloc[0] == 0:
         st.info("No token id appears twice in this text: try a longer text or the repeated-word preset.")
     else:
-        labels = {"consistency": "same expert as usual", "shuffled": "first choices shuffled", "ids": "ids seen twice+"}
-        show_table(consistency, labels, percent=("consistency", "shuffled"))
+        show_table(consistency, CONSISTENCY_LABELS, percent=("consistency", "shuffled"))

@@ -70,15 +70,44 @@ def test_chart_text_scales_with_the_mode() -> None:
 
 
 def test_tables_become_html_tables_in_the_mode() -> None:
-    """show_table's tables are st.table in the mode (CSS can enlarge them), with their labels and percentages."""
-    normal = run_app({"text": TEXT})
+    """show_table's tables are st.table in the mode (CSS can enlarge them), with their labels and percentages;
+    outside it the load view's balance table, whose columns carry help, is a grid."""
+    assert run_app({"text": TEXT, "view": "load"}).dataframe
+    assert not run_app({"text": TEXT, "view": "load", "present": "1"}).dataframe
     present = run_app({"text": TEXT, "present": "1"})
-    assert not normal.table and normal.dataframe
     assert present.table
     shown = pyarrow.ipc.open_stream(present.table[0].proto.arrow_data.styler.display_values).read_pandas()
     assert "same first choice" in present.table[0].value.columns and present.table[0].proto.hide_index
     assert all(re.fullmatch(r"\d+\.\d%", value) for value in shown.iloc[:, 1]), shown  # as st.dataframe shows them
     assert '[data-testid="stTable"] th' in "\n".join(m.value for m in present.markdown)
+
+
+def _tables_page() -> None:
+    import pandas as pd
+
+    from app.components import HTML_TABLE_ROWS, show_table
+
+    for rows in (HTML_TABLE_ROWS, HTML_TABLE_ROWS + 1):
+        frame = pd.DataFrame({"share": [0.5] * rows, "rho": [0.51] * rows, "tokens": [7] * rows})
+        show_table(frame, {"share": "share of slots"}, percent=("share",))
+    show_table(pd.DataFrame({"share": [0.5]}), {"share": "share of slots"}, helps={"share": "of the top-k slots"})
+
+
+def test_short_tables_are_html_and_long_or_annotated_ones_keep_the_grid() -> None:
+    """Up to HTML_TABLE_ROWS rows without column help: an HTML table (no 1.2 MB grid script for the browser to
+    load), percentages and other floats formatted as the grid formats them; one row more, or help on a column:
+    st.dataframe."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.components import HTML_TABLE_ROWS
+
+    at = AppTest.from_function(_tables_page).run()
+    assert not at.exception
+    assert len(at.table) == 1 and at.table[0].value.columns.tolist() == ["share of slots", "rho", "tokens"]
+    shown = pyarrow.ipc.open_stream(at.table[0].proto.arrow_data.styler.display_values).read_pandas()
+    assert len(shown) == HTML_TABLE_ROWS
+    assert [set(shown.iloc[:, column]) for column in range(3)] == [{"50.0%"}, {"0.510"}, {"7"}]
+    assert [len(grid.value) for grid in at.dataframe] == [HTML_TABLE_ROWS + 1, 1]
 
 
 def test_downloads_carry_the_settings_in_title_and_file_name() -> None:

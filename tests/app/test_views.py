@@ -12,6 +12,8 @@ import pytest
 
 from app.loading import presets
 from app.palette import COLOURED_EXPERTS, OTHER_COLOR
+from app.views.gate_weights import PREFERENCE_LABELS
+from app.views.token_routing import CONSISTENCY_LABELS, neighbour_labels
 from moe_core.capacity import simulate_capacity
 from moe_core.capture import trace
 from moe_core.models import load_model
@@ -205,13 +207,14 @@ def test_token_routing_table_is_mixtrals_consecutive_repeats(routing) -> None:
 
     at = run_app({"view": "routing"})
     _clean(at)
-    shown = at.dataframe[0].value.reset_index(drop=True)
+    shown = at.table[0].value.reset_index(drop=True)  # four layers: an HTML table, columns by their labels
     expected = consecutive_repeats(routing)
     rates = ["first_choice", "first_choice_chance", "first_choice_text_chance"]
     rates += ["any_choice", "any_choice_chance", "any_choice_text_chance"]
     expected[rates] = expected[rates] * 100  # shown as percentages
-    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
-    assert (shown["any_choice"] > shown["any_choice_chance"]).all()
+    labels = neighbour_labels(routing.model.top_k)
+    pd.testing.assert_frame_equal(shown, expected.rename(columns=labels), check_dtype=False)
+    assert (shown[labels["any_choice"]] > shown[labels["any_choice_chance"]]).all()
 
 
 def test_load_view_coactivation_matches_the_analysis(routing) -> None:
@@ -232,11 +235,11 @@ def test_token_routing_shows_token_id_consistency(routing) -> None:
 
     at = run_app({"view": "routing"})
     _clean(at)
-    shown = at.dataframe[1].value.reset_index(drop=True)
+    shown = at.table[1].value.reset_index(drop=True)
     expected = token_id_consistency(routing)
     expected[["consistency", "shuffled"]] = expected[["consistency", "shuffled"]] * 100  # shown as percentages
-    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
-    assert (shown["consistency"] > shown["shuffled"]).all()
+    pd.testing.assert_frame_equal(shown, expected.rename(columns=CONSISTENCY_LABELS), check_dtype=False)
+    assert (shown[CONSISTENCY_LABELS["consistency"]] > shown[CONSISTENCY_LABELS["shuffled"]]).all()
 
 
 def test_token_routing_says_when_no_id_repeats() -> None:
@@ -272,9 +275,9 @@ def test_gate_view_closer_look_runs_every_expert(routing) -> None:
     expected = norm_preference(routing, 1, output_norms(loaded.model, block, hidden, 8, 2))
     at = run_app({"view": "gates", "layer": "1"})
     _clean(at)
-    shown = at.dataframe[0].value.iloc[0]
-    assert shown["first_is_largest"] == pytest.approx(expected["first_is_largest"].iloc[0] * 100)
-    assert shown["rank_correlation"] == pytest.approx(round(expected["rank_correlation"].iloc[0], 2))
+    shown = at.table[0].value.iloc[0]
+    assert shown[PREFERENCE_LABELS["first_is_largest"]] == pytest.approx(expected["first_is_largest"].iloc[0] * 100)
+    assert shown[PREFERENCE_LABELS["rank_correlation"]] == pytest.approx(round(expected["rank_correlation"].iloc[0], 2))
     similarity = frame_with(charts(at), "source", "target", "similarity")
     np.testing.assert_allclose(
         similarity["similarity"], similarity_frame(weight_similarity(block.experts, 8))["similarity"], atol=1e-6

@@ -4,6 +4,7 @@ tokens): the analyses stay exact and fast enough for a page, and what a chart re
 from __future__ import annotations
 
 import json
+import re
 
 import altair as alt
 import numpy as np
@@ -174,6 +175,16 @@ def test_no_chart_makes_the_browser_evaluate_an_expression_per_item_it_does_not_
     assert load["marks"][0]["type"] == "rect" and len(load["marks"][0]["from"]) == 1
     filters = [step for data in load["data"] for step in data.get("transform", []) if step["type"] == "filter"]
     assert not filters
+    flow = vlc.vegalite_to_vega(deepseek_specs["flow pairs"])  # 60 pairs: no 60-way sort expression per cell
+    assert not [step for data in flow["data"] for step in data.get("transform", []) if step["type"] == "formula"]
+
+
+def test_layer_pairs_are_drawn_in_layer_order() -> None:
+    """12 layers: the small multiples run 0 → 1, 1 → 2, …, 10 → 11 (not "10 → 11" before "2 → 3")."""
+    routing = random_trace(40, num_experts=8, top_k=2, num_layers=12)
+    svg = vlc.vegalite_to_svg(flow_pairs_chart(all_pairs_frame(routing, PAIR_EXPERTS), 8).to_dict())
+    headers = [text for text in re.findall(r"<text[^>]*>([^<]*)</text>", svg) if "→" in text]
+    assert headers == [f"{layer} → {layer + 1}" for layer in range(11)]
 
 
 # ---- colours: past 20 experts the most frequent keep theirs, the rest share one grey ------------------------
