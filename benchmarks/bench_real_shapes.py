@@ -25,7 +25,7 @@ from pathlib import Path
 from playwright.sync_api import Page
 
 from app.view_registry import VIEWS
-from benchmarks.bench_browser import CAPTION, caption, charts_drawn, wait_or_fail
+from benchmarks.bench_browser import CAPTION, WARM_UP_WAIT_S, caption, charts_drawn, wait_or_fail
 from moe_core.synthetic import random_trace
 from moe_core.trace import RoutingTrace
 from moe_core.trace_io import MAX_TRACE_MB, save_trace
@@ -34,7 +34,6 @@ from tests.e2e.browser import IDLE, VIEWPORT, app_server, chromium, wait_for_cha
 TARGET_S = 3.0
 SHAPE = {"num_experts": 256, "top_k": 8, "num_layers": 61, "scoring": "sigmoid"}  # DeepSeek-V3's routing
 SCORED_TOKENS = 256  # the longest DeepSeek-V3-shaped trace with its [L, T, E] arrays under the upload limit
-WARM_UP_WAIT_S = 8.0  # the server traces the demo model's built-in batches after the first page
 UPLOAD = '[data-testid="stSidebar"] input[type="file"]'
 CHART_FRAME = '[data-testid="stVegaLiteChart"]'
 VIEW_BUTTONS = '[data-testid="stMain"] [data-testid="stButtonGroup"] button[role="radio"]'
