@@ -19,8 +19,8 @@ from pathlib import Path
 
 MAIN_SCRIPT = Path(__file__).resolve().parent / "main.py"
 # A served app does not watch its own source: Streamlit's polling watcher wakes a task per source file every
-# 0.2 s, which takes the GIL from the visitors' script runs. Options given on the command line come later and
-# win (`--server.fileWatcherType auto` while editing the app).
+# 0.2 s, work a server does not need on the cores its visitors share. Options given on the command line come
+# later and win (`--server.fileWatcherType auto` while editing the app).
 SERVER_DEFAULTS = ("--server.fileWatcherType", "none")
 
 
