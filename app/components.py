@@ -19,7 +19,7 @@ from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE, styled
 from app.export import ChartStamp, chart_png, chart_svg
 from app.palette import OTHER_COLOR, OTHER_SHADE, coloured_experts, expert_colors, text_color_on
 from app.safe_text import neutral_bidi
-from moe_core.trace import DROPPED
+from moe_core.trace import DROPPED, RoutingTrace
 
 _VISIBLE_CONTROLS = {i: chr(0x2400 + i) for i in range(32) if chr(i) not in "\n\t"} | {0x7F: "\u2421"}
 
@@ -126,6 +126,14 @@ def legend(num_experts: int, label: str = "Expert", shown: Sequence[int] | None 
 def sentence(text: str) -> str:
     """A library message ('this trace has no …') as a sentence on the page."""
     return f"{text[:1].upper()}{text[1:]}."
+
+
+def unranked_caption(routing: RoutingTrace, needed_by: str) -> bool:
+    """Say, once per view, that an unranked trace (an engine's sets of experts) has no first choice; True if so."""
+    if (text := routing.unranked_sentence(needed_by)) is None:
+        return False
+    st.info(sentence(text))
+    return True
 
 
 def html_block(markup: str) -> None:

@@ -120,7 +120,7 @@ def simulate_capacity(
     group_index, group_sizes = _groups(trace, group)
     group_capacity = _group_capacities(capacity_factor, top_k, group_sizes, trace.model.num_experts, min_capacity)
     order = SERVING_ORDERS[policy](serving_priority(trace, policy))
-    kept, per_key = kept_slots(experts, order, group_index, group_capacity, trace.model.num_experts)
+    kept, per_key = kept_slots(experts, order, group_index, group_capacity, trace.model.num_experts, trace.slots_ranked)
     demand = per_key.sum(axis=1)
     fill = np.minimum(per_key, group_capacity[:, None]).sum(axis=1)
     capacity = np.tile(group_capacity, (experts.shape[0], 1))
@@ -131,13 +131,20 @@ def simulate_capacity(
 
 
 def kept_slots(
-    experts: np.ndarray, order: np.ndarray, group_index: np.ndarray, group_capacity: np.ndarray, num_experts: int
+    experts: np.ndarray,
+    order: np.ndarray,
+    group_index: np.ndarray,
+    group_capacity: np.ndarray,
+    num_experts: int,
+    by_rank: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The capacity rule itself, shared by the static simulation and the capacity-bound forward.
 
     experts [L, T, k] (DROPPED allowed), order [L, T] (tokens in serving order), group_index [T], group_capacity
     [G]. Returns kept [L, T, k] and the slots routed per (layer, group, expert) [L, G, E] before the limit.
-    Rank r is served after every rank below it; within a rank, tokens go in `order`.
+    Rank r is served after every rank below it; within a rank, tokens go in `order`. `by_rank=False` (a trace
+    whose slots are a set, not a ranking) serves each token's slots together, tokens in `order`: Megatron-Core's
+    own position drop policy, and the only order that reads no rank.
 
     Each slot gets one unsigned integer: its key (layer, group, expert) in the high bits and its serving
     number in its layer (rank · T + the token's place in `order`) in the low bits. One sort of these
@@ -158,7 +165,12 @@ def kept_slots(
     serving = _serving_place(order).astype(packed_type)
     # packed = (key << shift) + serving number, built in place: key = layer_group · num_buckets + expert + 1.
     token_base = ((layer_group * packed_type(num_buckets) + packed_type(1)) << shift) + serving  # [L, T]
-    rank_base = np.arange(top_k, dtype=packed_type) * packed_type(num_tokens)  # rank r is served after ranks < r
+    if by_rank:
+        rank_base = np.arange(top_k, dtype=packed_type) * packed_type(num_tokens)  # rank r is served after ranks < r
+    else:  # token t's slots are t·k … t·k + k − 1: the serving place times k, plus the slot
+        serving = serving * packed_type(top_k)
+        token_base = ((layer_group * packed_type(num_buckets) + packed_type(1)) << shift) + serving
+        rank_base = np.arange(top_k, dtype=packed_type)
     packed = experts.astype(packed_type)  # DROPPED wraps to the type's max, and + 1 below to bucket 0
     packed <<= shift
     for rank in range(top_k):  # one add per rank: numpy broadcasts over a short last axis slowly
@@ -236,12 +248,15 @@ def simulate_capacity_reference(
             members = set(tokens)
             order = [t for t in layer_order if t in members]
             accepted = [0] * num_experts
-            for rank in range(top_k):
-                for t in order:
-                    expert = experts[layer][t][rank]
-                    if expert != DROPPED and accepted[expert] < group_capacity[g]:
-                        accepted[expert] += 1
-                        kept[layer][t][rank] = True
+            if trace.slots_ranked:  # every first choice, then every second choice, …
+                slots = [(t, rank) for rank in range(top_k) for t in order]
+            else:  # a set per token: its slots together
+                slots = [(t, rank) for t in order for rank in range(top_k)]
+            for t, rank in slots:
+                expert = experts[layer][t][rank]
+                if expert != DROPPED and accepted[expert] < group_capacity[g]:
+                    accepted[expert] += 1
+                    kept[layer][t][rank] = True
 
     num_positions = max(position) + 1 if num_tokens else 0
     fill = [[0] * num_experts for _ in range(num_layers)]

@@ -49,7 +49,7 @@ from moe_core.capture import (
 )
 from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 CAPPABLE_CHOICES = ("experts_call", "one_hot_call")  # the experts' call the hook can rewrite
 
@@ -280,6 +280,7 @@ def _capping_hooks(
             if route_k is not None:
                 route, new_k = route_k
                 chosen_np, weights_np = route(probs, new_k)
+            chosen_np, weights_np = rank_slots(chosen_np, weights_np)  # rank order, as the trace has it
             routed = LayerInput(chosen_np, weights_np, probs, state.group_index, state.group_sizes)
             decision = rule(routed)
             out.append(

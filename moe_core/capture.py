@@ -22,7 +22,7 @@ from moe_core import generic
 from moe_core.hooks import Hook, forward_lock, hooks_active
 from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks, is_generic
 from moe_core.tokens import tokenize
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 
 @dataclass
@@ -265,14 +265,15 @@ def trace_batch(
     info = model_info(model, blocks, label, logits.shape[-1], experts.shape[-1])
     if scoring is not None:  # generic capture: the scoring and the notes come from this pass, not a table
         info = replace(info, scoring=scoring, notes=(*info.notes, *notes))
+    ranked_experts, ranked_weights = rank_slots(experts.numpy(), weights.numpy())
     routing = RoutingTrace(
         model=info,
         texts=tokenized.texts,
         tokens=tokenized.tokens,
         logits=logits.numpy(),
         probs=probs.numpy(),
-        experts=experts.numpy(),
-        weights=weights.numpy(),
+        experts=ranked_experts,
+        weights=ranked_weights,
         truncated=tokenized.truncated,
     )
     return routing, output

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from moe_core import verify_command
+from moe_core.arguments import capacity_factor, positive_int
 from moe_core.capacity import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
     GROUPS,
     POLICIES,
-    check_capacity_factor,
     simulate_capacity,
 )
 from moe_core.capped import Counterfactual, counterfactual
@@ -40,26 +40,6 @@ EXIT_BAD_INPUT = 2
 
 class CliError(Exception):
     """A problem with what the user asked for; printed as one line."""
-
-
-def _capacity_factor(value: str) -> float:
-    try:
-        factor = float(value)
-        check_capacity_factor(factor)
-    except ValueError as error:
-        message = f"{value!r} is not a number" if "could not convert" in str(error) else str(error).split(";")[0]
-        raise argparse.ArgumentTypeError(message) from None
-    return factor
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,17 +91,17 @@ def _trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0)
     parser.add_argument("--policy", choices=POLICIES, default="position")
     parser.add_argument("--group", choices=GROUPS, default="sequence")
 
 
 def _counterfactual_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0)
+    parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0)
     parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
     parser.add_argument("--group", choices=GROUPS, default="sequence")
-    parser.add_argument("--top-k", type=_positive_int, default=None, help="what-if: k experts per token")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="what-if: k experts per token")
 
 
 def _texts(args: argparse.Namespace) -> list[str]:

@@ -67,6 +67,19 @@ def needs_sentence(absent: tuple[str, ...], needed_by: str, plural: bool = False
     return f"this trace has no {what}: {needed_by} {'need' if plural else 'needs'} them"
 
 
+def unranked_sentence(needed_by: str) -> str:
+    """'this trace does not say which of its experts came first …' (one sentence, the same everywhere)."""
+    return (f"this trace records each token's experts but not which came first (the engine wrote them by expert id): "
+            f"{needed_by}")  # fmt: skip
+
+
+def rank_slots(experts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slots in descending gate weight, so slot 0 is the first choice (stable: ties keep the model's order).
+    Some routers hand their experts unsorted (DeepSeek-V3's top-k with sorted=False; engines' grouped top-k)."""
+    order = np.argsort(-weights, axis=-1, kind="stable")
+    return np.take_along_axis(experts, order, axis=-1), np.take_along_axis(weights, order, axis=-1)
+
+
 @dataclass(frozen=True)
 class RoutingTrace:
     """Routing of every token at every MoE layer, as the model computed it.
@@ -88,6 +101,7 @@ class RoutingTrace:
     experts: np.ndarray
     weights: np.ndarray | None
     truncated: tuple[bool, ...] = field(default=())  # per text: was it cut to the context length?
+    slots_ranked: bool = True  # is slot 0 each token's first choice? (False: an engine wrote the set, by expert id)
 
     def __post_init__(self) -> None:
         num_layers, num_tokens = len(self.model.moe_layers), len(self.tokens)
@@ -119,6 +133,12 @@ class RoutingTrace:
     @property
     def num_sequences(self) -> int:
         return len(self.texts)
+
+    def unranked_sentence(self, needed_by: str) -> str | None:
+        """None when slot 0 is each token's first choice; else the one sentence a first-choice reader shows."""
+        if self.slots_ranked:
+            return None
+        return unranked_sentence(needed_by)
 
     def layer_index(self, model_layer: int) -> int:
         """Row in the [L, ...] arrays of the model's layer `model_layer`."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 FORMAT_VERSION = 1
 MAX_TRACE_MB = 50  # documented limit: a trace file over 50 MB is refused before it is parsed
@@ -21,6 +21,7 @@ MAX_TRACE_BYTES = MAX_TRACE_MB * 2**20
 MAX_TRACE_VALUES = 25_000_000  # routing numbers L·T·(2E + 2k): about what 50 MB of JSON can hold
 MAX_EXPERTS = 4096  # routed experts E (the largest released models have a few hundred)
 MAX_LAYERS = 4096
+MAX_TOKEN_ID = 2**31 - 1  # above every vocabulary (a few hundred thousand ids); larger is not a token id
 MAX_LABEL_CHARS = 500  # model name, architecture, scoring, device, dtype, each note
 MAX_NOTES = 64
 INT64_MAX = 2**63 - 1
@@ -29,6 +30,26 @@ MODEL_LABELS = ("name", "architecture", "scoring")  # required text fields of th
 
 class TraceFormatError(ValueError):
     """The file is not a routing trace this version can read; the message says why in one line."""
+
+
+LIMITS = {  # every reader's dimensions, checked here before any array is sized by them
+    "experts": (1, MAX_EXPERTS),
+    "k": (1, MAX_EXPERTS),
+    "layers": (1, MAX_LAYERS),
+    "tokens": (0, MAX_TRACE_VALUES),
+    "token id": (0, MAX_TOKEN_ID),
+}
+
+
+def check_limits(what: str, **sizes: int) -> None:
+    """Refuse, in one line naming `what`, any of experts / k / layers / tokens / token_id outside LIMITS: a forged
+    count (one map value of 5e7 once sized an array of 5e7 experts per token and took the server down)."""
+    for name, value in sizes.items():
+        key = name.replace("_", " ")
+        low, high = LIMITS[key]
+        if not low <= value <= high:
+            shown = f"{value:,}" if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+            raise TraceFormatError(f"{what}: {key} = {shown} is outside {low:,} to {high:,} (no model has that)")
 
 
 def _kind(value: Any) -> str:
@@ -93,6 +114,14 @@ def model_info(raw: Any) -> ModelInfo:
         dtype=label(raw.get("dtype", "float32"), "model.dtype"),
         notes=tuple(label(n, "each of model.notes") for n in _list(raw.get("notes", []), "model.notes", MAX_NOTES)),
     )
+
+
+def header_ranked(header: dict) -> bool:
+    """The header's "slots_ranked" (true where absent: files from before it existed came from this tool)."""
+    value = header.get("slots_ranked", True)
+    if type(value) is not bool:
+        raise TraceFormatError(f"slots_ranked must be true or false, got {_kind(value)}")
+    return value
 
 
 def header_parts(header: Any) -> tuple[ModelInfo, tuple[str, ...], tuple[bool, ...]]:
@@ -221,12 +250,24 @@ def check_routing(model: ModelInfo, arrays: dict[str, np.ndarray]) -> None:
 
 
 def build(
-    model: ModelInfo, texts: tuple[str, ...], truncated: tuple[bool, ...], tokens: Tokens, arrays: dict[str, np.ndarray]
+    model: ModelInfo,
+    texts: tuple[str, ...],
+    truncated: tuple[bool, ...],
+    tokens: Tokens,
+    arrays: dict[str, np.ndarray],
+    slots_ranked: bool = True,
 ) -> RoutingTrace:
-    """The trace, once its tokens and routing have passed their checks (the header passed header_parts)."""
+    """The trace, once its tokens and routing have passed their checks (the header passed header_parts). Where
+    gate weights exist, slots are put in descending weight: then slot 0 is the first choice, whatever the writer's
+    order; without weights, `slots_ranked` says whether the writer's order is the rank order."""
     check_tokens(tokens, texts)
     check_routing(model, arrays)
+    if arrays.get("weights") is not None and len(tokens):
+        arrays = {**arrays}
+        arrays["experts"], arrays["weights"] = rank_slots(arrays["experts"], arrays["weights"])
+        slots_ranked = True
     try:
-        return RoutingTrace(model, texts, tokens, truncated=truncated, **{name: arrays.get(name) for name in ARRAYS})
+        values = {name: arrays.get(name) for name in ARRAYS}
+        return RoutingTrace(model, texts, tokens, truncated=truncated, slots_ranked=slots_ranked, **values)
     except ValueError as error:
         raise TraceFormatError(str(error)) from error

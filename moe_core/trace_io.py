@@ -34,6 +34,7 @@ from moe_core.trace_checks import (
     build,
     check_budget,
     header_parts,
+    header_ranked,
     nested_array,
     whole,
     whole_column,
@@ -67,6 +68,7 @@ def _header(routing: RoutingTrace) -> dict[str, Any]:
         "model": model_json(model),
         "texts": list(routing.texts),
         "truncated": list(routing.truncated),
+        "slots_ranked": routing.slots_ranked,
     }
 
 
@@ -157,7 +159,8 @@ def from_json_dict(data: Any) -> RoutingTrace:
     """Inverse of to_json_dict; every field is checked (moe_core.trace_checks) before anything is built."""
     model, texts, truncated = header_parts(data)
     tokens = _json_tokens(data.get("tokens"))
-    return build(model, texts, truncated, tokens, _json_arrays(data.get("layers"), model, len(tokens)))
+    arrays = _json_arrays(data.get("layers"), model, len(tokens))
+    return build(model, texts, truncated, tokens, arrays, header_ranked(data))
 
 
 def to_parquet_bytes(routing: RoutingTrace, scores_dtype: type = np.float32) -> bytes:
@@ -339,7 +342,7 @@ def from_parquet_bytes(data: bytes, arrays: Sequence[str] | None = None) -> Rout
         .astype(np.int64 if name == "experts" else np.float32)
         for name in present
     }
-    return build(model, texts, truncated, tokens, routing)
+    return build(model, texts, truncated, tokens, routing, header_ranked(header))
 
 
 def to_json_text(routing: RoutingTrace) -> str:

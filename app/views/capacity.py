@@ -19,7 +19,7 @@ from app.charts.capacity import (
     sequence_drops_chart,
     sweep_chart,
 )
-from app.components import explainer, html_block, routed_text_box, show_chart, show_table
+from app.components import explainer, html_block, routed_text_box, show_chart, show_table, unranked_caption
 from app.safe_text import md_text, neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
@@ -87,6 +87,8 @@ def draw(context: ViewContext) -> None:
     routing, row, settings = context.trace, context.layer_row, context.settings
     info = routing.model
     explainer(EXPLAINER)
+    unranked_caption(routing, "each token's experts are served together, tokens in the policy's order "
+                     "(Megatron-Core's own position policy), not every first choice before every second")  # fmt: skip
     result = simulate_capacity(routing, settings.capacity_factor, policy=settings.policy, group=settings.group)
     capped = _capped_run(context)
     _capacity_line(routing, result, row, context.layer)

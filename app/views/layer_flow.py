@@ -12,7 +12,7 @@ from app.charts.matrix import (
     flow_pair_chart,
     flow_pairs_chart,
 )
-from app.components import explainer, show_chart
+from app.components import explainer, show_chart, unranked_caption
 from app.memo import per_trace
 from app.views import ViewContext
 from moe_core.analyses.flow import all_pairs_frame, flow_pair, flow_summary, transition_frame
@@ -44,6 +44,8 @@ def draw(context: ViewContext) -> None:
         st.info("This model has a single MoE layer: flow needs two.")
         return
     layers = routing.model.moe_layers
+    unranked_caption(routing, "flow counts every pair of a token's experts at one layer and the next (k × k per "
+                     "token), not first choice to first choice")  # fmt: skip
     summary = per_trace(flow_summary, routing)
     show_chart(flow_overview_chart(summary, layers[start]), "layer-flow-overview")
     every_pair = per_trace(all_pairs_frame, routing, PAIR_EXPERTS)

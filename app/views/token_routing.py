@@ -5,7 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.routing import token_layer_grid_chart
-from app.components import explainer, html_block, legend, routed_text_box, show_chart, show_table, window_slider
+from app.components import (
+    explainer,
+    html_block,
+    legend,
+    routed_text_box,
+    show_chart,
+    show_table,
+    unranked_caption,
+    window_slider,
+)
 from app.memo import per_trace
 from app.palette import coloured_experts
 from app.views import ViewContext
@@ -69,7 +78,10 @@ def draw(context: ViewContext) -> None:
     explainer(EXPLAINER)
     frame = token_frame(routing, row)
     layer = context.layer
-    st.subheader(f"Top-1 expert of each token at layer {layer}")
+    unranked = unranked_caption(routing, "the text is coloured by each token's lowest-numbered expert, and the "
+                                "first-choice rows below are left empty")  # fmt: skip
+    which = "Lowest-numbered expert" if unranked else "Top-1 expert"
+    st.subheader(f"{which} of each token at layer {layer}")
     html_block(legend(routing.model.num_experts, shown=coloured_experts(frame["top1"], routing.model.num_experts)))
     marks = continuation_marks(routing, context.continued_at)
     if context.continued_at is not None and "own" in marks:
@@ -88,7 +100,9 @@ def draw(context: ViewContext) -> None:
 
     st.subheader("Does the same token always go to the same expert?")
     consistency = per_trace(token_id_consistency, routing)
-    if consistency["ids"].iloc[0] == 0:
+    if unranked:
+        st.caption("Token-id consistency follows each token's first choice, which this trace does not record.")
+    elif consistency["ids"].iloc[0] == 0:
         st.info("No token id appears twice in this text: try a longer text or the repeated-word preset.")
     else:
         show_table(consistency, CONSISTENCY_LABELS, percent=("consistency", "shuffled"))

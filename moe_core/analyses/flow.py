@@ -9,12 +9,25 @@ from moe_core.analyses.matrix import grouped_matrix_frame
 from moe_core.trace import RoutingTrace
 
 
-def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
-    """[E, E] counts: tokens with top-1 a at layer row `from_row` and top-1 b at the next MoE layer."""
-    num_experts = trace.model.num_experts
-    source, target = trace.experts[from_row, :, 0], trace.experts[from_row + 1, :, 0]
+def transition_pairs(source: np.ndarray, target: np.ndarray, ranked: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The (from, to) expert pairs of tokens routed [T, k] at one layer and the next. Ranked: each token's first
+    choices. Unranked (the trace has sets, not ranks): every pair of the two sets, so a token counts k·k times
+    and no slot is read as the first choice."""
+    if ranked:
+        source, target = source[:, 0], target[:, 0]
+    else:
+        width = source.shape[1]
+        source, target = np.repeat(source, target.shape[1], axis=1).ravel(), np.tile(target, (1, width)).ravel()
     valid = (source >= 0) & (target >= 0)
-    return pair_counts(source[valid], target[valid], num_experts)
+    return source[valid], target[valid]
+
+
+def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
+    """[E, E] counts: tokens with top-1 a at layer row `from_row` and top-1 b at the next MoE layer (an unranked
+    trace: every pair of their expert sets, transition_pairs)."""
+    experts = trace.experts
+    source, target = transition_pairs(experts[from_row], experts[from_row + 1], trace.slots_ranked)
+    return pair_counts(source, target, trace.model.num_experts)
 
 
 def pair_counts(source: np.ndarray, target: np.ndarray, num_experts: int) -> np.ndarray:
@@ -61,15 +74,17 @@ def flow_summary(trace: RoutingTrace, shuffles: int = 20, seed: int = 0) -> pd.D
     num_experts = trace.model.num_experts
     layers = trace.model.moe_layers
     rows = []
+    ranked = trace.slots_ranked
     for row in range(len(layers) - 1):
-        source, target = trace.experts[row, :, 0], trace.experts[row + 1, :, 0]
-        valid = (source >= 0) & (target >= 0)
-        source, target = source[valid], target[valid]
+        here, after = trace.experts[row], trace.experts[row + 1]
         chance = []
-        for _ in range(shuffles):
-            chance.append(followed_share(pair_counts(source, rng.permutation(target), num_experts)))
+        for _ in range(shuffles):  # whole tokens shuffled at the next layer: their sets stay together
+            shuffled = transition_pairs(here, after[rng.permutation(len(after))], ranked)
+            chance.append(followed_share(pair_counts(*shuffled, num_experts)))
+        source, _ = transition_pairs(here, after, ranked)
+        tokens = len(source) if ranked else len(source) // (here.shape[1] * after.shape[1])  # dumps have no drops
         followed = followed_share(transition_counts(trace, row))
-        rows.append((layers[row], layers[row + 1], followed, float(np.mean(chance)), 1 / num_experts, len(source)))
+        rows.append((layers[row], layers[row + 1], followed, float(np.mean(chance)), 1 / num_experts, tokens))
     return pd.DataFrame(rows, columns=["from_layer", "to_layer", "followed", "shuffled", "even", "tokens"])
 
 

@@ -26,6 +26,14 @@ def route_labels(experts: np.ndarray, weights: np.ndarray) -> list[str]:
     ]
 
 
+def shown_expert(experts: np.ndarray, ranked: bool) -> np.ndarray:
+    """[..., k] -> [...] the expert a token is coloured by: its first choice, or, where the trace holds sets (an
+    engine's dump by expert id), its lowest-numbered expert: a steady colour per set, never read as a rank."""
+    if ranked:
+        return experts[..., 0]
+    return np.where(experts >= 0, experts, np.iinfo(experts.dtype).max).min(axis=-1)
+
+
 def token_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
     """One row per token at one MoE layer (row index into the trace's layers).
 
@@ -40,7 +48,7 @@ def token_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
             "sequence": tokens.sequence,
             "position": tokens.position,
             "text": list(tokens.text),
-            "top1": experts[:, 0],
+            "top1": shown_expert(experts, trace.slots_ranked),
             "top1_weight": weights[:, 0],
             "route": route_labels(experts, weights),
         }
@@ -61,7 +69,7 @@ def token_layer_grid(trace: RoutingTrace, start: int = 0, stop: int | None = Non
             "position": np.tile(trace.tokens.position[window], num_layers),
             "text": [trace.tokens.text[i] for i in window] * num_layers,
             "layer": np.repeat(np.asarray(trace.model.moe_layers), len(window)),
-            "top1": trace.experts[:, window, 0].reshape(-1),
+            "top1": shown_expert(trace.experts[:, window], trace.slots_ranked).reshape(-1),
             "top1_weight": gate_weights(trace)[:, window, 0].reshape(-1),
         }
     )
@@ -129,12 +137,15 @@ def consecutive_repeats(trace: RoutingTrace) -> pd.DataFrame:
     def rate(hits: np.ndarray) -> np.ndarray:  # [L] share of pairs; NaN with no pairs (no data, not a rate of 0)
         return hits.mean(axis=1) if pairs else np.full(len(hits), np.nan)
 
+    unknown = np.full(len(experts), np.nan)  # an unranked trace has no first choice: NaN, not a made-up rate
     return pd.DataFrame(
         {
             "layer": list(trace.model.moe_layers),
-            "first_choice": rate(first),
+            "first_choice": rate(first) if trace.slots_ranked else unknown,
             "first_choice_chance": 1 / num_experts,
-            "first_choice_text_chance": [_text_chance(layer[:, :1], sequence, num_experts) for layer in experts],
+            "first_choice_text_chance": [_text_chance(layer[:, :1], sequence, num_experts) for layer in experts]
+            if trace.slots_ranked
+            else unknown,
             "any_choice": rate(any_choice),
             "any_choice_chance": 1 - math.comb(num_experts - top_k, top_k) / math.comb(num_experts, top_k),
             "any_choice_text_chance": [_text_chance(layer, sequence, num_experts) for layer in experts],
@@ -156,6 +167,9 @@ def token_id_consistency(trace: RoutingTrace, min_count: int = 2, shuffles: int 
     token_ids = trace.tokens.ids
     _, counts = np.unique(token_ids, return_counts=True)
     rows = []
+    if not trace.slots_ranked:  # no first choice to be consistent about
+        frame = pd.DataFrame({"layer": list(trace.model.moe_layers), "consistency": math.nan, "shuffled": math.nan})
+        return frame.assign(ids=int((counts >= min_count).sum()))
     for row, layer in enumerate(trace.model.moe_layers):
         top1 = trace.experts[row, :, 0]
         versions = np.stack([top1, *(rng.permutation(top1) for _ in range(shuffles))])

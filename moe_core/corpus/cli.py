@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from moe_core.arguments import capacity_factor, positive_int
 from moe_core.devices import DEVICE_CHOICES
 from moe_core.models import DEMO_MODEL
 
 
 def trace_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    from moe_core.cli import _capacity_factor, _positive_int
     from moe_core.corpus.runner import BATCH_TOKENS, SHARD_DOCUMENTS
 
     parser.add_argument("--model", default=DEMO_MODEL, help=f"bundled name, local folder or hub id ({DEMO_MODEL})")
@@ -19,10 +19,10 @@ def trace_corpus_arguments(parser: argparse.ArgumentParser) -> None:
                         "them, or a datasets name")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="folder for shards and manifest (resumes there)")
     parser.add_argument("--domain-field", default=None, help="JSON key or column naming each document's domain")
-    parser.add_argument("--batch-tokens", type=_positive_int, default=BATCH_TOKENS, help="padded tokens per pass")
-    parser.add_argument("--shard-documents", type=_positive_int, default=SHARD_DOCUMENTS, help="documents per shard")
-    parser.add_argument("--max-documents", type=_positive_int, default=None, help="stop after this many documents")
-    parser.add_argument("--capacity-factor", type=_capacity_factor, default=1.0, help="for the drop-by-position counts")
+    parser.add_argument("--batch-tokens", type=positive_int, default=BATCH_TOKENS, help="padded tokens per pass")
+    parser.add_argument("--shard-documents", type=positive_int, default=SHARD_DOCUMENTS, help="documents per shard")
+    parser.add_argument("--max-documents", type=positive_int, default=None, help="stop after this many documents")
+    parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0, help="for the drop-by-position counts")
     parser.add_argument("--weights", action="store_true", help="also store the combine weights (fp16)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off)")

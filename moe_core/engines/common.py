@@ -13,14 +13,14 @@ import binascii
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from moe_core.trace import ModelInfo, RoutingTrace, Tokens
-from moe_core.trace_checks import MAX_EXPERTS, MAX_LAYERS, TraceFormatError, build, check_budget
+from moe_core.trace_checks import TraceFormatError, build, check_budget, check_limits
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
@@ -79,6 +79,9 @@ class ModelHints:
     top_k: int | None = None
     num_layers: int | None = None
     moe_layers: tuple[int, ...] | None = None
+    num_shared_experts: int = 0  # shared experts an engine may fuse into the routed slots (SGLang)
+    grouped_top_k: bool = False  # group-limited/biased top-k (DeepSeek-style): engines leave its slots unsorted
+    pipeline_stages: int = 1  # Megatron-Core: stages that each number their layers from 0
     scoring: str | None = None
     context_length: int | None = None
     decode: Callable[[list[int]], str] | None = None
@@ -106,6 +109,8 @@ class Dump:
     num_experts: int | None = None
     num_experts_source: str = ""
     notes: list[str] = field(default_factory=list)
+    slots_ranked: bool = True  # is each row's first slot the first choice? (False: a set, e.g. by expert id)
+    ranked_why: str = ""  # why not, for the notes
 
 
 def int_grid(raw: Any, what: str, depth: int = 3) -> np.ndarray:
@@ -136,6 +141,8 @@ def integer_array(array: Any, what: str, ndim: int) -> np.ndarray:
         raise TraceFormatError(f"{what} must hold whole numbers, got {array.dtype}")
     if array.ndim != ndim:
         raise TraceFormatError(f"{what} must have {ndim} dimensions, got shape {list(array.shape)}")
+    if array.size and (int(array.min()) < -(2**31) or int(array.max()) >= 2**31):
+        raise TraceFormatError(f"{what} holds a number too large for an expert id or token id")  # not cast to -1
     return array.astype(np.int64)
 
 
@@ -199,8 +206,7 @@ def _shape_of(dump: Dump) -> tuple[int, int]:
     if len(shapes) > 1:
         raise TraceFormatError(f"the {dump.engine} dump's parts disagree on [MoE layers, k]: {sorted(shapes)}")
     num_layers, top_k = shapes.pop()
-    if not 1 <= num_layers <= MAX_LAYERS or top_k < 1:
-        raise TraceFormatError(f"the {dump.engine} dump has {num_layers} MoE layers and k = {top_k}")
+    check_limits(f"the {dump.engine} dump", layers=num_layers, k=top_k)
     return num_layers, top_k
 
 
@@ -222,7 +228,14 @@ def _layers(dump: Dump, hints: ModelHints, count: int) -> tuple[tuple[int, ...],
 
 
 def _num_experts(dump: Dump, hints: ModelHints, highest: int) -> tuple[int, str]:
-    """E: the model's config, else the dump's own count, else the highest id + 1 (said so in the notes)."""
+    """E: the model's config, else the dump's own count, else the highest id + 1 (said so in the notes), always
+    inside the experts limit."""
+    number, note = _experts_and_source(dump, hints, highest)
+    check_limits(f"the {dump.engine} dump", experts=number)
+    return number, note
+
+
+def _experts_and_source(dump: Dump, hints: ModelHints, highest: int) -> tuple[int, str]:
     if hints.num_experts is not None:
         if highest >= hints.num_experts:
             raise TraceFormatError(
@@ -234,8 +247,6 @@ def _num_experts(dump: Dump, hints: ModelHints, highest: int) -> tuple[int, str]
             raise TraceFormatError(f"expert id {highest} is outside 0 to {dump.num_experts - 1}")
         return dump.num_experts, f"E = {dump.num_experts} from {dump.num_experts_source}"
     count = highest + 1
-    if count > MAX_EXPERTS:
-        raise TraceFormatError(f"expert id {highest} is larger than any model has ({MAX_EXPERTS} experts at most)")
     return count, f"E = {count} is the highest expert id + 1 (pass --model to take E from its config)"
 
 
@@ -297,8 +308,8 @@ def _segment_notes(dump: Dump) -> list[str]:
 
 def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
     """The compact RoutingTrace of a dump (experts only: logits, probs and weights None), every field checked."""
-    segments = [segment for segment in dump.segments if len(segment.experts)]
-    dump = Dump(dump.engine, segments, dump.layers, dump.num_experts, dump.num_experts_source, dump.notes)
+    dump = replace(dump, segments=[segment for segment in dump.segments if len(segment.experts)])
+    segments = dump.segments
     num_layers, top_k = _shape_of(dump)
     experts = np.concatenate([segment.experts for segment in segments]).transpose(1, 0, 2)  # [L, T, k]
     if (experts < 0).any():
@@ -316,6 +327,11 @@ def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
         *([layers_note] if layers_note else []),
         *_segment_notes(dump),
         *dump.notes,
+        *(
+            [f"slots are not in rank order ({dump.ranked_why}): first-choice views count all top-k"]
+            if not dump.slots_ranked
+            else []
+        ),
     ]
     if hints.decode is None:
         notes.append("no tokenizer given: tokens show as #id (or ?position where the dump has no ids)")
@@ -333,7 +349,17 @@ def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
         notes=tuple(note[:500] for note in notes[:64]),
     )
     check_budget(model, len(tokens), ("experts",))
-    return build(model, texts, (False,) * len(texts), tokens, {"experts": experts})
+    return build(model, texts, (False,) * len(texts), tokens, {"experts": experts}, dump.slots_ranked)
+
+
+def serving_rank_order(hints: ModelHints) -> tuple[bool, str]:
+    """Whether a serving engine's (vLLM's, SGLang's) slots are in rank order: its plain top-k sorts them, its
+    grouped/biased top-k (DeepSeek-style routers) does not; without the model the order is unknown."""
+    if hints.architecture is None:
+        return False, "the model is unknown, so whether its top-k sorts its slots is too: pass --model"
+    if hints.grouped_top_k:
+        return False, f"{hints.name} uses grouped top-k, which the engine leaves unsorted"
+    return True, ""
 
 
 def known_runs(rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray, offset: int = 0) -> list[Segment]:

@@ -12,6 +12,8 @@ from typing import Any
 from moe_core.engines.common import ModelHints
 
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
+SHARED_EXPERT_KEYS = ("n_shared_experts", "num_shared_experts")
+GROUPED_TOP_K_KEYS = ("n_group", "topk_group")  # DeepSeek-style group-limited routing (vLLM/SGLang: grouped top-k)
 TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k", "moe_k")
 
 
@@ -82,6 +84,8 @@ def model_hints(model: str | None = None, tokenizer: str | None = None, trust_re
         top_k=_first_int(config, TOP_K_KEYS),
         num_layers=_first_int(config, ("num_hidden_layers", "num_layers")),
         moe_layers=_moe_layers(config, model, trust_remote_code),
+        num_shared_experts=_first_int(config, SHARED_EXPERT_KEYS) or 0,
+        grouped_top_k=all(getattr(config, key, None) is not None for key in GROUPED_TOP_K_KEYS),
         scoring=adapter_for(config.model_type).scoring,
         context_length=_first_int(config, ("max_position_embeddings", "n_positions", "max_seq_len")),
         decode=_decoder(load_tokenizer(tokenizer or model, trust_remote_code)),

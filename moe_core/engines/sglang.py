@@ -13,6 +13,7 @@ Loaded with torch.load(weights_only=True): a dump is data, never code.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -28,10 +29,11 @@ from moe_core.engines.common import (
     b64_bytes,
     integer_array,
     looks_base64,
+    serving_rank_order,
 )
 from moe_core.engines.vllm import NPY_BASE64
 from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import TraceFormatError
+from moe_core.trace_checks import MAX_TOKEN_ID, TraceFormatError, check_limits
 
 ENGINE = "SGLang"
 PADDING = -1  # the recorder's value in slots and layers that chose no expert
@@ -57,29 +59,60 @@ def _routed_strings(value: Any) -> list[tuple[dict, dict]]:
     return found
 
 
-def _flat_rows(text: Any, hints: ModelHints, what: str) -> np.ndarray:
-    """Base64 int32 to [tokens, L, k], with L and k from the model."""
-    if hints.moe_layers is None or hints.top_k is None:
-        raise TraceFormatError("SGLang's routed_experts are flat int32 without their shape: pass --model (its "
-                               "config gives the MoE layers and k)")  # fmt: skip
+def _flat_values(text: Any, what: str) -> np.ndarray:
     data = b64_bytes(text, what)
     if len(data) % 4:
         raise TraceFormatError(f"{what} is truncated: {len(data)} bytes is not a whole number of int32 values")
-    values = np.frombuffer(data, dtype="<i4").astype(np.int64)
-    width = len(hints.moe_layers) * hints.top_k
-    if len(values) % width:
-        raise TraceFormatError(f"{what} holds {len(values)} values, not whole tokens of {len(hints.moe_layers)} "
-                               f"MoE layers × k = {hints.top_k} ({hints.name})")  # fmt: skip
-    return values.reshape(-1, len(hints.moe_layers), hints.top_k)
+    return np.frombuffer(data, dtype="<i4").astype(np.int64)
 
 
-def _request_ids(response: dict, start: int, rows: int) -> np.ndarray | None:
-    """The routed tokens' ids when the response carries input_ids and output_ids (routing covers seqlen − 1)."""
+def _plausible(grid: np.ndarray, hints: ModelHints) -> bool:
+    """A reading of the buffer [tokens, hidden layers, width] as SGLang writes it: dense layers never written (0),
+    the MoE layers' routed slots inside 0…E−1."""
+    moe = list(hints.moe_layers or ())
+    dense = [layer for layer in range(grid.shape[1]) if layer not in moe]
+    routed = grid[:, moe, : hints.top_k]
+    inside = routed.min(initial=0) >= 0 and (hints.num_experts is None or routed.max(initial=0) < hints.num_experts)
+    return bool(inside and not grid[:, dense].any())
+
+
+def _flat_rows(text: Any, hints: ModelHints, what: str, tokens: int | None = None) -> np.ndarray:
+    """Base64 int32 in the capturer's layout [tokens, num_hidden_layers, k + fused shared experts] (dense layers
+    stay 0, a valid expert id) to the MoE layers' routed slots [tokens, L, k]. The width is k, or k plus the shared
+    experts SGLang may fuse; the reading whose dense layers are zero and routed ids valid is the one kept."""
+    if hints.moe_layers is None or hints.top_k is None or hints.num_layers is None:
+        raise TraceFormatError("SGLang's routed_experts are flat int32 without their shape: pass --model (its "
+                               "config gives the hidden layers, the MoE layers and k)")  # fmt: skip
+    values = _flat_values(text, what)
+    layers, top_k = hints.num_layers, hints.top_k
+    widths = dict.fromkeys((top_k, top_k + hints.num_shared_experts))
+    fits = [w for w in widths if len(values) % (layers * w) == 0 and len(values) // (layers * w) > 0]
+    fits = [w for w in fits if tokens is None or len(values) == tokens * layers * w]
+    readings = {w: values.reshape(-1, layers, w) for w in fits}
+    kept = [w for w, grid in readings.items() if _plausible(grid, hints)]
+    slots = " or ".join(f"{w}" for w in widths)
+    if not readings:
+        counted = "" if tokens is None else f" for its {tokens} tokens"
+        raise TraceFormatError(f"{what} holds {len(values)} values, not whole tokens of {layers} hidden layers × "
+                               f"{slots} slots{counted} ({hints.name}'s layout in SGLang)")  # fmt: skip
+    if not kept:
+        raise TraceFormatError(f"{what} is not SGLang's layout for {hints.name}: its dense layers are not all 0 or "
+                               f"an expert id lies outside 0 to {(hints.num_experts or 1) - 1}")  # fmt: skip
+    if len(kept) > 1:
+        shown = " or ".join(f"{len(readings[w])} tokens of {w} slots" for w in kept)
+        raise TraceFormatError(f"{what} reads as {shown}: the response's input_ids and output_ids would say which "
+                               "(were the shared experts fused?)")  # fmt: skip
+    return readings[kept[0]][:, list(hints.moe_layers), :top_k]
+
+
+def _request_ids(response: dict, start: int) -> np.ndarray | None:
+    """The routed tokens' ids when the response carries input_ids and output_ids: routing covers positions
+    [start, seqlen − 1), the last token never being fed back."""
     pieces = [response.get("input_ids"), response.get("output_ids")]
-    if any(type(p) is not list or any(type(v) is not int or v < 0 for v in p) for p in pieces):
+    if any(type(p) is not list or any(type(v) is not int or not 0 <= v <= MAX_TOKEN_ID for v in p) for p in pieces):
         return None
-    ids = np.asarray(pieces[0] + pieces[1], dtype=np.int64)[start : start + rows]
-    return ids if len(ids) == rows else None
+    ids = np.asarray(pieces[0] + pieces[1], dtype=np.int64)[start:-1]
+    return ids if len(ids) else None
 
 
 def _request_segments(value: Any, hints: ModelHints, notes: list[str]) -> list[Segment]:
@@ -87,11 +120,13 @@ def _request_segments(value: Any, hints: ModelHints, notes: list[str]) -> list[S
         return [Segment(_flat_rows(value, hints, "the base64 routed_experts"))]
     segments = []
     for number, (response, holder) in enumerate(_routed_strings(value)):
-        rows = _flat_rows(holder["routed_experts"], hints, f"response {number}'s routed_experts")
         start = holder.get("routed_experts_start_len", 0)
         if type(start) is not int or start < 0:
             raise TraceFormatError(f"response {number}'s routed_experts_start_len must be a whole number >= 0")
-        segments.append(Segment(rows, _request_ids(response, start, len(rows)), start))
+        ids = _request_ids(response, start)
+        what = f"response {number}'s routed_experts"
+        rows = _flat_rows(holder["routed_experts"], hints, what, None if ids is None else len(ids))
+        segments.append(Segment(rows, ids, start))
     if not segments:
         raise TraceFormatError("no routed_experts in the SGLang response (was return_routed_experts set?)")
     if any(s.ids is None for s in segments):
@@ -132,11 +167,12 @@ def _map(dump: Any) -> np.ndarray:
     mapping = _numpy(dump["last_physical_to_logical_map"], "last_physical_to_logical_map", 2)
     if mapping.size == 0 or mapping.min() < 0:
         raise TraceFormatError("last_physical_to_logical_map must map every physical expert to a logical one >= 0")
+    check_limits("the SGLang dump's last_physical_to_logical_map", layers=len(mapping), experts=int(mapping.max()) + 1)
     return mapping
 
 
 def _record(record: Any, number: int, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """(logical ids [layers, n, slots] with PADDING, input ids [n], positions [n], tokens per request)."""
+    """(physical ids [layers, n, slots] with PADDING, input ids [n], positions [n], tokens per request)."""
     if type(record) is not dict:
         raise TraceFormatError(f"record {number} is not a dict")
     missing = [k for k in ("topk_ids_of_layer", "input_ids", "positions") if k not in record]
@@ -153,9 +189,12 @@ def _record(record: Any, number: int, mapping: np.ndarray) -> tuple[np.ndarray, 
         raise TraceFormatError(f"record {number} has a physical expert id outside 0 to {mapping.shape[1] - 1}")
     if (ids < 0).any() or (positions < 0).any():
         raise TraceFormatError(f"record {number} has a negative token id or position")
-    rows = np.arange(layers)[:, None, None]
-    logical = np.where(physical >= 0, mapping[rows, np.maximum(physical, 0)], PADDING)
-    return logical, ids, positions, _lengths(record.get("extend_seq_lens"), count, number)
+    return physical, ids, positions, _lengths(record.get("extend_seq_lens"), count, number)
+
+
+def _logical(physical: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    rows = np.arange(len(physical))[:, None, None]
+    return np.where(physical >= 0, mapping[rows, np.maximum(physical, 0)], PADDING)
 
 
 def _lengths(raw: Any, count: int, number: int) -> list[int]:
@@ -168,35 +207,66 @@ def _lengths(raw: Any, count: int, number: int) -> list[int]:
     return [n for n in lengths if n]
 
 
-def _routed_shape(records: list[np.ndarray]) -> tuple[np.ndarray, int]:
-    """The MoE layers (rows with any expert) and k (slots in use), checking that no chosen slot is padding."""
+def _padded_shape(records: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """The MoE layers (rows with any expert) and k (slots in use) of passes padded with -1."""
     used = np.zeros(records[0].shape[0], dtype=bool)
     slots = 0
-    for logical in records:
-        chosen = logical != PADDING
+    for physical in records:
+        chosen = physical != PADDING
         used |= chosen.any(axis=(1, 2))
         columns = np.flatnonzero(chosen.any(axis=(0, 1)))
         slots = max(slots, int(columns[-1]) + 1 if len(columns) else 0)
-    layers = np.flatnonzero(used)
+    return np.flatnonzero(used), slots
+
+
+def _zero_filled_shape(records: list[np.ndarray], notes: list[str]) -> tuple[np.ndarray, int]:
+    """The recorder's very first pass fills a buffer created with zeros: layers it never wrote (dense ones) and
+    slots past k read 0, a valid physical id. A layer that is 0 in every slot of every token, and trailing slots
+    that are 0 throughout, are taken as never written (one token never goes to one expert twice)."""
+    layers = np.asarray([layer for layer in range(records[0].shape[0]) if any(r[layer].any() for r in records)])
+    if not len(layers):
+        return layers, 0
+    columns = [c for c in range(records[0].shape[2]) if any(r[layers, :, c].any() for r in records)]
+    slots = columns[-1] + 1 if columns else 1
+    if len(layers) < records[0].shape[0] or slots < records[0].shape[2]:
+        notes.append("the dump pads with 0, not -1 (the recorder's first pass, before any reset): layers and slots "
+                     "that are 0 for every token are read as never written, not as routing to expert 0")  # fmt: skip
+    return layers, slots
+
+
+def _routed_shape(records: list[np.ndarray], hints: ModelHints, notes: list[str]) -> tuple[np.ndarray, int]:
+    """The MoE layers and k: from the model's config when given, else from the passes padded with -1, else (only
+    zero-padded first passes) from what was written; no chosen slot may then be padding."""
+    total_layers, width = records[0].shape[0], records[0].shape[2]
+    if hints.moe_layers is not None and hints.top_k is not None:
+        if max(hints.moe_layers) >= total_layers or hints.top_k > width:
+            needs = f"MoE layers up to {max(hints.moe_layers)}, k = {hints.top_k}"
+            raise TraceFormatError(f"the SGLang dump has {total_layers} layers × {width} slots, too few for "
+                                   f"{hints.name} ({needs})")  # fmt: skip
+        layers, slots = np.asarray(hints.moe_layers), hints.top_k
+    elif padded := [r for r in records if (r == PADDING).any()]:
+        layers, slots = _padded_shape(padded)
+    else:
+        layers, slots = _zero_filled_shape(records, notes)
     if not len(layers):
         raise TraceFormatError("the SGLang dump records no expert at any layer")
-    for number, logical in enumerate(records):
-        if (logical[layers, :, :slots] == PADDING).any():
+    for number, physical in enumerate(records):
+        if (physical[layers, :, :slots] == PADDING).any():
             raise TraceFormatError(f"record {number}: some tokens have no expert in an MoE layer (a partial record)")
     return layers, slots
 
 
-def _recorder_segments(dump: Any, notes: list[str]) -> tuple[list[Segment], np.ndarray, int]:
+def _recorder_segments(dump: Any, hints: ModelHints, notes: list[str]) -> tuple[list[Segment], np.ndarray, int]:
     mapping = _map(dump)
     parsed = [_record(record, number, mapping) for number, record in enumerate(dump["records"])]
     parsed = [p for p in parsed if p[0].shape[1]]
     if not parsed:
         raise TraceFormatError("the SGLang dump holds no records with tokens")
-    layers, slots = _routed_shape([p[0] for p in parsed])
+    layers, slots = _routed_shape([p[0] for p in parsed], hints, notes)
     segments: list[Segment] = []
     previous_single = False
-    for logical, ids, positions, lengths in parsed:
-        rows = logical[layers, :, :slots].transpose(1, 0, 2)
+    for physical, ids, positions, lengths in parsed:
+        rows = _logical(physical, mapping)[layers, :, :slots].transpose(1, 0, 2)
         bounds = np.cumsum([0, *lengths])
         pieces = [slice(a, b) for a, b in pairwise(bounds)]
         for piece in pieces:
@@ -220,12 +290,14 @@ def read(payload: Payload, hints: ModelHints) -> RoutingTrace:
     """The compact trace of an SGLang response, base64 text or per_token recorder dump."""
     notes: list[str] = []
     if payload.data.startswith(ZIP_MAGIC):
-        segments, layers, count = _recorder_segments(_load_pt(payload.data), notes)
+        segments, layers, count = _recorder_segments(_load_pt(payload.data), hints, notes)
         dump = Dump(ENGINE, segments, tuple(int(layer) for layer in layers), count,
                     "the dump's physical-to-logical map", notes)  # fmt: skip
-        return assemble(dump, hints)
-    value = payload.data.decode("ascii", "replace") if looks_base64(payload.head) else payload.json
-    return assemble(Dump(ENGINE, _request_segments(value, hints, notes), notes=notes), hints)
+    else:
+        value = payload.data.decode("ascii", "replace") if looks_base64(payload.head) else payload.json
+        dump = Dump(ENGINE, _request_segments(value, hints, notes), notes=notes)
+    ranked, why = serving_rank_order(hints)
+    return assemble(replace(dump, slots_ranked=ranked, ranked_why=why), hints)
 
 
 def sniff(payload: Payload) -> bool:

@@ -28,9 +28,10 @@ from moe_core.engines.common import (
     looks_base64,
     npy_array,
     position_ranges,
+    serving_rank_order,
 )
 from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import TraceFormatError
+from moe_core.trace_checks import MAX_TOKEN_ID, TraceFormatError
 
 ENGINE = "vLLM"
 CACHED = -1  # vLLM's value in every slot of a prefix-cached position
@@ -53,8 +54,8 @@ def _array(value: Any, what: str) -> np.ndarray | None:
 def _ids(value: Any, what: str) -> np.ndarray | None:
     if value is None:
         return None
-    if type(value) is not list or any(type(v) is not int or v < 0 for v in value):
-        raise TraceFormatError(f"{what} must be a list of token ids (whole numbers >= 0)")
+    if type(value) is not list or any(type(v) is not int or not 0 <= v <= MAX_TOKEN_ID for v in value):
+        raise TraceFormatError(f"{what} must be a list of token ids (whole numbers from 0 to {MAX_TOKEN_ID:,})")
     return np.asarray(value, dtype=np.int64)
 
 
@@ -167,7 +168,8 @@ def read(payload: Payload, hints: ModelHints) -> RoutingTrace:
     segments = _segments(parts, notes)
     if not segments:
         raise TraceFormatError("every position of the vLLM dump came from the prefix cache: no routing to show")
-    return assemble(Dump(ENGINE, segments, notes=notes), hints)
+    ranked, why = serving_rank_order(hints)
+    return assemble(Dump(ENGINE, segments, notes=notes, slots_ranked=ranked, ranked_why=why), hints)
 
 
 def _is_response(value: Any) -> bool:

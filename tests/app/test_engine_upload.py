@@ -66,3 +66,18 @@ def test_megatron_ranks_uploaded_together_are_merged(rows: tuple[np.ndarray, np.
     assert f"{2 * len(experts)} tokens" in at.caption[0].value
     assert any("step 0 rank 0, step 0 rank 1" in c.value for c in at.caption)
     assert any("router_trace_rank0.jsonl" in i.value and "and 1 more files" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("view", ["routing", "load", "flow", "capacity"])
+def test_megatron_sets_are_not_shown_as_first_choices(rows: tuple[np.ndarray, np.ndarray], view: str) -> None:
+    """Megatron-Core writes each token's experts by ascending id: every view that reads a first choice says, in
+    one sentence, that this trace has none, and draws its set-based fallback without an error."""
+    ascending = np.sort(rows[0], axis=2)
+    at = run_app(
+        {"view": view}, setup=_upload("router_trace_rank0.jsonl", "\n".join(_megatron_lines(ascending)).encode())
+    )
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    infos = [info.value for info in at.info]
+    assert any("not which came first" in info for info in infos), infos
+    if view == "load":
+        assert not at.radio or all(radio.key != "load_count" for radio in at.radio)  # no first-choice count offered
