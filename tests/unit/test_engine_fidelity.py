@@ -296,7 +296,8 @@ def _set_trace(sets: list[list[list[int]]], num_experts: int) -> RoutingTrace:
 
 
 def test_unranked_capacity_serves_each_token_whole() -> None:
-    """t0 {0,1}, t1 {1,0}, t2 {0,1} and C = ⌈2/3 · k 2 · T 3 / E 2⌉ = 2. Ranked, every first choice goes before every second: expert 0 takes t0, t2 (first choices) and turns away
+    """t0 {0,1}, t1 {1,0}, t2 {0,1} and C = ⌈2/3 · k 2 · T 3 / E 2⌉ = 2. Ranked, every first choice goes
+    before every second: expert 0 takes t0, t2 (first choices) and turns away
     t1; expert 1 takes t1 then t0 and turns away t2. As sets, token by token: both experts take t0 and t1 and
     turn t2 away twice."""
     sets = [[[0, 1], [1, 0], [0, 1]]]
