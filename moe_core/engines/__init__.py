@@ -90,12 +90,10 @@ def detect(payload: Payload) -> str:
     for name, engine in FORMATS.items():
         if engine.sniff(payload):
             return name
-    if payload.name.endswith((".json", ".parquet")):
-        return "trace"  # its reader says precisely what is wrong (bad JSON, a missing field…)
-    raise TraceFormatError(
-        f"{payload.name[:80]}: not a format this tool recognises (a saved trace, a vLLM or SGLang response, an "
-        "SGLang per_token dump or a Megatron-Core router trace)"
-    )
+    if payload.name.endswith(".parquet") or (payload.name.endswith(".json") and payload.json_or_none() is None):
+        return "trace"  # not valid JSON or Parquet: its reader says precisely what is wrong
+    formats = "; ".join(engine.title for engine in FORMATS.values())
+    raise TraceFormatError(f"{payload.name[:80]}: not a routing file this tool reads (it reads {formats})")
 
 
 def _format(source: str, payload: Payload) -> EngineFormat:

@@ -362,7 +362,10 @@ def test_malformed_megatron_is_one_line(line: str, expected: str) -> None:
 def test_oversized_and_unknown_files_are_refused() -> None:
     """The documented size limit holds before parsing; a file no sniffer claims is named as such."""
     assert "MB" in _refusal(b" " * (MAX_TRACE_BYTES + 1), "big.json")
-    assert "not a format this tool recognises" in _refusal(b"hello, world", "notes.bin")
+    assert "not a routing file this tool reads" in _refusal(b"hello, world", "notes.bin")
+    unrelated = _refusal(b'{"name": "package.json", "version": null}', "package.json")  # valid JSON, no routing
+    assert unrelated.startswith("package.json: not a routing file this tool reads (it reads a routing trace saved")
+    assert "Megatron-Core router trace" in unrelated and "format version" not in unrelated
 
 
 def test_sniffing_is_a_table_that_knows_the_saved_trace(original: RoutingTrace) -> None:
