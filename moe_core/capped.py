@@ -132,6 +132,12 @@ class Counterfactual:
         return float(np.mean(np.concatenate(lost))) if lost else float("nan")
 
     @property
+    def mean_experts_per_token(self) -> float:
+        """Experts that served each (layer, token), on average: k minus drops; any number under expert-choice."""
+        served = [(layer.kept & (layer.experts != DROPPED)).sum(axis=1) for layer in self.layers]
+        return float(np.mean(np.concatenate(served))) if served else float("nan")
+
+    @property
     def mean_delta_loss(self) -> float:
         return float(np.nanmean(self.delta_loss)) if np.isfinite(self.delta_loss).any() else float("nan")
 

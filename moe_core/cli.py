@@ -32,7 +32,7 @@ from moe_core.corpus import cli as corpus_cli
 from moe_core.devices import DEVICE_CHOICES
 from moe_core.engines.command import run_show, show_arguments
 from moe_core.models import DEMO_MODEL, load_model
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.trace import DROPPED, RoutingTrace, Tokens
 from moe_core.trace_io import model_json, save_trace, to_json_dict
 
 EXIT_BAD_INPUT = 2
@@ -151,9 +151,28 @@ def _rates(values: Any) -> list[float | None]:
     return [None if math.isnan(v) else round(float(v), 6) for v in values]
 
 
+def _token_rows(tokens: Tokens) -> list[dict[str, Any]]:
+    """Each token as the capacity and counterfactual JSON list it: id, text, sequence, position."""
+    return [
+        {
+            "id": int(tokens.ids[i]),
+            "text": tokens.text[i],
+            "sequence": int(tokens.sequence[i]),
+            "position": int(tokens.position[i]),
+        }
+        for i in range(len(tokens))
+    ]
+
+
 def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str) -> dict[str, Any]:
+    """The `capacity` contract: the model and tokens (so drops match tokens), then per layer C per group, each
+    slot kept or not, and per expert its demand (slots routed to it) and kept slots; `fill` is `kept_slots`
+    under its older name."""
     result = simulate_capacity(routing, factor, policy=policy, group=group)
     return {
+        "model": model_json(routing.model),
+        "slots_ranked": routing.slots_ranked,
+        "tokens": _token_rows(routing.tokens),
         "capacity_factor": factor,
         "policy": policy,
         "group": group,
@@ -162,6 +181,8 @@ def capacity_json(routing: RoutingTrace, factor: float, policy: str, group: str)
                 "layer": layer,
                 "capacity": result.capacity[row].tolist(),
                 "kept": result.kept[row].tolist(),
+                "demand": result.demand[row].tolist(),
+                "kept_slots": result.fill[row].tolist(),
                 "fill": result.fill[row].tolist(),
                 "drop_rate_by_position": _rates(result.drop_rate_by_position[row]),
             }
@@ -195,15 +216,7 @@ def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
             "top_k": result.top_k,
             "min_capacity": result.min_capacity,
         },
-        "tokens": [
-            {
-                "id": int(tokens.ids[i]),
-                "text": tokens.text[i],
-                "sequence": int(tokens.sequence[i]),
-                "position": int(tokens.position[i]),
-            }
-            for i in range(len(tokens))
-        ],
+        "tokens": _token_rows(tokens),
         "plain": {"loss": _rates(result.plain_loss)},
         "capped": {"loss": _rates(result.capped_loss), "layers": layers},
         "delta_loss": _rates(result.delta_loss),
@@ -211,8 +224,10 @@ def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
         "top1_changed": [None if c < 0 else bool(c) for c in result.top1_changed.tolist()],
         "summary": {
             "mean_delta_loss": _rates([result.mean_delta_loss])[0],
-            "dropped_slot_rate": _rates([result.dropped_slot_rate])[0],
+            # expert-choice turns no slot away (each expert picks its tokens): the rate is undefined, not 0
+            "dropped_slot_rate": None if trim else _rates([result.dropped_slot_rate])[0],
             "fully_dropped_token_rate": _rates([result.fully_dropped_token_rate])[0],
+            "mean_experts_per_token": _rates([result.mean_experts_per_token])[0],
         },
     }
 

@@ -43,7 +43,7 @@ from moe_core.analyses.drops import (
     tail_cost,
 )
 from moe_core.analyses.routing import token_frame
-from moe_core.capacity import CapacityResult, simulate_capacity
+from moe_core.capacity import EXPERT_CHOICE, CapacityResult, simulate_capacity
 from moe_core.capped import Counterfactual
 from moe_core.trace import DROPPED, RoutingTrace
 
@@ -165,7 +165,11 @@ def _cost_summary(capped: Counterfactual) -> None:
     changed = capped.top1_changed[capped.top1_changed >= 0]
     columns = st.columns(4)
     columns[0].metric("mean Δloss", f"{capped.mean_delta_loss:+.3f} nats", help="capacity-bound minus plain loss")
-    columns[1].metric("slots dropped", f"{capped.dropped_slot_rate:.1%}", help="over all MoE layers")
+    if capped.policy == EXPERT_CHOICE:  # no slot is turned away: each expert picks its tokens
+        columns[1].metric("experts per token", f"{capped.mean_experts_per_token:.2f}", help="mean over layers and "
+                          f"tokens (top-{capped.model.top_k} routing gives {capped.model.top_k})")  # fmt: skip
+    else:
+        columns[1].metric("slots dropped", f"{capped.dropped_slot_rate:.1%}", help="over all MoE layers")
     columns[2].metric("tokens with no expert", f"{capped.fully_dropped_token_rate:.1%}", help="per layer and token")
     columns[3].metric("top-1 prediction changed", f"{changed.mean() if len(changed) else 0:.1%}")
     if np.isfinite(first) and np.isfinite(last):

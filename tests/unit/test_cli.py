@@ -81,6 +81,16 @@ def test_capacity_json(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path)
         assert kept.shape[1] == 2 and sum(layer["fill"]) == int(kept.sum())
         assert max(layer["fill"]) <= layer["capacity"][0]
     assert len(data["drop_rate_by_position"]) == kept.shape[0]
+    # drops can be matched to tokens, and each expert's demand against what it kept (recounted from the trace)
+    routing = json.loads(_run(capsys, "trace", "--model", str(tiny_model_dir), "--text", text)[1])
+    assert data["tokens"] == [{k: t[k] for k in ("id", "text", "sequence", "position")} for t in routing["tokens"]]
+    assert data["model"]["name"] == str(tiny_model_dir) and data["slots_ranked"] is True
+    for layer, traced in zip(data["layers"], routing["layers"], strict=True):
+        experts, kept = np.asarray(traced["experts"]), np.asarray(layer["kept"])
+        num_experts = data["model"]["num_experts"]
+        assert layer["demand"] == np.bincount(experts.ravel(), minlength=num_experts).tolist()
+        assert layer["kept_slots"] == np.bincount(experts[kept], minlength=num_experts).tolist() == layer["fill"]
+        assert sum(layer["demand"]) > sum(layer["kept_slots"])  # CF 0.5 drops
 
 
 @pytest.mark.parametrize(

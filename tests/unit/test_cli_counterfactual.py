@@ -32,7 +32,8 @@ def test_json_contract_and_layer0_equals_the_static_simulation(
     delta = capped - plain; layer 0's kept mask is the `capacity` command's (same input, same rule)."""
     data = _json(capsys, *_args(tiny_model_dir, "--capacity-factor", "0.5", "--policy", policy, "--format", "json"))
     assert set(data) >= {"model", "tokens", "plain", "capped", "delta_loss", "kl", "top1_changed", "summary"}
-    assert set(data["summary"]) == {"mean_delta_loss", "dropped_slot_rate", "fully_dropped_token_rate"}
+    assert set(data["summary"]) == {"mean_delta_loss", "dropped_slot_rate", "fully_dropped_token_rate",
+                                    "mean_experts_per_token"}  # fmt: skip
     tokens = data["tokens"]
     assert set(tokens[0]) == {"id", "text", "sequence", "position"}
     last = [i == len(tokens) - 1 or tokens[i + 1]["sequence"] != t["sequence"] for i, t in enumerate(tokens)]
@@ -48,6 +49,8 @@ def test_json_contract_and_layer0_equals_the_static_simulation(
     assert data["capped"]["layers"][0]["capacity"] == capacity["layers"][0]["capacity"]
     kept = [k for layer in data["capped"]["layers"] for row in layer["kept"] for k in row]
     assert data["summary"]["dropped_slot_rate"] == pytest.approx(1 - np.mean(kept), abs=1e-6)
+    top_k = data["model"]["top_k"]
+    assert data["summary"]["mean_experts_per_token"] == pytest.approx(top_k * np.mean(kept), abs=1e-6)
 
 
 def test_expert_choice_rows_list_the_experts_that_took_each_token(
@@ -63,6 +66,12 @@ def test_expert_choice_rows_list_the_experts_that_took_each_token(
         assert (counts == min(capacity, len(rows))).all()
     assert all(all(row) for row in layer["kept"])
     assert len({len(row) for row in layer["experts"]}) > 1
+    # no slot is turned away under expert-choice: the rate is undefined; what it costs is tokens no expert took
+    summary = data["summary"]
+    assert summary["dropped_slot_rate"] is None
+    rows = [row for layer in data["capped"]["layers"] for row in layer["experts"]]
+    assert summary["mean_experts_per_token"] == pytest.approx(np.mean([len(row) for row in rows]), abs=1e-6)
+    assert summary["fully_dropped_token_rate"] == pytest.approx(np.mean([not row for row in rows]), abs=1e-6)
 
 
 def test_top_k_what_if_is_reported(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
