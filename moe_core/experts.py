@@ -178,14 +178,18 @@ class _InputSeen(Exception):
 
 
 @torch.inference_mode()
-def experts_input(model: nn.Module, tokenizer: Any, texts: Sequence[str], block: MoeBlock) -> torch.Tensor:
+def experts_input(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], block: MoeBlock, max_tokens: int | None = None
+) -> torch.Tensor:
     """[tokens, H] the hidden states `block`'s experts receive for `texts`, padding rows dropped.
 
     The pass stops at that block (the layers after it are never run), so reading layer 0's input costs one
-    embedding and one attention, not a whole forward.
+    embedding and one attention, not a whole forward. Texts are cut as trace() cuts them: to the context, or to
+    `max_tokens` (a trace made with max_tokens).
     """
     _require_experts_call(model)
-    _, batch, _ = tokenize(tokenizer, list(texts), context_length(model))  # truncated as trace() truncates
+    limits = [limit for limit in (max_tokens, context_length(model)) if limit]
+    _, batch, _ = tokenize(tokenizer, list(texts), min(limits) if limits else None)
     seen: list[torch.Tensor] = []
 
     def keep(_module: nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
@@ -252,7 +256,11 @@ def expert_study(model: nn.Module, tokenizer: Any, routing: RoutingTrace, layer_
     block = moe_block(model, layer_row)
     num_weighted = computed_experts(model, routing.model.num_experts)  # zero-computation classes left out
     with forward_lock(model):  # the expert weights are read here, and the ablation proof zeroes them in place
-        hidden = experts_input(model, tokenizer, routing.texts, block)
+        longest = int(np.bincount(routing.tokens.sequence).max())  # every text cut to the trace's own length
+        hidden = experts_input(model, tokenizer, routing.texts, block, longest)
+        if len(hidden) != len(routing.tokens):
+            raise ValueError(f"the model reads {len(hidden)} tokens where the trace has {len(routing.tokens)}: "
+                             "was the trace made with another tokenizer?")  # fmt: skip
         norms = output_norms(model, block, hidden, num_weighted, routing.model.top_k)
         similarity = weight_similarity(block.experts, num_weighted)
         matrices = matrix_similarities(block.experts, num_weighted)

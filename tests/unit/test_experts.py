@@ -175,3 +175,19 @@ def test_expert_study_reads_the_expert_weights_under_the_models_lock(
         monkeypatch.setattr(experts_module, name, checked)
     experts_module.expert_study(model, demo_tokenizer, routing, 0)
     assert held == {"output_norms": True, "weight_similarity": True, "matrix_similarities": True}
+
+
+def test_expert_study_of_a_trace_made_with_max_tokens(demo_tokenizer: Any) -> None:
+    """A trace cut with max_tokens: the study reads the same 12 tokens (it re-tokenised the whole text and
+    raised a broadcast error). In a causal model the first 12 tokens' expert inputs do not depend on what follows,
+    so its norms are those of the whole text's first 12 rows."""
+    model = build_tiny_model("mixtral")
+    text = "Tokens past the cut must not reach the Closer Look at all. " * 3
+    routing = trace(model, demo_tokenizer, text, max_tokens=12)
+    assert len(routing.tokens) == 12 and routing.truncated == (True,)
+    study = experts_module.expert_study(model, demo_tokenizer, routing, 0)
+    block = moe_block(model, 0)
+    whole = experts_input(model, demo_tokenizer, [text], block)
+    assert len(whole) > 12
+    expected = norm_preference(routing, 0, output_norms(model, block, whole[:12], 8, 2))
+    pd.testing.assert_frame_equal(study.preference, expected)
