@@ -24,7 +24,7 @@ from app.operator import operator_options
 from app.safe_text import md_code, md_text, neutral_bidi, one_line
 from app.state import URL_KEYS
 from moe_core.analyses import corpus as frames
-from moe_core.corpus.shards import MANIFEST, TOTAL_SUMMARY, load_manifest
+from moe_core.corpus.shards import MANIFEST, TOTAL_SUMMARY, corpus_file, load_manifest
 from moe_core.corpus.summary import POLICY, CorpusSummary, load_summary
 
 CORPUS_KEY = "corpus"  # session state and URL parameter: the name of the corpus shown ("" for none)
@@ -64,7 +64,7 @@ def summarized_corpora(root: Path) -> dict[str, Path]:
 def _read(folder: str, stamp: float) -> tuple[CorpusSummary, dict[str, Any]]:
     """The summary and manifest, read once per version of the summary file (`stamp`: its mtime)."""
     path = Path(folder)
-    return load_summary(path / TOTAL_SUMMARY), load_manifest(path)
+    return load_summary(corpus_file(path, TOTAL_SUMMARY)), load_manifest(path)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

@@ -25,6 +25,7 @@ from moe_core.corpus.documents import Document, read_documents, shard_chunks
 from moe_core.corpus.shards import (
     TOTAL_SUMMARY,
     TracedDocument,
+    corpus_file,
     load_manifest,
     open_manifest,
     owner,
@@ -281,7 +282,7 @@ def corpus_total(folder: Path) -> CorpusSummary:
         model = manifest["model"]
         factor = manifest["settings"]["capacity_factor"]
         return empty_summary(model["moe_layers"], model["num_experts"], model["top_k"], factor)
-    return add_all(load_summary(folder / record["summary"]) for record in manifest["shards"])
+    return add_all(load_summary(corpus_file(folder, record["summary"])) for record in manifest["shards"])
 
 
 def write_total(folder: Path) -> CorpusSummary:

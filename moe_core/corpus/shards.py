@@ -125,17 +125,41 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def corpus_file(folder: Path, name: str) -> Path:
+    """`name` inside the corpus folder, resolved: a link that leads out of the folder is refused (the app reads
+    only what the operator put there)."""
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ValueError(f"{name} lies outside the corpus folder (a link): not read")
+    return path
+
+
+def _check_manifest(manifest: Any) -> dict[str, Any]:
+    """The fields readers use, each of the right type (a damaged manifest is one sentence, never a KeyError)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{MANIFEST} is not a {MANIFEST_FORMAT} manifest")
+    model, settings, shards = manifest.get("model"), manifest.get("settings"), manifest.get("shards")
+    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("name", "architecture")):
+        raise ValueError(f"{MANIFEST}'s model must be an object with a name and an architecture")
+    if not isinstance(settings, dict) or type(settings.get("capacity_factor")) not in {int, float}:
+        raise ValueError(f"{MANIFEST}'s settings must be an object with a capacity_factor")
+    if not isinstance(shards, list) or not all(isinstance(r, dict) and isinstance(r.get("summary"), str)
+                                               for r in shards):  # fmt: skip
+        raise ValueError(f"{MANIFEST}'s shards must be a list of records, each naming its summary")
+    return manifest
+
+
 def load_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest, checked; messages name files, never the server's folders."""
     path = folder / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{folder} has no {MANIFEST}: trace a corpus into it first (python -m moe_core trace-corpus)")
+        raise ValueError(f"the folder has no {MANIFEST}: trace a corpus into it (python -m moe_core trace-corpus)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable manifest: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a {MANIFEST_FORMAT} manifest")
-    return manifest
+        manifest = json.loads(corpus_file(folder, MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{MANIFEST} is not a readable manifest ({type(error).__name__})") from None
+    return _check_manifest(manifest)
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

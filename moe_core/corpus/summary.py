@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import reduce
@@ -22,6 +23,7 @@ import numpy as np
 
 from moe_core.capacity import check_capacity_factor, expert_capacity, kept_slots, position_order
 from moe_core.trace import DROPPED
+from moe_core.trace_checks import check_limits
 
 SUMMARY_FORMAT = "moe-corpus-summary/1"
 POLICY, GROUP = "position", "sequence"  # the drop curve's capacity rule: GShard/OpenMoE order, one group a document
@@ -289,17 +291,107 @@ def save_summary(summary: CorpusSummary, path: Path) -> None:
     write_atomically(path, summary_bytes(summary))
 
 
-def load_summary(path: Path) -> CorpusSummary:
-    """A summary written by save_summary; ValueError for a file that is not one."""
+MAX_SUMMARY_BYTES = 128 * 2**20  # decompressed arrays (a DeepSeek-V3 corpus: ~62 MB); refused above before any is read
+INTEGER_FIELDS = {"num_experts", "top_k", "documents", "tokens", "truncated"}
+
+
+def _npy_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each member's (shape, dtype) from its .npy header alone, and the declared sizes bounded: a few MB of
+    compressed zeros can declare gigabytes (zipfile stops a member at its declared size)."""
+    headers, total = {}, 0
+    for info in archive.infolist():
+        total += info.file_size
+        if total > MAX_SUMMARY_BYTES or not info.filename.endswith(".npy"):
+            why = "is too large" if total > MAX_SUMMARY_BYTES else f"holds {info.filename[:40]!r}"
+            raise ValueError(f"{name} {why} (a summary is .npy arrays of at most {MAX_SUMMARY_BYTES // 2**20} MiB)")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in reader:
+                raise ValueError(f"{name} has an array of .npy version {version}")
+            shape, _, dtype = reader[version](member)
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size:
+            raise ValueError(f"{name}'s {info.filename[:40]} is not a plain array of its declared size")
+        headers[info.filename[: -len(".npy")]] = (tuple(shape), dtype)
+    return headers
+
+
+def _meta(raw: Any, name: str) -> dict[str, Any]:
+    """The settings, every one checked for its type and range."""
+    if type(raw) is not dict or raw.pop("format", None) != SUMMARY_FORMAT:
+        raise ValueError(f"{name} is not a {SUMMARY_FORMAT} file")
+    missing = [f for f in _META_FIELDS if f not in raw]
+    if missing or set(raw) - set(_META_FIELDS):
+        raise ValueError(f"{name}'s settings {'lack ' + ', '.join(missing) if missing else 'hold unknown keys'}")
+    layers, domains = raw["moe_layers"], raw["domains"]
+    if type(layers) is not list or not layers or any(type(v) is not int or v < 0 for v in layers):
+        raise ValueError(f"{name}'s moe_layers must be a list of layer numbers")
+    if type(domains) is not list or any(type(v) is not str for v in domains):
+        raise ValueError(f"{name}'s domains must be a list of names")
+    if any(type(raw[f]) is not int or raw[f] < 0 for f in INTEGER_FIELDS):
+        raise ValueError(f"{name}'s {', '.join(sorted(INTEGER_FIELDS))} must be whole numbers >= 0")
+    factor = raw["capacity_factor"]
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            arrays = {f.name: data[f.name] for f in fields(CorpusSummary) if f.name not in _META_FIELDS}
-    except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"{path} is not a corpus summary: {error}") from None
-    if meta.pop("format", None) != SUMMARY_FORMAT:
-        raise ValueError(f"{path} is not a {SUMMARY_FORMAT} file")
-    meta["moe_layers"], meta["domains"] = tuple(meta["moe_layers"]), tuple(meta["domains"])
+        check_capacity_factor(factor)
+    except ValueError:
+        raise ValueError(f"{name}'s capacity_factor must be a capacity factor, got {str(factor)[:20]}") from None
+    check_limits(name, experts=raw["num_experts"], layers=len(layers))
+    return {
+        **raw,
+        "moe_layers": tuple(layers),
+        "domains": tuple(domains),
+        "capacity_factor": float(raw["capacity_factor"]),
+    }
+
+
+def _expected_shapes(meta: dict[str, Any]) -> dict[str, tuple[int | None, ...]]:
+    """Each array's shape by the settings (None: any length, positions and token-id rows)."""
+    layers, experts, domains = len(meta["moe_layers"]), meta["num_experts"], len(meta["domains"])
+    return {
+        "top1": (layers, experts), "topk": (layers, experts), "domain_documents": (domains,),
+        "domain_tokens": (domains,), "domain_topk": (domains, layers, experts),
+        "transitions": (layers - 1, experts, experts), "coactivation": (layers, experts, experts),
+        **{f: (None,) for f in ("token_layer", "token_id", "token_expert", "token_count")},
+        **{f: (layers, None) for f in POSITION_FIELDS},
+    }  # fmt: skip
+
+
+def _check_arrays(headers: dict[str, tuple[tuple[int, ...], np.dtype]], meta: dict[str, Any], name: str) -> None:
+    expected = _expected_shapes(meta)
+    if set(headers) - {"meta"} != set(expected):
+        raise ValueError(f"{name} does not hold a summary's arrays ({', '.join(sorted(expected))})")
+    for field_name, shape in expected.items():
+        found, dtype = headers[field_name]
+        fits = len(found) == len(shape) and all(w is None or w == g for w, g in zip(shape, found, strict=False))
+        if not fits or dtype.kind not in "iu":
+            raise ValueError(f"{name}'s {field_name} is {dtype} of shape {list(found)}, not whole numbers of "
+                             f"shape {[s if s is not None else 'any' for s in shape]}")  # fmt: skip
+    rows = {headers[f][0][0] for f in ("token_layer", "token_id", "token_expert", "token_count")}
+    positions = {headers[f][0][1] for f in POSITION_FIELDS}
+    if len(rows) > 1 or len(positions) > 1:
+        raise ValueError(f"{name}'s token-id or position arrays differ in length")
+
+
+def load_summary(path: Path) -> CorpusSummary:
+    """A summary written by save_summary; ValueError, naming the file but not its folder, for anything else.
+    Settings, shapes, types and sizes are checked from the headers before any array is decompressed."""
+    name = path.name
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = _npy_headers(archive, name)
+            if headers.get("meta", ((1,), np.dtype(np.int8)))[1].kind != "U":
+                raise ValueError(f"{name} has no settings (meta)")
+            with np.load(path, allow_pickle=False) as data:
+                meta = _meta(json.loads(str(data["meta"])), name)
+                _check_arrays(headers, meta, name)
+                arrays = {f.name: data[f.name] for f in fields(CorpusSummary) if f.name not in _META_FIELDS}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        message = (
+            str(error) if str(error).startswith(name) else f"{name} is not a corpus summary ({type(error).__name__})"
+        )
+        raise ValueError(message) from None
+    if any(array.size and array.min() < 0 for array in arrays.values()):
+        raise ValueError(f"{name} holds a negative count")
     return CorpusSummary(**meta, **arrays)
 
 

@@ -73,3 +73,65 @@ def test_leaving_the_corpus_page_brings_back_the_text_views(
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     assert not any("Corpus **" in c.value for c in at.caption)
     assert at.session_state["view"] == "flow"
+
+
+def _damaged(root: Path, name: str, source: Path, damage: Callable[[Path], None]) -> None:
+    """A copy of the traced corpus `source` under `root/name`, then damaged."""
+    import shutil
+
+    shutil.copytree(source, root / name)
+    damage(root / name)
+
+
+def _manifest_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    return edit
+
+
+def _truncate_summary(folder: Path) -> None:
+    (folder / "summary.npz").write_bytes((folder / "summary.npz").read_bytes()[:300])
+
+
+def _link_summary_out(folder: Path) -> None:
+    (folder / "summary.npz").unlink()
+    (folder / "summary.npz").symlink_to(folder.parent.parent / "outside.npz")
+
+
+DAMAGE = {
+    "no-model": (_manifest_edit(lambda m: m.pop("model")), "model must be an object"),
+    "model-a-number": (_manifest_edit(lambda m: m.update(model=3)), "model must be an object"),
+    "shards-not-a-list": (_manifest_edit(lambda m: m.update(shards="all")), "shards must be a list"),
+    "truncated-summary": (_truncate_summary, "summary.npz is not a corpus summary"),
+    "summary-links-out": (_link_summary_out, "lies outside the corpus folder"),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("damaged")
+    (root.parent / "outside.npz").write_bytes((corpus_dir / "small" / "summary.npz").read_bytes())
+    for name, (damage, _) in DAMAGE.items():
+        _damaged(root, name, corpus_dir / "small", damage)
+    return root
+
+
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_a_damaged_corpus_is_one_sentence_without_server_paths(
+    name: str, damaged_dir: Path, app_runner: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each damage gives one error naming the corpus by name and the file by name, never a folder of the
+    server, and no traceback; a summary linked from outside the corpus folder is not read."""
+    monkeypatch.setattr(sys, "argv", ["app/main.py", "--corpus-dir", str(damaged_dir)])
+    operator_options.cache_clear()
+    try:
+        at = app_runner({"corpus": name})
+    finally:
+        operator_options.cache_clear()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [error.value.replace("\\", "") for error in at.error]  # markdown escapes . and (
+    assert len(shown) == 1 and DAMAGE[name][1] in shown[0], shown
+    assert str(damaged_dir) not in shown[0] and "/tmp" not in shown[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -222,3 +224,73 @@ def test_one_process_without_a_launcher_and_no_bar_in_a_log(monkeypatch: pytest.
     bar = progress_bar(Ranks())
     assert bar.disable
     bar.close()
+
+
+def _rewritten(summary_path: Path, out: Path, *, meta: Any = None, arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """A copy of a saved summary with its settings or some arrays replaced (what a damaged or forged file holds)."""
+    with np.load(summary_path, allow_pickle=False) as data:
+        contents = {name: data[name] for name in data.files}
+    if meta is not None:
+        contents["meta"] = np.array(json.dumps(meta))
+    contents.update(arrays or {})
+    np.savez_compressed(out, **contents)
+    return out
+
+
+def _meta_of(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda m: m.pop("num_experts"), "settings lack num_experts"),
+        (lambda m: m.update(extra=1), "hold unknown keys"),
+        (lambda m: m.update(num_experts="8"), "must be whole numbers"),
+        (lambda m: m.update(moe_layers="0,1"), "moe_layers must be a list"),
+        (lambda m: m.update(num_experts=50_000_000), "experts = 50,000,000 is outside"),
+        (lambda m: m.update(capacity_factor=-1), "capacity_factor must be a capacity factor"),
+    ],
+)
+def test_damaged_settings_are_one_sentence(tmp_path: Path, change: Any, expected: str) -> None:
+    save_summary(_summary(_documents(4, 5)), tmp_path / "s.npz")
+    meta = _meta_of(tmp_path / "s.npz")
+    change(meta)
+    with pytest.raises(ValueError) as caught:
+        load_summary(_rewritten(tmp_path / "s.npz", tmp_path / "summary.npz", meta=meta))
+    assert expected in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
+def test_arrays_of_the_wrong_shape_or_kind_are_refused(tmp_path: Path) -> None:
+    summary = _summary(_documents(4, 5))
+    save_summary(summary, tmp_path / "s.npz")
+    wrong_shape = np.zeros((summary.num_layers, summary.num_experts + 1), dtype=np.int64)
+    for arrays, expected in [({"top1": wrong_shape}, "top1 is int64 of shape"),
+                             ({"topk": summary.topk.astype(np.float64)}, "topk is float64"),
+                             ({"token_id": summary.token_id[:-1]}, "differ in length")]:  # fmt: skip
+        with pytest.raises(ValueError, match=expected):
+            load_summary(_rewritten(tmp_path / "s.npz", tmp_path / "summary.npz", arrays=arrays))
+
+
+def test_a_summary_declaring_more_than_the_limit_is_refused_before_decompressing(tmp_path: Path) -> None:
+    """Compressed zeros: a ~130 KB file whose one array declares 129 MiB is refused from its zip header alone
+    (the audit's 2.4 MB file took the server to 3.1 GB)."""
+    import zipfile
+
+    from moe_core.corpus.summary import MAX_SUMMARY_BYTES
+
+    path = tmp_path / "summary.npz"
+    size = MAX_SUMMARY_BYTES + 2**20
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "<i8", "fortran_order": False, "shape": (size // 8,)})
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("coactivation.npy", "w", force_zip64=True) as member,
+    ):
+        member.write(header.getvalue())
+        for _ in range(size // 2**20):
+            member.write(bytes(2**20))
+    assert path.stat().st_size < 2**20
+    with pytest.raises(ValueError, match="too large"):
+        load_summary(path)
