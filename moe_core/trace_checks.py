@@ -17,7 +17,7 @@ from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 FORMAT_VERSION = 1
 MAX_TRACE_MB = 50  # documented limit: a trace file over 50 MB is refused before it is parsed
-MAX_TRACE_BYTES = MAX_TRACE_MB * 2**20
+MAX_TRACE_BYTES = MAX_TRACE_MB * 10**6  # decimal MB, the unit Streamlit's upload box counts in: one limit everywhere
 MAX_TRACE_VALUES = 25_000_000  # routing numbers L·T·(2E + 2k): about what 50 MB of JSON can hold
 MAX_EXPERTS = 4096  # routed experts E (the largest released models have a few hundred)
 MAX_LAYERS = 4096

@@ -363,7 +363,7 @@ def check_size(num_bytes: int) -> None:
     """The documented size limit, checked before a file is parsed."""
     if num_bytes > MAX_TRACE_BYTES:
         raise TraceFormatError(
-            f"the file is {num_bytes / 2**20:.1f} MB; traces up to {MAX_TRACE_MB} MB can be read (trace fewer tokens)"
+            f"the file is {num_bytes / 10**6:.1f} MB; traces up to {MAX_TRACE_MB} MB can be read (trace fewer tokens)"
         )
 
 

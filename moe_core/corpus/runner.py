@@ -162,10 +162,27 @@ class ShardWork:
     traced: list[TracedDocument | None]
 
 
+CHARS_PER_TOKEN = 8  # a first guess of the characters max_tokens tokens need; doubled until they are enough
+BOUNDARY_TOKENS = 16  # tokens past the cut, so the word cut at a prefix's end never reaches the kept tokens
+
+
+def _token_ids(tokenizer: Any, text: str, max_tokens: int | None) -> list[int]:
+    """The text's token ids, at most max_tokens + 1 (one more says it was cut). A long document is tokenised by
+    growing prefixes, never whole: one 30 MB document took 4.3 GB when tokenised before the cut."""
+    if max_tokens is None:
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    chars = (max_tokens + BOUNDARY_TOKENS) * CHARS_PER_TOKEN
+    while True:
+        ids = list(tokenizer(text[:chars], add_special_tokens=True)["input_ids"])
+        if chars >= len(text) or len(ids) > max_tokens + BOUNDARY_TOKENS:
+            return ids[: max_tokens + 1]
+        chars *= 2
+
+
 def tokenize_shard(tokenizer: Any, shard: int, documents: list[Document], max_tokens: int | None) -> ShardWork:
     """Token ids of the shard's non-blank documents (blank ones are skipped), cut to `max_tokens`."""
     kept = [d for d in documents if d.text.strip()]
-    ids = [list(row) for row in tokenizer([d.text for d in kept], add_special_tokens=True)["input_ids"]] if kept else []
+    ids = [_token_ids(tokenizer, d.text, max_tokens) for d in kept]
     cut = sum(1 for row in ids if max_tokens is not None and len(row) > max_tokens)
     ids = [row[:max_tokens] if max_tokens else row for row in ids]
     span = (documents[0].index, documents[-1].index + 1)

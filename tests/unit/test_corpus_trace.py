@@ -142,3 +142,22 @@ def test_summarize_needs_a_traced_folder(capsys: pytest.CaptureFixture[str], tmp
     """summarize on a folder without a manifest fails in one line."""
     code, _, err = _cli(capsys, "summarize", str(tmp_path))
     assert code == 2 and "trace-corpus" in err
+
+
+def test_a_long_document_is_cut_before_it_is_tokenised(demo_tokenizer: Any) -> None:
+    """A 400,000-character document cut to 64 tokens: the same 64 ids as tokenising it whole, and the tokenizer
+    never sees more than a short prefix (tokenising a 30 MB document whole took 4.3 GB)."""
+    from moe_core.corpus.documents import Document
+    from moe_core.corpus.runner import tokenize_shard
+
+    text = "Routing long documents, one prefix at a time. " * 8700
+    whole = list(demo_tokenizer(text, add_special_tokens=True)["input_ids"])
+    seen: list[int] = []
+
+    def recording(texts: Any, **kwargs: Any) -> Any:
+        seen.append(len(texts))
+        return demo_tokenizer(texts, **kwargs)
+
+    work = tokenize_shard(recording, 0, [Document(0, text, "prose")], 64)
+    assert work.ids == [whole[:64]] and work.truncated == 1
+    assert max(seen) < 4_000 < len(text)

@@ -332,3 +332,15 @@ def test_unranked_first_choice_statistics_are_empty_not_made_up() -> None:
     assert np.isnan(token_id_consistency(unranked)["consistency"]).all()
     assert token_frame(unranked, 0)["top1"].tolist() == [1, 1, 0]
     assert unranked.unranked_sentence("x").startswith("this trace records each token's experts but not which came")
+
+
+def test_one_size_limit_in_one_unit() -> None:
+    """Streamlit's upload box counts megabytes as 10^6 bytes (its front end, off Windows): the CLI and every
+    reader refuse past the same 50,000,000 bytes, not 50 MiB."""
+    from moe_core.trace_checks import MAX_TRACE_BYTES, MAX_TRACE_MB
+    from moe_core.trace_io import check_size
+
+    assert MAX_TRACE_BYTES == MAX_TRACE_MB * 1_000_000 == 50_000_000
+    check_size(50_000_000)
+    with pytest.raises(TraceFormatError, match=r"50\.0 MB; traces up to 50 MB"):
+        check_size(50_000_001)
