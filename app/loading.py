@@ -175,7 +175,9 @@ COUNTERFACTUAL_ENTRIES = 16  # at 4,096 tokens and a 4096-word vocabulary about 
 
 @st.cache_resource(show_spinner="Running the model capacity-bound …", max_entries=COUNTERFACTUAL_ENTRIES)
 def get_counterfactual(
-    _loaded: LoadedModel, model_id: str, texts: tuple[str, ...], capacity_factor: float, policy: str, group: str
-) -> Counterfactual:
+    _loaded: LoadedModel, model_id: str, texts: tuple[str, ...], capacity_factor: float, policy: str, group: str,
+    max_tokens: int | None = None,
+) -> Counterfactual:  # fmt: skip
     """The plain and the capacity-bound pass of `texts`, shared by every session that asks for the same run."""
-    return counterfactual(_loaded.model, _loaded.tokenizer, texts, capacity_factor, policy, group, name=model_id)
+    return counterfactual(_loaded.model, _loaded.tokenizer, texts, capacity_factor, policy, group, name=model_id,
+                          max_tokens=max_tokens)  # fmt: skip

@@ -318,10 +318,10 @@ def _domain_batch_trace(model_id: str) -> Callable[[], RoutingTrace]:
     return lambda: get_trace(get_model(model_id), model_id, domain_batch())
 
 
-def _counterfactual(model_id: str) -> Callable[[tuple[str, ...], float, str, str], Counterfactual]:
+def _counterfactual(model_id: str) -> Callable[..., Counterfactual]:
     """The capacity-bound forward of some texts, run only when the capacity view's toggle asks for it."""
-    return lambda texts, factor, policy, group: get_counterfactual(
-        get_model(model_id), model_id, texts, factor, policy, group
+    return lambda texts, factor, policy, group, max_tokens=None: get_counterfactual(
+        get_model(model_id), model_id, texts, factor, policy, group, max_tokens
     )
 
 

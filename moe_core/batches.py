@@ -66,7 +66,19 @@ def equal_windows(
                 domains.append(domain)
     if not chosen:
         raise ValueError(f"no held-out text is {window} tokens long for this tokenizer")
-    return DomainBatch(tuple(chosen), tuple(domains))
+    return interleaved(DomainBatch(tuple(chosen), tuple(domains)))
+
+
+def interleaved(batch: DomainBatch) -> DomainBatch:
+    """The windows taken round-robin by domain (a1 b1 c1 a2 b2 c2 …): with one capacity budget for the whole
+    batch, slots are served in batch order, so windows grouped by domain made the per-domain lines measure where
+    a domain sat in the batch (arithmetic and code, first: 0% dropped; prose, last: 36–39%), not the domain."""
+    by_domain: dict[str, list[str]] = {}
+    for text, domain in zip(batch.texts, batch.domains, strict=True):
+        by_domain.setdefault(domain, []).append(text)
+    rounds = max(len(texts) for texts in by_domain.values())
+    order = [(texts[i], domain) for i in range(rounds) for domain, texts in by_domain.items() if i < len(texts)]
+    return DomainBatch(tuple(t for t, _ in order), tuple(d for _, d in order))
 
 
 def _token_starts(tokenizer: Any, text: str) -> list[int]:

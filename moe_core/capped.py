@@ -131,6 +131,16 @@ class Counterfactual:
         lost = [~layer.kept.any(axis=1) for layer in self.layers]
         return float(np.mean(np.concatenate(lost))) if lost else float("nan")
 
+    def routing_kept_by_layer(self) -> np.ndarray:
+        """[L] share of tokens whose set of routed experts (before the capacity mask) is the plain pass's at each
+        layer: 1 at the first layer, less after it once drops have changed the hidden states (the cascade)."""
+        shares = []
+        for row, layer in enumerate(self.layers):
+            plain = np.sort(self.plain.experts[row], axis=-1)
+            routed = np.sort(layer.experts, axis=-1)
+            shares.append(float((plain == routed).all(axis=-1).mean()) if plain.shape == routed.shape else np.nan)
+        return np.asarray(shares)
+
     @property
     def mean_experts_per_token(self) -> float:
         """Experts that served each (layer, token), on average: k minus drops; any number under expert-choice."""
@@ -408,17 +418,18 @@ def counterfactual(
     top_k: int | None = None,
     min_capacity: int = 1,
     name: str | None = None,
+    max_tokens: int | None = None,
 ) -> Counterfactual:
     """Run `texts` plainly and capacity-bound, and compare the two passes' next-token predictions.
 
     `top_k` asks what the model would do with k' experts per token (only where its own routing is plain
-    top-k of its probabilities; a ValueError says so otherwise).
+    top-k of its probabilities; a ValueError says so otherwise). `max_tokens` cuts each text as trace() does.
     """
     check_settings(capacity_factor, policy, group, min_capacity)
     reason = unsupported_reason(model)
     if reason:
         raise CappedUnsupported(reason)
-    tokenized = tokenize_texts(model, tokenizer, texts)
+    tokenized = tokenize_texts(model, tokenizer, texts, max_tokens)
     plain, plain_logits = trace_batch(model, tokenized, name=name, forward=lm_forward)
     route_k = _what_if(plain, top_k)
     rule = functools.partial(decide, capacity_factor=capacity_factor, policy=policy, min_capacity=min_capacity)

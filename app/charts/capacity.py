@@ -122,6 +122,12 @@ def control_curves_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     return styled(_rate_lines(frame, "control", "serving", columns=2).properties(height=260, title=title))
 
 
+def labelled_curves_chart(frame: pd.DataFrame, column: str, legend: str, title: str) -> alt.TopLevelMixin:
+    """Pooled drop curves told apart by `column` (capacity grouping, static against the capacity-bound forward),
+    each line named in the legend."""
+    return styled(_rate_lines(frame, column, legend, columns=1).properties(height=240, title=title))
+
+
 def sweep_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     """Small multiples: the pooled drop curve at each capacity factor."""
     frame = frame.assign(cf=frame["capacity_factor"].map(lambda f: f"CF {f:g}"))

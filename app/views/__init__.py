@@ -27,9 +27,9 @@ class ViewContext:
     domain_batch: Callable[[], RoutingTrace | None]
     expert_study: Callable[[], ExpertStudy | None]
     # The capacity lab, both None without a model: the built-in equal-length batch, and the capacity-bound
-    # forward of some texts at (capacity factor, policy, group).
+    # forward of some texts at (capacity factor, policy, group[, max_tokens]).
     lab_batch: Callable[[], LabBatch | None] = _none
-    counterfactual: Callable[[tuple[str, ...], float, str, str], Counterfactual] | None = None
+    counterfactual: Callable[..., Counterfactual] | None = None
     continued_at: int | None = None  # character of the text where "Let the model continue" writing begins
 
     @property

@@ -16,6 +16,7 @@ from app.charts.capacity import (
     domain_curves_chart,
     drop_curve_chart,
     fill_chart,
+    labelled_curves_chart,
     sequence_drops_chart,
     sweep_chart,
 )
@@ -35,14 +36,17 @@ from moe_core.analyses.capacity import (
 )
 from moe_core.analyses.drops import (
     capacity_sweep,
+    cascade_curves,
     control_curves,
     curve_readiness,
     curves_by_domain,
     delta_loss_curve,
+    grouping_curves,
     sequence_drops,
     tail_cost,
 )
 from moe_core.analyses.routing import token_frame
+from moe_core.batches import LabBatch
 from moe_core.capacity import EXPERT_CHOICE, CapacityResult, simulate_capacity
 from moe_core.capped import Counterfactual
 from moe_core.trace import DROPPED, RoutingTrace
@@ -113,7 +117,7 @@ def draw(context: ViewContext) -> None:
     st.subheader("Which tokens lost an expert")
     _marked_text(routing, row, slots[row], capped)
     _your_text_curves(routing, row, slots[row], capped, source)
-    _honest_batch(context)
+    _honest_batch(context, capped is not None)
     _step_through(context, result)
 
 
@@ -221,7 +225,29 @@ def _your_text_curves(
         show_chart(delta_loss_chart(frame, title), "delta-loss")
 
 
-def _honest_batch(context: ViewContext) -> None:
+def _cascade(context: ViewContext, lab: LabBatch, static: LayerSlots) -> None:
+    """The windows run capacity-bound: the real drops by position beside the static curve, each labelled."""
+    settings, row = context.settings, context.layer_row
+    window = int(lab.trace.tokens.position.max()) + 1
+    try:
+        capped = context.counterfactual(lab.windows.texts, settings.capacity_factor, settings.policy, settings.group,
+                                        window)  # fmt: skip
+    except ValueError as error:  # CappedUnsupported included
+        st.info(str(error))
+        return
+    layer = capped.layers[row]
+    forward = LayerSlots(layer.experts, layer.kept, capped.model.num_experts)
+    frame = cascade_curves(capped.tokens.position, static, forward)
+    title = f"Layer {context.layer}: the static simulation against the capacity-bound forward"
+    show_chart(labelled_curves_chart(frame, "source", "drops from", title), "drops-cascade")
+    kept = capped.routing_kept_by_layer()
+    if len(kept) > 1:
+        second = capped.layers[1].layer
+        st.caption(f"A drop changes what later layers see: at layer {second}, {kept[1]:.0%} of the tokens keep "
+                   f"the routing of the plain pass; at layer {context.layer}, {kept[row]:.0%}.")  # fmt: skip
+
+
+def _honest_batch(context: ViewContext, capped_on: bool) -> None:
     """Drop towards the end on texts that make it a fair comparison, with the controls that explain it."""
     settings, row = context.settings, context.layer_row
     st.subheader("Drop towards the end, on equal-length texts")
@@ -234,11 +260,17 @@ def _honest_batch(context: ViewContext) -> None:
     slots = LayerSlots.simulated(batch, result, row)
     count, length = batch.num_sequences, int(batch.tokens.position.max()) + 1
     st.caption(
-        f"{count} held-out windows of exactly {length} tokens ({len(set(lab.windows.domains))} domains), so every "
-        "position bin holds the same texts. Static simulation at this layer; the grey bars count the slots per bin."
+        f"{count} held-out windows of exactly {length} tokens ({len(set(lab.windows.domains))} domains, taken in "
+        "turn: one of each, then the next of each), so every position bin holds the same texts and no domain is "
+        "served last in a shared budget. Static simulation at this layer; the grey bars count the slots per bin."
     )
     frame = curves_by_domain(batch, slots, lab.windows.domains)
     show_chart(domain_curves_chart(frame, "Slots dropped by position, per domain and pooled"), "drops-domains")
+    groupings = grouping_curves(batch, settings.capacity_factor, settings.policy, row)
+    title = f"Per text or per batch: the same windows at CF {settings.capacity_factor:g}"
+    show_chart(labelled_curves_chart(groupings, "grouping", "capacity group", title), "drops-grouping")
+    if capped_on and context.counterfactual is not None:
+        _cascade(context, lab, slots)
     if settings.group == "batch":
         st.markdown(
             "With **one capacity group for the whole batch**, the budget is spent in serving order across texts: "

@@ -46,6 +46,42 @@ def curves_by_domain(trace: RoutingTrace, slots: LayerSlots, domains: Sequence[s
     return pd.concat(frames, ignore_index=True)
 
 
+GROUPINGS = {  # capacity group -> how the lab names it
+    "sequence": "each text its own budget (group = sequence)",
+    "batch": "one budget for the whole batch, as in training (group = batch)",
+}
+
+
+def grouping_curves(trace: RoutingTrace, capacity_factor: float, policy: str, layer_row: int,
+                    bins: int = 24) -> pd.DataFrame:  # fmt: skip
+    """The pooled drop curve under each capacity grouping, side by side: the same capacity factor drops far more
+    when every text has its own C (a few tokens of one text crowd one expert) than over a mixed batch, where one
+    text's hot expert is another's cold one. Columns: drop_curve's, plus grouping."""
+    frames = [
+        _simulated_curve(trace, layer_row, bins, capacity_factor=capacity_factor, policy=policy, group=group).assign(
+            grouping=label
+        )
+        for group, label in GROUPINGS.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+CASCADE = {  # source of the slots -> how the lab names it
+    "static": "static simulation: each layer on the uncapped routing",
+    "forward": "capacity-bound forward: each layer on what the drops before it left",
+}
+
+
+def cascade_curves(position: np.ndarray, static: LayerSlots, forward: LayerSlots, bins: int = 24) -> pd.DataFrame:
+    """One layer's pooled drop curve from the static simulation and from the capacity-bound forward, on one set of
+    bins. Past the first layer they differ: a drop changes the hidden state, so later routing changes too (the
+    real cascade). Columns: drop_curve's, plus source."""
+    _, width = position_bins(position, bins)
+    curves = {"static": static, "forward": forward}
+    return pd.concat([drop_curve(position, slots, width=width).assign(source=CASCADE[name])
+                      for name, slots in curves.items()], ignore_index=True)  # fmt: skip
+
+
 def control_curves(
     trace: RoutingTrace, capacity_factor: float, group: str, layer_row: int, bins: int = 24, seed: int = 0
 ) -> pd.DataFrame:

@@ -3,6 +3,8 @@ each chart's data checked against moe_core computed here."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,3 +88,69 @@ def test_step_through_starts_at_the_first_drop() -> None:
     warning = next(w.value for w in at.warning if "First drop at slot" in w.value)
     first = int(warning.split("First drop at slot ")[1].split(":")[0])
     assert slider.value == first < slider.max
+
+
+def _pooled_rate(slots: Any) -> float:
+    """Dropped over assigned slots: what a slot-weighted mean of a drop curve's bins comes to."""
+    return float(slots.dropped.sum() / slots.assigned.sum())
+
+
+def test_per_text_and_per_batch_grouping_side_by_side() -> None:
+    """Both groupings are drawn by default; each line's slot-weighted rate is the simulation's own, and at CF 1.0
+    a text's own budget drops far more than one budget over the mixed batch (as the demo model was trained)."""
+    from moe_core.analyses.capacity import LayerSlots
+    from moe_core.analyses.drops import GROUPINGS
+    from moe_core.batches import trace_equal_windows
+    from moe_core.capacity import simulate_capacity
+
+    at = run_app({"view": "capacity", "cf": "1.0"})
+    _clean(at)
+    frame = _frames_with(at, "grouping", "slot_drop_rate", "slots")[0]
+    loaded = load_model()
+    batch = trace_equal_windows(loaded.model, loaded.tokenizer).trace
+    rates = {}
+    for group, label in GROUPINGS.items():
+        rows = frame[frame["grouping"] == label]
+        shown = float((rows["slot_drop_rate"] * rows["slots"]).sum() / rows["slots"].sum())
+        slots = LayerSlots.simulated(batch, simulate_capacity(batch, 1.0, group=group), 0)
+        assert shown == pytest.approx(_pooled_rate(slots), abs=1e-6)
+        rates[group] = shown
+    assert rates["sequence"] > 2 * rates["batch"]
+
+
+def test_windows_are_interleaved_by_domain() -> None:
+    """Windows taken in turn by domain: with one budget for the batch, no domain waits at its end."""
+    from moe_core.batches import DomainBatch, equal_windows, interleaved
+
+    mixed = interleaved(DomainBatch(("a1", "a2", "b1", "c1", "c2"), ("a", "a", "b", "c", "c")))
+    assert mixed.texts == ("a1", "b1", "c1", "a2", "c2") and mixed.domains == ("a", "b", "c", "a", "c")
+    domains = equal_windows(load_model().tokenizer).domains
+    count = len(set(domains))
+    assert len(set(domains[:count])) == count  # the first round holds one window of every domain
+
+
+@pytest.mark.parametrize("layer_row", [0, 1])
+def test_capacity_bound_windows_draw_the_cascade_beside_the_static_curve(layer_row: int) -> None:
+    """With the toggle on, the windows also run capacity-bound: the forward's line is that pass's own drops at
+    the layer (computed here by moe_core), the static line the simulation's; at the first layer they are the same
+    (nothing was dropped before it), past it they differ."""
+    from moe_core.analyses.capacity import LayerSlots
+    from moe_core.analyses.drops import CASCADE
+    from moe_core.batches import trace_equal_windows
+
+    loaded = load_model()
+    lab = trace_equal_windows(loaded.model, loaded.tokenizer)
+    moe_layer = lab.trace.model.moe_layers[layer_row]
+    at = run_app({"view": "capacity", "cf": "1.0", "layer": str(moe_layer)},
+                 setup=lambda at: at.toggle(key="capped_run").set_value(True))  # fmt: skip
+    _clean(at)
+    frame = _frames_with(at, "source", "slot_drop_rate", "slots")[0]
+    expected = counterfactual(loaded.model, loaded.tokenizer, lab.windows.texts, 1.0, max_tokens=WINDOW_TOKENS)
+    capped = expected.layers[layer_row]
+    forward = frame[frame["source"] == CASCADE["forward"]]
+    static = frame[frame["source"] == CASCADE["static"]]
+    shown = float((forward["slot_drop_rate"] * forward["slots"]).sum() / forward["slots"].sum())
+    assert shown == pytest.approx(_pooled_rate(LayerSlots(capped.experts, capped.kept, 8)), abs=1e-6)
+    same = np.allclose(forward["slot_drop_rate"].to_numpy(), static["slot_drop_rate"].to_numpy())
+    assert same == (layer_row == 0)
+    assert any("keep the routing of the plain pass" in str(c.value) for c in at.caption)
