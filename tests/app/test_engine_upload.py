@@ -81,3 +81,18 @@ def test_megatron_sets_are_not_shown_as_first_choices(rows: tuple[np.ndarray, np
     assert any("not which came first" in info for info in infos), infos
     if view == "load":
         assert not at.radio or all(radio.key != "load_count" for radio in at.radio)  # no first-choice count offered
+
+
+def test_a_forged_sglang_dump_is_one_error_not_a_dead_server() -> None:
+    """A 3 KB per_token dump whose map names expert 50,000,000 (it once grew the server to 21.8 GB on the load
+    view): refused at upload in one sentence, and the page still works."""
+    import torch
+
+    physical = torch.zeros((1, 2, 2), dtype=torch.int32)
+    physical[0, :, 1] = 1
+    record = {"input_ids": [1, 2], "positions": [0, 1], "extend_seq_lens": [2], "topk_ids_of_layer": physical}
+    sink = io.BytesIO()
+    torch.save({"records": [record], "last_physical_to_logical_map": torch.tensor([[0, 50_000_000]])}, sink)
+    at = run_app({"view": "load"}, setup=_upload("expert_distribution_recorder_0.pt", sink.getvalue()))
+    assert not at.exception
+    assert len(at.error) == 1 and "50,000,001" in at.error[0].value and "outside" in at.error[0].value

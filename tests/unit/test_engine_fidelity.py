@@ -50,7 +50,7 @@ def original(deepseek_dir: Path, demo_tokenizer: Any) -> RoutingTrace:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(deepseek_dir).eval()
-    return trace(model, demo_tokenizer, [TEXT[:120]], name="tiny-deepseek-v3")
+    return trace(model, demo_tokenizer, [TEXT], name="tiny-deepseek-v3", max_tokens=30)  # the audit's 30 tokens
 
 
 def _sglang_buffer(original: RoutingTrace, shared_slots: int = 0) -> np.ndarray:
@@ -79,6 +79,7 @@ def test_sglang_request_reads_every_hidden_layer(original: RoutingTrace, hints: 
     With a fused shared slot the width is k + 1; either way the MoE layers' first k slots are the routing."""
     buffer = _sglang_buffer(original, shared_slots)
     tokens = len(original.tokens)
+    assert tokens == 30 and (shared_slots or buffer.size // (len(original.model.moe_layers) * 2) == 40)
     response = {"text": "…", "meta_info": {"routed_experts": _b64(buffer)}}
     routing = read_bytes(json.dumps(response).encode(), "r.json", hints=hints)
     assert len(routing.tokens) == tokens
@@ -344,3 +345,15 @@ def test_one_size_limit_in_one_unit() -> None:
     check_size(50_000_000)
     with pytest.raises(TraceFormatError, match=r"50\.0 MB; traces up to 50 MB"):
         check_size(50_000_001)
+
+
+@pytest.mark.parametrize("case", ["vLLM token id 2**63", "SGLang map value 2**40"])
+def test_show_refuses_hostile_dumps_in_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`show` printed a traceback (OverflowError) or wrote E = 1,099,511,627,777: now one line, exit 2."""
+    from tests.cli_runner import run_cli
+
+    make, name, _ = HOSTILE[case]
+    dump = tmp_path / name
+    dump.write_bytes(make())
+    code, out, err = run_cli(capsys, "show", str(dump))
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "Traceback" not in err
