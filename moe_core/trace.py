@@ -69,8 +69,7 @@ def needs_sentence(absent: tuple[str, ...], needed_by: str, plural: bool = False
 
 def unranked_sentence(needed_by: str) -> str:
     """'this trace does not say which of its experts came first …' (one sentence, the same everywhere)."""
-    return (f"this trace records each token's experts but not which came first (the engine wrote them by expert id): "
-            f"{needed_by}")  # fmt: skip
+    return f"this trace records each token's experts but not which came first (see its notes for why): {needed_by}"
 
 
 def rank_slots(experts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

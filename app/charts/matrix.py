@@ -109,14 +109,19 @@ def expert_matrix_chart(
     return styled(layered.properties(height=side, width=side, title=alt.Title(title, subtitle=lines)))
 
 
+FIRST_CHOICE, ANY_CHOICE = "top-1 expert", "an expert"  # what a flow row counts: first choices, or sets (unranked)
+
+
 def flow_pair_chart(
-    frame: pd.DataFrame, source_layer: int, target_layer: int, num_experts: int | None = None
-) -> alt.TopLevelMixin:
-    """Layer flow of one pair: row = top-1 expert at the first layer, column = at the next; share of the row."""
+    frame: pd.DataFrame, source_layer: int, target_layer: int, num_experts: int | None = None,
+    chosen: str = FIRST_CHOICE,
+) -> alt.TopLevelMixin:  # fmt: skip
+    """Layer flow of one pair: row = top-1 expert at the first layer (`chosen`: any of a token's experts, for an
+    unranked trace), column = at the next; share of the row."""
     return expert_matrix_chart(
         frame,
-        row_title=f"top-1 expert at layer {source_layer}",
-        column_title=f"top-1 expert at layer {target_layer}",
+        row_title=f"{chosen} at layer {source_layer}",
+        column_title=f"{chosen} at layer {target_layer}",
         share_title="share of row",
         title=f"Where tokens go from layer {source_layer} to layer {target_layer}",
         subtitle="colour and numbers: share of the row's tokens (darker = more)",
@@ -170,7 +175,9 @@ PAIR_EXPERTS = 8  # experts named in each small multiple (its rows and columns),
 PAIR_COLUMNS = 6  # small multiples per row
 
 
-def flow_pairs_chart(frame: pd.DataFrame, num_experts: int, chosen_from: int | None = None) -> alt.TopLevelMixin:
+def flow_pairs_chart(
+    frame: pd.DataFrame, num_experts: int, chosen_from: int | None = None, chosen: str = FIRST_CHOICE
+) -> alt.TopLevelMixin:
     """Small multiples of every consecutive layer pair's flow (all_pairs_frame): each a heatmap of the share of
     the row, rows busiest first and the pooled "other" last, so all pairs can be compared at a glance; rows
     under MIN_ROW_TOKENS tokens grey. The pair drawn in detail below says so in its title."""
@@ -202,7 +209,7 @@ def flow_pairs_chart(frame: pd.DataFrame, num_experts: int, chosen_from: int | N
         .properties(width=PAIR_CELL_PX * side, height=PAIR_CELL_PX * side)
     )
     named = side - 1 if (frame["source"] == OTHER).any() else side
-    rows = "rows: top-1 expert at the first layer, columns: at the next"
+    rows = f"rows: {chosen} at the first layer, columns: at the next"
     if named < side:
         rows += f" (the {named} busiest of each layer, then 'other')"
     marks = f"grey rows: under {MIN_ROW_TOKENS} tokens · (below): drawn in detail below · hover a cell for its experts"

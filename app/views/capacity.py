@@ -241,10 +241,15 @@ def _cascade(context: ViewContext, lab: LabBatch, static: LayerSlots) -> None:
     title = f"Layer {context.layer}: the static simulation against the capacity-bound forward"
     show_chart(labelled_curves_chart(frame, "source", "drops from", title), "drops-cascade")
     kept = capped.routing_kept_by_layer()
-    if len(kept) > 1:
-        second = capped.layers[1].layer
-        st.caption(f"A drop changes what later layers see: at layer {second}, {kept[1]:.0%} of the tokens keep "
-                   f"the routing of the plain pass; at layer {context.layer}, {kept[row]:.0%}.")  # fmt: skip
+    if len(kept) < 2:
+        return
+    if row == 0:
+        st.caption(f"At the first MoE layer the two lines are one (nothing was dropped before it). A drop changes "
+                   f"what later layers see: at layer {capped.layers[1].layer} only {kept[1]:.0%} of the tokens keep "
+                   "the plain pass's routing; choose it to see the cascade.")  # fmt: skip
+    else:
+        st.caption(f"A drop changes what later layers see: here {kept[row]:.0%} of the tokens keep the plain "
+                   "pass's routing, and the capacity-bound line is the drops they really met.")  # fmt: skip
 
 
 def _honest_batch(context: ViewContext, capped_on: bool) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts.matrix import (
+    ANY_CHOICE,
+    FIRST_CHOICE,
     MATRIX_EXPERTS,
     MIN_ROW_TOKENS,
     PAIR_EXPERTS,
@@ -44,12 +46,13 @@ def draw(context: ViewContext) -> None:
         st.info("This model has a single MoE layer: flow needs two.")
         return
     layers = routing.model.moe_layers
-    unranked_caption(routing, "flow counts every pair of a token's experts at one layer and the next (k × k per "
-                     "token), not first choice to first choice")  # fmt: skip
+    unranked = unranked_caption(routing, "flow counts every pair of a token's experts at one layer and the next "
+                                "(k × k per token), not first choice to first choice")  # fmt: skip
+    chosen = ANY_CHOICE if unranked else FIRST_CHOICE
     summary = per_trace(flow_summary, routing)
     show_chart(flow_overview_chart(summary, layers[start]), "layer-flow-overview")
     every_pair = per_trace(all_pairs_frame, routing, PAIR_EXPERTS)
-    show_chart(flow_pairs_chart(every_pair, routing.model.num_experts, layers[start]), "layer-flow-pairs")
+    show_chart(flow_pairs_chart(every_pair, routing.model.num_experts, layers[start], chosen), "layer-flow-pairs")
     pair = summary.iloc[start]
     columns = st.columns(3)
     columns[0].metric(f"Follow their group's path, layer {layers[start]} → {layers[start + 1]}", f"{pair.followed:.0%}")
@@ -59,4 +62,4 @@ def draw(context: ViewContext) -> None:
         st.caption(f"Layer {layers[context.layer_row]} is the last MoE layer: showing the pair before it.")
     num_experts = routing.model.num_experts
     pair_frame = per_trace(transition_frame, routing, start, MATRIX_EXPERTS)
-    show_chart(flow_pair_chart(pair_frame, layers[start], layers[start + 1], num_experts), "layer-flow")
+    show_chart(flow_pair_chart(pair_frame, layers[start], layers[start + 1], num_experts, chosen), "layer-flow")

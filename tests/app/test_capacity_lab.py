@@ -153,4 +153,4 @@ def test_capacity_bound_windows_draw_the_cascade_beside_the_static_curve(layer_r
     assert shown == pytest.approx(_pooled_rate(LayerSlots(capped.experts, capped.kept, 8)), abs=1e-6)
     same = np.allclose(forward["slot_drop_rate"].to_numpy(), static["slot_drop_rate"].to_numpy())
     assert same == (layer_row == 0)
-    assert any("keep the routing of the plain pass" in str(c.value) for c in at.caption)
+    assert any("keep the plain pass's routing" in str(c.value) for c in at.caption)
