@@ -122,7 +122,7 @@ def test_capacity_view_fill_matches_the_simulation(routing, factor: float) -> No
     np.testing.assert_array_equal(overflow, result.demand[0] - result.fill[0])
     capacity = frame_with(found, "capacity")["capacity"].iloc[0]
     assert capacity == max(1, math.ceil(factor * 2 * len(routing.tokens) / 8))
-    assert len(found) == 6  # fill, prompt curve, batch by domain, controls, CF sweep, step-through
+    assert len(found) == 7  # fill, prompt curve, batch by domain, per text or batch, controls, CF sweep, step-through
 
 
 def test_flow_view_counts_transitions(routing) -> None:
