@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,14 +26,14 @@ from moe_core.capacity import (
     POLICIES,
     simulate_capacity,
 )
-from moe_core.capped import Counterfactual, counterfactual
-from moe_core.capture import trace
 from moe_core.corpus import cli as corpus_cli
-from moe_core.devices import DEVICE_CHOICES
+from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
 from moe_core.engines.command import run_show, show_arguments
-from moe_core.models import DEMO_MODEL, load_model
 from moe_core.trace import DROPPED, RoutingTrace, Tokens
 from moe_core.trace_io import model_json, save_trace, to_json_dict
+
+if TYPE_CHECKING:  # torch and transformers load only for the commands that run a model
+    from moe_core.capped import Counterfactual
 
 EXIT_BAD_INPUT = 2
 
@@ -117,6 +117,8 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from moe_core.models import load_model
+
     if not sys.stderr.isatty():  # piped or captured: no progress bars in the log
         from transformers.utils import logging as transformers_logging
 
@@ -125,6 +127,8 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _trace(args: argparse.Namespace) -> RoutingTrace:
+    from moe_core.capture import trace
+
     texts = _texts(args)
     loaded = _load(args)
     routing = trace(loaded.model, loaded.tokenizer, texts, name=args.model)
@@ -233,6 +237,8 @@ def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
 
 
 def _counterfactual(args: argparse.Namespace) -> dict[str, Any]:
+    from moe_core.capped import counterfactual
+
     texts = _texts(args)
     loaded = _load(args)
     result = counterfactual(
@@ -267,7 +273,7 @@ def _run_capacity(args: argparse.Namespace) -> None:
 def _run_architectures(_args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from moe_core.models import BUNDLED_MODELS
+    from moe_core.defaults import BUNDLED_MODELS
     from moe_core.verification import support_table, verify_all
 
     print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "auto-map")
+from moe_core.defaults import DEVICE_CHOICES
+
+__all__ = ["DEVICE_CHOICES", "Placement", "choose_placement"]
 
 
 @dataclass(frozen=True)

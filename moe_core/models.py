@@ -17,17 +17,18 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 
+from moe_core.defaults import ASSETS, BUNDLED_MODELS, DEMO_MODEL
 from moe_core.devices import Placement, choose_placement
 from moe_core.routers import NoRoutersError, find_moe_blocks
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEMO_MODEL = "demo-mixtral"
-BUNDLED_MODELS: dict[str, Path] = {DEMO_MODEL: ASSETS / "models" / DEMO_MODEL}
 ALLOWED_MODELS_ENV = "MOE_EXPLORER_ALLOWED_MODELS"  # comma-separated; set on a public deployment
 MAX_MODEL_ID_CHARS = 512  # longer strings are no model (a path component over 255 bytes raised OSError)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)  # org/name, as the hub allows
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done)
+
+
+__all__ = ["ASSETS", "BUNDLED_MODELS", "DEMO_MODEL", "LoadedModel", "ModelLoadError", "load_model", "resolve"]
 
 
 class ModelLoadError(ValueError):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moe_core.devices import DEVICE_CHOICES
-from moe_core.models import DEMO_MODEL, load_model
-from moe_core.verification import VERIFY_TEXTS, ModelVerdict, verify_model
+from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
+
+if TYPE_CHECKING:
+    from moe_core.verification import ModelVerdict
 
 DEFAULT_LAYERS = 4  # layers proven by default: each costs E + 1 replays of its block
 EXIT_FAILED = 1
@@ -43,6 +44,9 @@ def verdict_json(model: str, verdict: ModelVerdict) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace) -> None:
+    from moe_core.models import load_model
+    from moe_core.verification import VERIFY_TEXTS, verify_model
+
     if args.layers < 1:
         raise ValueError(f"--layers must be at least 1, got {args.layers}")
     texts = tuple(args.text or VERIFY_TEXTS)

@@ -7,20 +7,19 @@ import sys
 from pathlib import Path
 
 from moe_core.arguments import capacity_factor, positive_int
-from moe_core.devices import DEVICE_CHOICES
-from moe_core.models import DEMO_MODEL
+from moe_core.defaults import CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS, DEMO_MODEL, DEVICE_CHOICES
 
 
 def trace_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    from moe_core.corpus.runner import BATCH_TOKENS, SHARD_DOCUMENTS
-
     parser.add_argument("--model", default=DEMO_MODEL, help=f"bundled name, local folder or hub id ({DEMO_MODEL})")
     parser.add_argument("--input", required=True, help=".txt (a document a line), .jsonl, .parquet, a folder of "
                         "them, or a datasets name")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="folder for shards and manifest (resumes there)")
     parser.add_argument("--domain-field", default=None, help="JSON key or column naming each document's domain")
-    parser.add_argument("--batch-tokens", type=positive_int, default=BATCH_TOKENS, help="padded tokens per pass")
-    parser.add_argument("--shard-documents", type=positive_int, default=SHARD_DOCUMENTS, help="documents per shard")
+    parser.add_argument("--batch-tokens", type=positive_int, default=CORPUS_BATCH_TOKENS, help="padded tokens per pass")
+    parser.add_argument(
+        "--shard-documents", type=positive_int, default=CORPUS_SHARD_DOCUMENTS, help="documents per shard"
+    )
     parser.add_argument("--max-documents", type=positive_int, default=None, help="stop after this many documents")
     parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0, help="for the drop-by-position counts")
     parser.add_argument("--weights", action="store_true", help="also store the combine weights (fp16)")
@@ -57,8 +56,7 @@ def summarize_arguments(parser: argparse.ArgumentParser) -> None:
 def run_summarize(args: argparse.Namespace) -> None:
     """Sum the finished shards' summaries, save DIR/summary.npz, print the JSON."""
     from moe_core.cli import print_json
-    from moe_core.corpus.runner import write_total
-    from moe_core.corpus.shards import load_manifest
+    from moe_core.corpus.shards import load_manifest, write_total
     from moe_core.corpus.summary import summary_json
 
     total = write_total(args.folder)

@@ -23,32 +23,28 @@ import torch
 from moe_core.capture import TokenizedBatch, context_length, trace_batch
 from moe_core.corpus.documents import Document, read_documents, shard_chunks
 from moe_core.corpus.shards import (
-    TOTAL_SUMMARY,
     TracedDocument,
-    corpus_file,
-    load_manifest,
     open_manifest,
     owner,
     record_shard,
     shard_bytes,
     shard_name,
     summary_name,
+    write_total,
 )
 from moe_core.corpus.summary import (
     CorpusSummary,
-    add_all,
     empty_summary,
-    load_summary,
     save_summary,
     summarize_documents,
     write_atomically,
 )
+from moe_core.defaults import CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS
 from moe_core.models import LoadedModel, load_model
 from moe_core.trace import ModelInfo, Tokens
 from moe_core.trace_io import model_json
 
-BATCH_TOKENS = 8192  # padded tokens per forward pass
-SHARD_DOCUMENTS = 256  # documents per shard: the unit of resuming
+BATCH_TOKENS, SHARD_DOCUMENTS = CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS  # defaults (moe_core.defaults)
 
 
 @dataclass(frozen=True)
@@ -290,20 +286,3 @@ def _model_info(loaded: LoadedModel, settings: CorpusSettings) -> ModelInfo:
     """The model's ModelInfo, from a one-token trace (what the manifest records before any shard)."""
     bos = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else 0
     return trace_batch(loaded.model, padded_batch([[bos]], bos), name=settings.model)[0].model
-
-
-def corpus_total(folder: Path) -> CorpusSummary:
-    """The sum of the summaries of every shard the manifest lists as finished."""
-    manifest = load_manifest(folder)
-    if not manifest["shards"]:
-        model = manifest["model"]
-        factor = manifest["settings"]["capacity_factor"]
-        return empty_summary(model["moe_layers"], model["num_experts"], model["top_k"], factor)
-    return add_all(load_summary(corpus_file(folder, record["summary"])) for record in manifest["shards"])
-
-
-def write_total(folder: Path) -> CorpusSummary:
-    """corpus_total, also saved as DIR/summary.npz (what the app's corpus page reads)."""
-    total = corpus_total(folder)
-    save_summary(total, folder / TOTAL_SUMMARY)
-    return total

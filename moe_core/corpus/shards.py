@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe_core.corpus.summary import write_atomically
+from moe_core.corpus.summary import CorpusSummary, add_all, empty_summary, load_summary, save_summary, write_atomically
 
 MANIFEST_FORMAT = "moe-corpus/1"
 MANIFEST, LOCK, TOTAL_SUMMARY = "manifest.json", ".manifest.lock", "summary.npz"
@@ -140,8 +140,11 @@ def _check_manifest(manifest: Any) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{MANIFEST} is not a {MANIFEST_FORMAT} manifest")
     model, settings, shards = manifest.get("model"), manifest.get("settings"), manifest.get("shards")
-    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("name", "architecture")):
-        raise ValueError(f"{MANIFEST}'s model must be an object with a name and an architecture")
+    described = isinstance(model, dict) and all(isinstance(model.get(k), str) for k in ("name", "architecture"))
+    if not described or not all(type(model.get(k)) is int for k in ("num_experts", "top_k")):
+        raise ValueError(f"{MANIFEST}'s model must be an object with a name, an architecture, num_experts and top_k")
+    if not isinstance(model.get("moe_layers"), list) or not all(type(v) is int for v in model["moe_layers"]):
+        raise ValueError(f"{MANIFEST}'s model must list its moe_layers")
     if not isinstance(settings, dict) or type(settings.get("capacity_factor")) not in {int, float}:
         raise ValueError(f"{MANIFEST}'s settings must be an object with a capacity_factor")
     if not isinstance(shards, list) or not all(isinstance(r, dict) and isinstance(r.get("summary"), str)
@@ -198,3 +201,20 @@ def record_shard(folder: Path, record: dict[str, Any]) -> None:
         shards = [s for s in manifest["shards"] if s["shard"] != record["shard"]] + [record]
         manifest["shards"] = sorted(shards, key=lambda s: s["shard"])
         _write_manifest(folder, manifest)
+
+
+def corpus_total(folder: Path) -> CorpusSummary:
+    """The sum of the summaries of every shard the manifest lists as finished."""
+    manifest = load_manifest(folder)
+    if not manifest["shards"]:
+        model = manifest["model"]
+        factor = manifest["settings"]["capacity_factor"]
+        return empty_summary(model["moe_layers"], model["num_experts"], model["top_k"], factor)
+    return add_all(load_summary(corpus_file(folder, record["summary"])) for record in manifest["shards"])
+
+
+def write_total(folder: Path) -> CorpusSummary:
+    """corpus_total, also saved as DIR/summary.npz (what the app's corpus page reads)."""
+    total = corpus_total(folder)
+    save_summary(total, folder / TOTAL_SUMMARY)
+    return total

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe_core.capture import trace
-from moe_core.corpus.runner import CorpusSettings, corpus_total, trace_corpus
-from moe_core.corpus.shards import MANIFEST, read_shard
+from moe_core.corpus.runner import CorpusSettings, trace_corpus
+from moe_core.corpus.shards import MANIFEST, corpus_total, read_shard
 from moe_core.corpus.summary import summarize_documents
 from moe_core.models import LoadedModel, load_model
 from tests.cli_runner import run_cli as _cli

@@ -36,3 +36,55 @@ def test_the_package_still_offers_trace_as_the_function() -> None:
 
     assert callable(moe_core.trace) and moe_core.trace.__name__ == "trace"
     assert moe_core.RoutingTrace.__name__ == "RoutingTrace"
+
+
+CHILD = """
+import sys
+from moe_core.cli import main
+code = main(sys.argv[1:])
+print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)
+"""
+
+
+def _imports_of(*argv: str) -> str:
+    """The exit code and which of torch / transformers one CLI command imported, as the child prints them."""
+    run = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"no output, exit {run.returncode}"
+
+
+def test_commands_that_need_no_model_import_no_torch(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """show (a saved trace, a Megatron-Core dump) and summarize (a traced corpus) read files only: no torch or
+    transformers (~5 s of imports); trace, which runs a model, does import them."""
+    import json
+
+    from moe_core.corpus.runner import CorpusSettings, trace_corpus
+
+    saved = tmp_path / "trace.json"
+    save_trace(random_trace([5, 3], num_experts=4, top_k=2, num_layers=2), saved)
+    dump = tmp_path / "router_trace_rank0.jsonl"
+    dump.write_text(json.dumps({"layer": 0, "num_tokens": 2, "topk": 2, "top_indices": [[0, 1], [1, 2]]}) + "\n")
+    documents = tmp_path / "docs.txt"
+    documents.write_text("one document\nanother document\n", encoding="utf-8")
+    trace_corpus(CorpusSettings(str(tiny_model_dir), str(documents), tmp_path / "corpus", device="cpu"))
+    assert _imports_of("show", str(saved)) == "0 []"
+    assert _imports_of("show", str(dump)) == "0 []"
+    assert _imports_of("summarize", str(tmp_path / "corpus")) == "0 []"
+    assert _imports_of("trace", "--text", "hi", "--model", str(tiny_model_dir)) == "0 ['torch', 'transformers']"
+
+
+HELP_CHILD = """
+import sys
+from moe_core.cli import COMMANDS, main
+for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_every_help_imports_no_torch() -> None:
+    """`--help` of the tool and of every command builds the parser from light modules only."""
+    run = subprocess.run([sys.executable, "-c", HELP_CHILD], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.stderr.strip().splitlines()[-1] == "[]", run.stderr[-500:]
