@@ -276,7 +276,28 @@ def _run_architectures(_args: argparse.Namespace) -> None:
     from moe_core.defaults import BUNDLED_MODELS
     from moe_core.verification import support_table, verify_all
 
-    print(support_table(verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]))))
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="family", file=sys.stderr)
+
+    def report(done: int, total: int, row: Any, seconds: float) -> None:
+        """A line per family as it finishes (the whole table takes many minutes), above a bar on a terminal."""
+        line = f"[{done}/{total}] {row.family}: {'pass' if row.passed else 'FAIL'} ({seconds:.1f} s)"
+        if bar is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        bar.total = total
+        bar.write(line)
+        bar.update(1)
+
+    try:
+        results = verify_all(AutoTokenizer.from_pretrained(BUNDLED_MODELS[DEMO_MODEL]), on_result=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(support_table(results))
 
 
 def _no_arguments(_parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,14 +341,23 @@ def verify_capped(family: str, tokenizer: Any) -> str:
     return "pass"
 
 
-def verify_all(tokenizer: Any, families: Sequence[str] | None = None) -> list[FamilyResult]:
+def verify_all(
+    tokenizer: Any,
+    families: Sequence[str] | None = None,
+    on_result: Callable[[int, int, FamilyResult, float], None] | None = None,
+) -> list[FamilyResult]:
+    """Every family's row; `on_result(done, total, row, seconds)` after each (the whole run takes minutes)."""
     results = []
-    for family in families or all_families():
+    chosen = list(families or all_families())
+    for family in chosen:
+        started = time.perf_counter()
         try:
             results.append(verify_family(family, tokenizer))
         except Exception as error:  # a failing family is a row in the table, not a crash
             last = traceback.format_exception_only(error)[-1].strip()
             results.append(FamilyResult(family, False, 0, 0, 0, None, None, last[:200]))
+        if on_result is not None:
+            on_result(len(results), len(chosen), results[-1], time.perf_counter() - started)
     return results
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from app.view_registry import VIEWS
 from moe_core.analyses.load import load_frame
 from moe_core.synthetic import random_trace
 from moe_core.trace_io import to_json_text
@@ -28,7 +29,7 @@ def _messages(at) -> list[str]:
     return [element.value for element in [*at.info, *at.caption]]
 
 
-@pytest.mark.parametrize("view", ["routing", "gates", "load", "capacity", "flow"])
+@pytest.mark.parametrize("view", VIEWS)
 def test_every_view_opens_an_experts_only_trace(view: str) -> None:
     """No exception or error in any view; the gate view names what it lacks."""
     at = run_app({"view": view}, setup=_upload(EXPERTS_ONLY))

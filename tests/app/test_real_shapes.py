@@ -14,6 +14,7 @@ import pytest
 
 import moe_core.trace_io
 from app.components import TEXT_WINDOW
+from app.view_registry import VIEWS
 from moe_core.synthetic import random_trace
 from moe_core.trace import RoutingTrace
 from tests.app.conftest import page_html, run_app
@@ -42,7 +43,7 @@ def _upload(at) -> None:
     at.file_uploader(key="upload").set_value(("deepseek-v3.parquet", b"stand-in", "application/octet-stream"))
 
 
-@pytest.mark.parametrize("view", ["routing", "gates", "load", "capacity", "flow"])
+@pytest.mark.parametrize("view", VIEWS)
 def test_every_view_draws_a_deepseek_shaped_trace_within_bounds(view: str, uploaded: None) -> None:
     """Each view draws its charts without an error; no chart carries more than CHART_BYTES (spec and data), and
     the page's text stays under PAGE_TEXT_BYTES."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.view_registry import VIEWS
 from moe_core.capture import trace
 from moe_core.generic import RECOMPUTED_NOTE
 from moe_core.models import load_model
@@ -38,7 +39,7 @@ def test_capacity_view_shows_the_models_own_drops_beside_the_simulation(openmoe_
     assert any(f"The model itself dropped {dropped} of" in m.value for m in at.markdown)
 
 
-@pytest.mark.parametrize("view", ["routing", "gates", "load", "capacity", "flow"])
+@pytest.mark.parametrize("view", VIEWS)
 def test_recomputed_notice_is_a_warning_on_every_view(openmoe_trace, view: str) -> None:
     """A trace whose choice was recomputed carries the notice, and every view shows it as a warning."""
     info = dataclasses.replace(openmoe_trace.model, notes=(*openmoe_trace.model.notes, RECOMPUTED_NOTE))

@@ -12,6 +12,7 @@ import pytest
 
 from app.loading import presets
 from app.palette import COLOURED_EXPERTS, OTHER_COLOR
+from app.view_registry import VIEWS
 from app.views.gate_weights import PREFERENCE_LABELS
 from app.views.token_routing import CONSISTENCY_LABELS, neighbour_labels
 from moe_core.capacity import simulate_capacity
@@ -174,7 +175,7 @@ def test_unusual_routers_render_in_every_view(demo_tokenizer, family: str, sums_
     routing = trace(build_tiny_model(family), demo_tokenizer, "Routers differ: 12 + 30 = 42, def f(x): return x")
     payload = to_json_text(routing).encode()
     layer = str(routing.model.moe_layers[0])
-    for view in ("routing", "gates", "load", "capacity", "flow"):
+    for view in VIEWS:
         at = run_app({"view": view, "layer": layer}, setup=_upload(payload))
         _clean(at)
         if view == "flow" and len(routing.model.moe_layers) == 1:  # LongCat's tiny model: one MoE layer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,21 +15,21 @@ from moe_core.tiny_models import all_families, build_tiny_model
 from moe_core.verification import (
     VERIFY_TEXTS,
     ExpertClasses,
+    FamilyResult,
     ablation_experts,
     captured_sets,
     kept_rows,
     recording_block_inputs,
     too_uniform,
-    verify_family,
     weights_follow_probs,
 )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", all_families())
-def test_captured_experts_equal_ablation(family: str, demo_tokenizer: Any) -> None:
+def test_captured_experts_equal_ablation(family: str, family_result: Callable[[str], FamilyResult]) -> None:
     """Every MoE layer's captured experts are exactly the experts whose ablation changes the token's output."""
-    result = verify_family(family, demo_tokenizer)
+    result = family_result(family)
     assert result.passed, result.detail
     assert result.layers >= 1
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from moe_core.tiny_models import all_families, build_tiny_model
+from moe_core.tiny_models import build_tiny_model
 from moe_core.verification import verify_model
 from tests.cli_runner import run_cli as _run
 
@@ -16,9 +16,10 @@ SHORT_TEXT = ("def add(a, b):\n    return a + b  # the quick brown fox, 12 + 30 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", all_families())
-def test_verify_passes_on_every_familys_tiny_model(family: str, demo_tokenizer: Any) -> None:
-    """The bounded proof (first MoE layer, one short text) passes on every family in the table."""
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "switch_transformers"])
+def test_the_bounded_proof_checks_only_its_layers(family: str, demo_tokenizer: Any) -> None:
+    """The bounded proof (first MoE layer, one short text) passes and proves one layer; every family's full
+    proof is test_capture_exact's (run once per family)."""
     verdict = verify_model(build_tiny_model(family), demo_tokenizer, SHORT_TEXT, max_layers=1)
     assert verdict.passed, verdict.detail
     assert len(verdict.layers) == 1
