@@ -19,7 +19,7 @@ from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE, styled
 from app.export import ChartStamp, chart_png, chart_svg
 from app.palette import OTHER_COLOR, OTHER_SHADE, coloured_experts, expert_colors, text_color_on
 from app.safe_text import neutral_bidi
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 _VISIBLE_CONTROLS = {i: chr(0x2400 + i) for i in range(32) if chr(i) not in "\n\t"} | {0x7F: "\u2421"}
 

@@ -15,11 +15,11 @@ from app import background
 from app.memo import BytesLRU
 from app.operator import operator_options
 from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
-from moe_core.capped import Counterfactual, counterfactual
-from moe_core.capture import trace
+from moe_core.capacity.forward import Counterfactual, counterfactual
+from moe_core.capture.record import trace
 from moe_core.experts import ExpertStudy, expert_study
 from moe_core.models import ASSETS, LoadedModel, load_model
-from moe_core.trace import RoutingTrace
+from moe_core.traces.types import RoutingTrace
 
 PRESETS_FILE = ASSETS / "presets" / "prompts.json"
 HELD_OUT_MARKER = "@held_out"  # a preset made of the demo model's held-out excerpts, one per domain

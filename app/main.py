@@ -49,14 +49,14 @@ from app.state import (  # noqa: E402
 from app.verify_badge import draw_badge  # noqa: E402
 from app.view_registry import VIEWS, view_module  # noqa: E402
 from app.views import ViewContext  # noqa: E402
-from moe_core.capacity import GROUPS, POLICIES  # noqa: E402
-from moe_core.capped import Counterfactual  # noqa: E402
+from moe_core.capacity.forward import Counterfactual  # noqa: E402
+from moe_core.capacity.simulate import GROUPS, POLICIES  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, Payload, read_payloads  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
-from moe_core.trace import MissingRouting, RoutingTrace  # noqa: E402
-from moe_core.trace_checks import check_vocabulary  # noqa: E402
-from moe_core.trace_io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
+from moe_core.traces.checks import check_vocabulary  # noqa: E402
+from moe_core.traces.io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
+from moe_core.traces.types import MissingRouting, RoutingTrace  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
 SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded

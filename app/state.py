@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from app.safe_text import md_code, md_text
 from app.view_registry import VIEWS
-from moe_core.capacity import CAPACITY_FACTOR_MAX, CAPACITY_FACTOR_MIN, GROUPS, POLICIES, check_capacity_factor
+from moe_core.capacity.simulate import CAPACITY_FACTOR_MAX, CAPACITY_FACTOR_MIN, GROUPS, POLICIES, check_capacity_factor
 from moe_core.models import DEMO_MODEL
 
 COMPRESSED_PREFIX = "z."  # prompts longer than RAW_PROMPT_LIMIT travel zlib-compressed, base64url

@@ -1,4 +1,4 @@
-"""The "capture verified on this model" badge: the ablation proof (moe_core.verification) run on the loaded model.
+"""The "capture verified on this model" badge: the ablation proof (moe_core.proof.verification) run on the loaded model.
 
 Exactness should not rest on the adapter table: for a model with no adapter (remote code) the proof starts in a
 background thread right after load, and any model can be proven on demand with the sidebar's button. The cost
@@ -13,9 +13,9 @@ import traceback
 import streamlit as st
 
 from app import background
+from moe_core.capture.routers import is_generic
 from moe_core.models import LoadedModel
-from moe_core.routers import is_generic
-from moe_core.verification import VERIFY_TEXTS, ModelVerdict, verify_model
+from moe_core.proof.verification import VERIFY_TEXTS, ModelVerdict, verify_model
 
 BADGE_LAYERS = 2  # MoE layers proven: each costs E + 1 replays of its block
 VERIFIED = "capture verified on this model"

@@ -26,9 +26,9 @@ from transformers import OlmoeConfig, OlmoeForCausalLM
 
 from benchmarks.timing import paired
 from moe_core.batches import held_out_texts
-from moe_core.capacity import simulate_capacity
-from moe_core.capped import decide, lm_forward, run_capped
-from moe_core.capture import TokenizedBatch, tokenize_texts, trace_batch
+from moe_core.capacity.forward import decide, lm_forward, run_capped
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.capture.record import TokenizedBatch, tokenize_texts, trace_batch
 from moe_core.models import load_model
 
 SIMULATION_TARGET = 0.01  # share of the forward pass

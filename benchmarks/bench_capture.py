@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from moe_core.capture import trace
+from moe_core.capture.record import trace
+from moe_core.capture.tokens import tokenize
 from moe_core.models import load_model
-from moe_core.tokens import tokenize
 
 TARGET = 1.03
 

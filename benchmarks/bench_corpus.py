@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.timing import paired
 from moe_core.batches import held_out_texts
-from moe_core.capture import context_length, forward_text
+from moe_core.capture.record import context_length, forward_text
 from moe_core.corpus.documents import Document, shard_chunks
 from moe_core.corpus.runner import (
     BATCH_TOKENS,

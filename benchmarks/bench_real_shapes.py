@@ -26,9 +26,9 @@ from playwright.sync_api import Page
 
 from app.view_registry import VIEWS
 from benchmarks.bench_browser import CAPTION, WARM_UP_WAIT_S, caption, charts_drawn, wait_or_fail
-from moe_core.synthetic import random_trace
-from moe_core.trace import RoutingTrace
-from moe_core.trace_io import MAX_TRACE_MB, save_trace
+from moe_core.traces.io import MAX_TRACE_MB, save_trace
+from moe_core.traces.synthetic import random_trace
+from moe_core.traces.types import RoutingTrace
 from tests.e2e.browser import IDLE, VIEWPORT, app_server, chromium, wait_for_charts
 
 TARGET_S = 3.0

@@ -31,11 +31,17 @@ import torch
 from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM
 
 from moe_core.batches import held_out_texts
-from moe_core.capped import decide, lm_forward, run_capped
-from moe_core.capture import forward_text, tokenize_texts, trace_batch
+from moe_core.capacity.forward import decide, lm_forward, run_capped
+from moe_core.capture.record import forward_text, tokenize_texts, trace_batch
+from moe_core.capture.routers import find_moe_blocks
 from moe_core.models import BUNDLED_MODELS, DEMO_MODEL, load_model
-from moe_core.routers import find_moe_blocks
-from moe_core.verification import ExpertClasses, ablation_experts, captured_sets, kept_rows, recording_block_inputs
+from moe_core.proof.verification import (
+    ExpertClasses,
+    ablation_experts,
+    captured_sets,
+    kept_rows,
+    recording_block_inputs,
+)
 
 REAL = {
     "hidden_size": 2048,

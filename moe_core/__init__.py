@@ -5,7 +5,7 @@ loaded = load_model()                          # the bundled demo model
 routing = trace(loaded.model, loaded.tokenizer, "def f(x): return x")
 drops = simulate_capacity(routing, capacity_factor=1.0)
 
-Names are imported on first use (PEP 562), so `import moe_core` and reading a trace file (moe_core.trace_io)
+Names are imported on first use (PEP 562), so `import moe_core` and reading a trace file (moe_core.traces.io)
 import neither torch nor transformers: viewing an uploaded trace starts fast.
 """
 
@@ -14,27 +14,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import moe_core.trace as _trace_module  # first, so that the name `trace` below is the function, not this module
+from moe_core.traces import types as _trace_types  # the trace type lives in moe_core.traces: `trace` is the function
 
 _EXPORTS = {
-    "DEMO_MODEL": "moe_core.models",
-    "ModelInfo": "moe_core.trace",
+    "DEMO_MODEL": "moe_core.defaults",
+    "ModelInfo": "moe_core.traces.types",
     "ModelLoadError": "moe_core.models",
-    "RoutingTrace": "moe_core.trace",
-    "Tokens": "moe_core.trace",
-    "counterfactual": "moe_core.capped",
+    "RoutingTrace": "moe_core.traces.types",
+    "Tokens": "moe_core.traces.types",
+    "counterfactual": "moe_core.capacity.forward",
     "load_model": "moe_core.models",
-    "load_trace": "moe_core.trace_io",
-    "load_trace_bytes": "moe_core.trace_io",
-    "save_trace": "moe_core.trace_io",
-    "simulate_capacity": "moe_core.capacity",
+    "load_trace": "moe_core.traces.io",
+    "load_trace_bytes": "moe_core.traces.io",
+    "save_trace": "moe_core.traces.io",
+    "simulate_capacity": "moe_core.capacity.simulate",
 }
 __all__ = sorted([*_EXPORTS, "trace"])
 
 
-def trace(*args: Any, **kwargs: Any) -> _trace_module.RoutingTrace:
-    """moe_core.capture.trace (imported on the first call): how every token of some texts is routed."""
-    from moe_core.capture import trace as capture_trace
+def trace(*args: Any, **kwargs: Any) -> _trace_types.RoutingTrace:
+    """moe_core.capture.record.trace (imported on the first call): how every token of some texts is routed."""
+    from moe_core.capture.record import trace as capture_trace
 
     return capture_trace(*args, **kwargs)
 

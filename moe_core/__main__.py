@@ -1,7 +1,7 @@
-"""`python -m moe_core …`: see moe_core.cli."""
+"""`python -m moe_core …`: see moe_core.cli.main."""
 
 import sys
 
-from moe_core.cli import main
+from moe_core.cli.main import main
 
 sys.exit(main())

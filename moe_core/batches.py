@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from moe_core.models import BUNDLED_MODELS, DEMO_MODEL
-from moe_core.trace import RoutingTrace
+from moe_core.defaults import BUNDLED_MODELS, DEMO_MODEL
+from moe_core.traces.types import RoutingTrace
 
 WINDOW_TOKENS = 384  # per window: 4 windows of the shortest domain fit, and C is large enough to fill gradually
 WINDOWS_PER_DOMAIN = 4
@@ -101,7 +101,7 @@ class LabBatch:
 
 def trace_equal_windows(model: Any, tokenizer: Any, name: str | None = None, window: int = WINDOW_TOKENS) -> LabBatch:
     """Trace `equal_windows` cut to exactly `window` tokens each (the capacity lab's fair batch)."""
-    from moe_core.capture import trace
+    from moe_core.capture.record import trace
 
     windows = equal_windows(tokenizer, window=window)
     return LabBatch(trace(model, tokenizer, windows.texts, name=name, max_tokens=window), windows)

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from transformers.integrations import moe as transformers_moe
 
-from moe_core.capture import context_length, forward_text
-from moe_core.hooks import forward_lock, hooks_active
-from moe_core.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_of, find_moe_blocks
-from moe_core.tokens import tokenize
-from moe_core.trace import RoutingTrace
+from moe_core.capture.hooks import forward_lock, hooks_active
+from moe_core.capture.record import context_length, forward_text
+from moe_core.capture.routers import EXPERTS_CALL_CHOICES, MoeBlock, adapter_of, find_moe_blocks
+from moe_core.capture.tokens import tokenize
+from moe_core.traces.types import RoutingTrace
 
 DEFAULT_GATE = getattr(transformers_moe, "_default_apply_gate", None)  # act(gate) * up of a [gate; up] output
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from moe_core.capture import context_length
-from moe_core.hooks import forward_lock
+from moe_core.capture.hooks import forward_lock
+from moe_core.capture.record import context_length
 
 MAX_NEW_TOKENS = 256  # a continuation longer than this is better typed than waited for
 

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from moe_core.trace import DROPPED
+from moe_core.traces.types import DROPPED
 
 ArrayT = TypeVar("ArrayT")
 
@@ -21,10 +21,15 @@ def switch_aux_loss(fraction: ArrayT, mean_prob: ArrayT) -> ArrayT:
     return len(fraction) * (fraction * mean_prob).sum()  # type: ignore[operator, arg-type, return-value]
 
 
+def routed(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """The one rule for which slots count as routed to an expert: not the model's own drop (DROPPED), not a skip
+    class (index E and above, Zaya's "no expert"). Every count, per trace or per corpus, goes through it."""
+    return (experts >= 0) & (experts < num_experts)
+
+
 def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
-    """[..., k] expert indices -> [E] how many slots each expert received (DROPPED slots ignored)."""
-    chosen = experts[experts >= 0]
-    return np.bincount(chosen.reshape(-1), minlength=num_experts)
+    """[..., k] expert indices -> [E] how many slots each expert received (only `routed` slots)."""
+    return np.bincount(experts[routed(experts, num_experts)].reshape(-1), minlength=num_experts)
 
 
 def max_over_mean(counts: np.ndarray) -> float:

@@ -17,9 +17,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 
+from moe_core.capture.routers import NoRoutersError, find_moe_blocks
 from moe_core.defaults import ASSETS, BUNDLED_MODELS, DEMO_MODEL
 from moe_core.devices import Placement, choose_placement
-from moe_core.routers import NoRoutersError, find_moe_blocks
 
 ALLOWED_MODELS_ENV = "MOE_EXPLORER_ALLOWED_MODELS"  # comma-separated; set on a public deployment
 MAX_MODEL_ID_CHARS = 512  # longer strings are no model (a path component over 255 bytes raised OSError)

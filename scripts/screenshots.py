@@ -59,10 +59,10 @@ REAL_SHAPE_VIEWS = {  # README screenshots of a DeepSeek-V3-shaped model: view -
 def deepseek_trace(path: Path, text: str) -> None:
     """A random-init model of DeepSeek-V3's config (256 experts in 8 groups, top-8, 58 MoE layers of 61) with a
     tiny hidden size, `text` routed through it, saved as Parquet: what the app shows at that shape."""
-    from moe_core.capture import trace
+    from moe_core.capture.record import trace
     from moe_core.models import load_model
-    from moe_core.tiny_models import REAL_SHAPES, build_tiny_model
-    from moe_core.trace_io import save_trace
+    from moe_core.proof.tiny_models import REAL_SHAPES, build_tiny_model
+    from moe_core.traces.io import save_trace
 
     model = build_tiny_model("deepseek_v3", overrides={**REAL_SHAPES["deepseek_v3"], "max_position_embeddings": 4096})
     routing = trace(model, load_model().tokenizer, [text], name="DeepSeek-V3 shape, random init")

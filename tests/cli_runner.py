@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moe_core.cli import main
+from moe_core.cli.main import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

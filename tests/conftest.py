@@ -20,7 +20,7 @@ def demo_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, demo_tokenizer: Any) -> Path:
     """A tiny random Mixtral saved like a real checkpoint (safetensors + tokenizer) in a local folder."""
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.proof.tiny_models import build_tiny_model
 
     folder = tmp_path_factory.mktemp("tiny-mixtral")
     build_tiny_model("mixtral").save_pretrained(folder)

@@ -18,7 +18,7 @@ LOOKALIKES = {
     "grok1": ("grok-1", 8, 2, (0, 1)),
 }
 
-# folder -> how it routes, for the README's remote-code table (moe_core.verification.remote_code_table)
+# folder -> how it routes, for the README's remote-code table (moe_core.proof.verification.remote_code_table)
 NOTES = {
     "openmoe": "OpenMoE: ST-MoE top-2, capacity inside the model (its own drops traced as -1); MoE every 2nd layer",
     "deepseek_moe": "DeepSeekMoE: 16 fine-grained experts top-4 + 2 shared, softmax without renormalisation; "

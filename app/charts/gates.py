@@ -11,7 +11,7 @@ from app.charts.common import expert_color, styled
 from app.charts.labels import EXPERT_OR_OTHER_LABEL, expert_axis, token_columns
 from app.palette import BLUES, heat_ink
 from moe_core.analyses.gates import binned_entropy
-from moe_core.routers import SUM_TO_ONE
+from moe_core.traces.types import SUM_TO_ONE
 
 ENTROPY_POINTS = 300  # past this many tokens the entropy curve is drawn as means of equal bins
 

@@ -10,7 +10,7 @@ import pandas as pd
 from app.charts.common import expert_color, styled
 from app.charts.labels import token_columns
 from app.palette import OTHER_COLOR, OTHER_SHADE, coloured_experts, expert_colors, text_color_on
-from moe_core.trace import DROPPED
+from moe_core.traces.types import DROPPED
 
 DOUBT_DOT_PX = 9  # diameter of the dot in a cell whose top-1 weight is 0 (the router put nothing on its pick)
 GRID_ROW_PX = (14, 36)  # a layer row's height, least and most

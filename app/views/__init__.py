@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from app.state import Settings
 from moe_core.batches import LabBatch
-from moe_core.capped import Counterfactual
+from moe_core.capacity.forward import Counterfactual
 from moe_core.experts import ExpertStudy
-from moe_core.trace import RoutingTrace
+from moe_core.traces.types import RoutingTrace
 
 
 def _none(*_args: object) -> None:

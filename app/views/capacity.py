@@ -47,9 +47,9 @@ from moe_core.analyses.drops import (
 )
 from moe_core.analyses.routing import token_frame
 from moe_core.batches import LabBatch
-from moe_core.capacity import EXPERT_CHOICE, CapacityResult, simulate_capacity
-from moe_core.capped import Counterfactual
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.capacity.forward import Counterfactual
+from moe_core.capacity.simulate import EXPERT_CHOICE, CapacityResult, simulate_capacity
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 TITLE = "Capacity and drops"
 EXPLAINER = """

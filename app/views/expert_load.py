@@ -17,7 +17,7 @@ from moe_core.analyses.load import (
     pooled_transformers_aux_loss,
 )
 from moe_core.batches import held_out_texts
-from moe_core.trace import needs_sentence
+from moe_core.traces.types import needs_sentence
 
 TITLE = "Expert load"
 EXPLAINER = """

@@ -11,7 +11,7 @@ from app.views import ViewContext
 from moe_core.analyses.experts import similarity_frame
 from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_heatmap, token_distribution
 from moe_core.experts import ExpertsCallUnsupported
-from moe_core.trace import needs_sentence
+from moe_core.traces.types import needs_sentence
 
 PREFERENCE_LABELS = {
     "first_is_largest": "first choice has the largest output",

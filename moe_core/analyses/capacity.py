@@ -1,6 +1,6 @@
 """Capacity views: C per layer, fill against C, drop marks per token, the drop curve and a step-through.
 
-All read a CapacityResult from moe_core.capacity.simulate_capacity on the same trace.
+All read a CapacityResult from moe_core.capacity.simulate.simulate_capacity on the same trace.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moe_core.capacity import CapacityResult
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.capacity.simulate import CapacityResult
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 
 def capacity_table(layers: Sequence[int], slots: Sequence[LayerSlots], capacity: np.ndarray) -> pd.DataFrame:

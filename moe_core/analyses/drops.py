@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from moe_core.analyses.capacity import LayerSlots, bin_frame, drop_curve, position_bins
-from moe_core.capacity import simulate_capacity
-from moe_core.trace import RoutingTrace
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.traces.types import RoutingTrace
 
 POOLED = "all texts"
 CF_SWEEP = (0.75, 1.0, 1.25, 2.0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from moe_core.trace import RoutingTrace
+from moe_core.traces.types import RoutingTrace
 
 if TYPE_CHECKING:  # the experts module needs torch; this one stays pure
     from moe_core.experts import MatrixSimilarity

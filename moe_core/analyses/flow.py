@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 
 from moe_core.analyses.matrix import grouped_matrix_frame
-from moe_core.trace import RoutingTrace
+from moe_core.metrics import routed
+from moe_core.traces.types import RoutingTrace
 
 
-def transition_pairs(source: np.ndarray, target: np.ndarray, ranked: bool) -> tuple[np.ndarray, np.ndarray]:
+def transition_pairs(
+    source: np.ndarray, target: np.ndarray, ranked: bool, num_experts: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The (from, to) expert pairs of tokens routed [T, k] at one layer and the next. Ranked: each token's first
     choices. Unranked (the trace has sets, not ranks): every pair of the two sets, so a token counts k·k times
     and no slot is read as the first choice."""
@@ -18,7 +21,7 @@ def transition_pairs(source: np.ndarray, target: np.ndarray, ranked: bool) -> tu
     else:
         width = source.shape[1]
         source, target = np.repeat(source, target.shape[1], axis=1).ravel(), np.tile(target, (1, width)).ravel()
-    valid = (source >= 0) & (target >= 0)
+    valid = routed(source, num_experts) & routed(target, num_experts)
     return source[valid], target[valid]
 
 
@@ -26,8 +29,9 @@ def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
     """[E, E] counts: tokens with top-1 a at layer row `from_row` and top-1 b at the next MoE layer (an unranked
     trace: every pair of their expert sets, transition_pairs)."""
     experts = trace.experts
-    source, target = transition_pairs(experts[from_row], experts[from_row + 1], trace.slots_ranked)
-    return pair_counts(source, target, trace.model.num_experts)
+    num_experts = trace.model.num_experts
+    source, target = transition_pairs(experts[from_row], experts[from_row + 1], trace.slots_ranked, num_experts)
+    return pair_counts(source, target, num_experts)
 
 
 def pair_counts(source: np.ndarray, target: np.ndarray, num_experts: int) -> np.ndarray:
@@ -79,9 +83,9 @@ def flow_summary(trace: RoutingTrace, shuffles: int = 20, seed: int = 0) -> pd.D
         here, after = trace.experts[row], trace.experts[row + 1]
         chance = []
         for _ in range(shuffles):  # whole tokens shuffled at the next layer: their sets stay together
-            shuffled = transition_pairs(here, after[rng.permutation(len(after))], ranked)
+            shuffled = transition_pairs(here, after[rng.permutation(len(after))], ranked, num_experts)
             chance.append(followed_share(pair_counts(*shuffled, num_experts)))
-        source, _ = transition_pairs(here, after, ranked)
+        source, _ = transition_pairs(here, after, ranked, num_experts)
         tokens = len(source) if ranked else len(source) // (here.shape[1] * after.shape[1])  # dumps have no drops
         followed = followed_share(transition_counts(trace, row))
         rows.append((layers[row], layers[row + 1], followed, float(np.mean(chance)), 1 / num_experts, tokens))

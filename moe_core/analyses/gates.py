@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moe_core.trace import RoutingTrace, gate_weights
+from moe_core.traces.types import RoutingTrace, gate_weights
 
 GATE_VIEW = "the gate view"
 

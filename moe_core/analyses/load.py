@@ -13,12 +13,13 @@ from moe_core.metrics import (
     expert_counts,
     max_over_mean,
     max_violation,
+    routed,
     router_first_choice,
     router_z_loss,
     switch_balance_loss,
     transformers_balance_loss,
 )
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.traces.types import RoutingTrace
 
 
 def load_frame(trace: RoutingTrace) -> pd.DataFrame:
@@ -103,7 +104,7 @@ def coactivation_frame(trace: RoutingTrace, layer_row: int, keep: int | None = N
     experts = trace.experts[layer_row]
     num_experts = trace.model.num_experts
     chosen = np.zeros((len(experts), num_experts), dtype=np.float32)  # BLAS: exact below 2**24 tokens
-    rows, ranks = np.nonzero(experts != DROPPED)
+    rows, ranks = np.nonzero(routed(experts, num_experts))
     chosen[rows, experts[rows, ranks]] = 1
     together = np.rint(chosen.T @ chosen).astype(np.int64)  # [E, E]: tokens routed to both; diagonal: to each
     keep = keep if keep is not None else num_experts

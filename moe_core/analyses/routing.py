@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from moe_core.metrics import vocabulary_specialization_rows
-from moe_core.trace import DROPPED, RoutingTrace, gate_weights
+from moe_core.traces.types import DROPPED, RoutingTrace, gate_weights
 
 
 def route_labels(experts: np.ndarray, weights: np.ndarray) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moe_core.capture import TokenizedBatch, context_length, trace_batch
+from moe_core.capture.record import TokenizedBatch, context_length, trace_batch
 from moe_core.corpus.documents import Document, read_documents, shard_chunks
 from moe_core.corpus.shards import (
     TracedDocument,
@@ -41,8 +41,8 @@ from moe_core.corpus.summary import (
 )
 from moe_core.defaults import CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS
 from moe_core.models import LoadedModel, load_model
-from moe_core.trace import ModelInfo, Tokens
-from moe_core.trace_io import model_json
+from moe_core.traces.io import model_json
+from moe_core.traces.types import ModelInfo, Tokens
 
 BATCH_TOKENS, SHARD_DOCUMENTS = CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS  # defaults (moe_core.defaults)
 

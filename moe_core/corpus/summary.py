@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from moe_core.capacity import check_capacity_factor, expert_capacity, kept_slots, position_order
-from moe_core.trace import DROPPED
-from moe_core.trace_checks import check_limits
+from moe_core.capacity.simulate import check_capacity_factor, expert_capacity, kept_slots, position_order
+from moe_core.metrics import routed
+from moe_core.traces.checks import check_limits
+from moe_core.traces.types import DROPPED
 
 SUMMARY_FORMAT = "moe-corpus-summary/1"
 POLICY, GROUP = "position", "sequence"  # the drop curve's capacity rule: GShard/OpenMoE order, one group a document
@@ -74,15 +75,10 @@ class CorpusSummary:
         )
 
 
-def _valid(experts: np.ndarray, num_experts: int) -> np.ndarray:
-    """Slots that went to a routed expert: not the model's own drop (DROPPED), not a skip class (index E)."""
-    return (experts >= 0) & (experts < num_experts)
-
-
 def _per_layer_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """[L, E] routed slots per expert in an [L, T, m] array."""
     num_layers = experts.shape[0]
-    valid = _valid(experts, num_experts)
+    valid = routed(experts, num_experts)
     flat = (np.arange(num_layers)[:, None, None] * num_experts + experts)[valid]
     return np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
 
@@ -93,7 +89,7 @@ def _transitions(top1: np.ndarray, num_experts: int) -> np.ndarray:
     counts = np.zeros((pairs, num_experts * num_experts), dtype=np.int64)
     for row in range(pairs):
         source, target = top1[row], top1[row + 1]
-        valid = _valid(source, num_experts) & _valid(target, num_experts)
+        valid = routed(source, num_experts) & routed(target, num_experts)
         counts[row] = np.bincount(source[valid] * num_experts + target[valid], minlength=num_experts**2)
     return counts.reshape(pairs, num_experts, num_experts)
 
@@ -104,7 +100,7 @@ def _coactivation(experts: np.ndarray, num_experts: int) -> np.ndarray:
     out = np.zeros((num_layers, num_experts, num_experts), dtype=np.int64)
     for row in range(num_layers):
         chosen = np.zeros((num_tokens, num_experts), dtype=np.float64)  # float: BLAS; exact below 2**53
-        tokens, ranks = np.nonzero(_valid(experts[row], num_experts))
+        tokens, ranks = np.nonzero(routed(experts[row], num_experts))
         chosen[tokens, experts[row, tokens, ranks]] = 1
         out[row] = np.rint(chosen.T @ chosen).astype(np.int64)
     return out
@@ -129,17 +125,17 @@ def _token_table(
 def _drops_by_position(
     experts: np.ndarray, document_of: np.ndarray, position: np.ndarray, num_experts: int, capacity_factor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """[L, P] slots, dropped slots, tokens with slots, fully dropped tokens by position: moe_core.capacity's
+    """[L, P] slots, dropped slots, tokens with slots, fully dropped tokens by position: moe_core.capacity.simulate's
     rule (kept_slots) with every document its own group, served in position order (simulate_capacity's
     policy="position", group="sequence")."""
     num_layers, num_tokens, top_k = experts.shape
-    valid = _valid(experts, num_experts)
-    routed = np.where(valid, experts, DROPPED)
+    valid = routed(experts, num_experts)
+    served = np.where(valid, experts, DROPPED)
     sizes = np.bincount(document_of)
     per_size = {s: expert_capacity(capacity_factor, top_k, s, num_experts) for s in set(sizes.tolist())}
     capacity = np.array([per_size[s] for s in sizes.tolist()], dtype=np.int64)
     order = position_order(np.zeros((num_layers, num_tokens)))
-    kept, _ = kept_slots(routed, order, document_of, capacity, num_experts)
+    kept, _ = kept_slots(served, order, document_of, capacity, num_experts)
     assigned = valid.sum(axis=2)
     lost = assigned - (kept & valid).sum(axis=2)
     num_positions = int(position.max()) + 1 if num_tokens else 0
@@ -178,7 +174,7 @@ def summarize_documents(
     domain_index = np.searchsorted(np.array(names), np.asarray(domains))  # [documents]
     domain_of = domain_index[document_of]  # [T]
     top1 = every[:, :, 0]
-    first = _valid(top1, num_experts)
+    first = routed(top1, num_experts)
     layer_rows = np.broadcast_to(np.arange(num_layers)[:, None], top1.shape)
     tables = _token_table(layer_rows[first], np.broadcast_to(ids, top1.shape)[first], top1[first],
                           np.ones(int(first.sum())), num_experts)  # fmt: skip

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_core import trace_io
 from moe_core.engines import megatron, sglang, vllm
 from moe_core.engines.common import ModelHints, Payload
 from moe_core.engines.hints import model_hints
-from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import TraceFormatError
+from moe_core.traces import io as trace_io
+from moe_core.traces.checks import TraceFormatError
+from moe_core.traces.types import RoutingTrace
 
 __all__ = [
     "AUTO",

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from moe_core.trace import ModelInfo, RoutingTrace, Tokens
-from moe_core.trace_checks import TraceFormatError, build, check_budget, check_limits
+from moe_core.traces.checks import TraceFormatError, build, check_budget, check_limits
+from moe_core.traces.types import ModelInfo, RoutingTrace, Tokens
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format

@@ -37,8 +37,8 @@ def _moe_layers(config: Any, name: str, trust_remote_code: bool) -> tuple[int, .
     """The model's MoE layer indices, from a skeleton on the meta device (no memory, no weights)."""
     import torch
 
+    from moe_core.capture.routers import find_moe_blocks
     from moe_core.models import _model_class
-    from moe_core.routers import find_moe_blocks
 
     with torch.device("meta"):
         skeleton = _model_class(config, name).from_config(config, trust_remote_code=trust_remote_code)
@@ -72,8 +72,8 @@ def model_hints(model: str | None = None, tokenizer: str | None = None, trust_re
         if tokenizer is None:
             return ModelHints()
         return ModelHints(decode=_decoder(load_tokenizer(tokenizer, trust_remote_code)))
+    from moe_core.capture.routers import adapter_for
     from moe_core.models import _load_config
-    from moe_core.routers import adapter_for
 
     source, local_only = _source(model)
     config = _load_config(source, local_only, trust_remote_code)

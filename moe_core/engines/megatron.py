@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from moe_core.engines.common import Dump, ModelHints, Payload, Segment, assemble, int_grid, parse_json
-from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import TraceFormatError, check_limits, whole
+from moe_core.traces.checks import TraceFormatError, check_limits, whole
+from moe_core.traces.types import RoutingTrace
 
 ENGINE = "Megatron-Core"
 FIELDS = ("layer", "num_tokens", "topk", "top_indices")

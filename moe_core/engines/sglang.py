@@ -32,8 +32,8 @@ from moe_core.engines.common import (
     serving_rank_order,
 )
 from moe_core.engines.vllm import NPY_BASE64
-from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import MAX_TOKEN_ID, TraceFormatError, check_limits
+from moe_core.traces.checks import MAX_TOKEN_ID, TraceFormatError, check_limits
+from moe_core.traces.types import RoutingTrace
 
 ENGINE = "SGLang"
 PADDING = -1  # the recorder's value in slots and layers that chose no expert

@@ -30,8 +30,8 @@ from moe_core.engines.common import (
     position_ranges,
     serving_rank_order,
 )
-from moe_core.trace import RoutingTrace
-from moe_core.trace_checks import MAX_TOKEN_ID, TraceFormatError
+from moe_core.traces.checks import MAX_TOKEN_ID, TraceFormatError
+from moe_core.traces.types import RoutingTrace
 
 ENGINE = "vLLM"
 CACHED = -1  # vLLM's value in every slot of a prefix-cached position

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from moe_core.capture import recording
+from moe_core.capture.record import recording
+from moe_core.capture.routers import adapter_for, find_moe_blocks
 from moe_core.metrics import expert_counts, max_over_mean, vocabulary_specialization
-from moe_core.routers import adapter_for, find_moe_blocks
 from moe_core.train.corpus import DOMAINS
 
 EVAL_ROWS = 24  # held-out windows per domain

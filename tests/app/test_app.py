@@ -8,9 +8,9 @@ from html import unescape
 import pytest
 
 from app.state import encode_prompt
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.models import load_model
-from moe_core.trace_io import to_json_text
+from moe_core.traces.io import to_json_text
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow

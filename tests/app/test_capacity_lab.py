@@ -12,7 +12,7 @@ import pytest
 from app.loading import presets
 from moe_core.analyses.drops import POOLED, delta_loss_curve
 from moe_core.batches import WINDOW_TOKENS
-from moe_core.capped import counterfactual
+from moe_core.capacity.forward import counterfactual
 from moe_core.models import load_model
 from tests.app.conftest import page_html, run_app
 from tests.app.test_views import _clean, charts
@@ -101,7 +101,7 @@ def test_per_text_and_per_batch_grouping_side_by_side() -> None:
     from moe_core.analyses.capacity import LayerSlots
     from moe_core.analyses.drops import GROUPINGS
     from moe_core.batches import trace_equal_windows
-    from moe_core.capacity import simulate_capacity
+    from moe_core.capacity.simulate import simulate_capacity
 
     at = run_app({"view": "capacity", "cf": "1.0"})
     _clean(at)

@@ -9,8 +9,8 @@ import pytest
 
 from app.view_registry import VIEWS
 from moe_core.analyses.load import load_frame
-from moe_core.synthetic import random_trace
-from moe_core.trace_io import to_json_text
+from moe_core.traces.io import to_json_text
+from moe_core.traces.synthetic import random_trace
 from tests.app.conftest import run_app
 from tests.app.test_views import charts, frame_with
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.models import load_model
 from tests.app.conftest import page_html, run_app
 

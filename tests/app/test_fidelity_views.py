@@ -9,7 +9,7 @@ import pytest
 
 from app.loading import presets
 from app.views.gate_weights import SIMILARITY_LABELS
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.models import load_model
 from tests.app.conftest import run_app
 

@@ -14,10 +14,10 @@ import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
-import moe_core.trace_io as trace_io
+import moe_core.traces.io as trace_io
 from app.state import MAX_PROMPT_CHARS
-from moe_core.synthetic import random_trace
-from moe_core.trace_io import MAX_TRACE_MB, to_json_dict
+from moe_core.traces.io import MAX_TRACE_MB, to_json_dict
+from moe_core.traces.synthetic import random_trace
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow

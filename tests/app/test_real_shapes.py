@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-import moe_core.trace_io
+import moe_core.traces.io
 from app.components import TEXT_WINDOW
 from app.view_registry import VIEWS
-from moe_core.synthetic import random_trace
-from moe_core.trace import RoutingTrace
+from moe_core.traces.synthetic import random_trace
+from moe_core.traces.types import RoutingTrace
 from tests.app.conftest import page_html, run_app
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def deepseek() -> RoutingTrace:
 @pytest.fixture
 def uploaded(deepseek: RoutingTrace, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Any uploaded file opens as the DeepSeek-shaped trace."""
-    monkeypatch.setattr(moe_core.trace_io, "load_trace_bytes", lambda data, name: deepseek)
+    monkeypatch.setattr(moe_core.traces.io, "load_trace_bytes", lambda data, name: deepseek)
     yield
 
 
@@ -85,7 +85,7 @@ def test_a_window_start_beyond_a_shorter_text_is_brought_within_it(
     exception (Streamlit raises on a slider value above its max), both windows at the shorter text's end."""
     shorter = random_trace(1000, num_experts=8, top_k=2, num_layers=4)
     traces = {"long.parquet": deepseek, "short.parquet": shorter}
-    monkeypatch.setattr(moe_core.trace_io, "load_trace_bytes", lambda data, name: traces[name])
+    monkeypatch.setattr(moe_core.traces.io, "load_trace_bytes", lambda data, name: traces[name])
     upload = lambda name: lambda at: at.file_uploader(key="upload").set_value((name, name.encode(), "x"))  # noqa: E731
     at = run_app({"view": "routing"}, setup=upload("long.parquet"))
     at.slider(key="text_start").set_value(4096 - TEXT_WINDOW)

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from app.view_registry import VIEWS
-from moe_core.capture import trace
-from moe_core.generic import RECOMPUTED_NOTE
+from moe_core.capture.generic import RECOMPUTED_NOTE
+from moe_core.capture.record import trace
 from moe_core.models import load_model
-from moe_core.trace_io import to_json_text
-from moe_core.verification import VERIFY_TEXTS
+from moe_core.proof.verification import VERIFY_TEXTS
+from moe_core.traces.io import to_json_text
 from tests.app.conftest import run_app
 from tests.lookalikes import build_checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 import app.loading
 import app.verify_badge as badge
 from app.operator import OperatorOptions
-from moe_core.verification import LayerVerdict, ModelVerdict
+from moe_core.proof.verification import LayerVerdict, ModelVerdict
 from tests.app.conftest import run_app
 from tests.lookalikes import build_checkpoint
 

@@ -15,8 +15,8 @@ from app.palette import COLOURED_EXPERTS, OTHER_COLOR
 from app.view_registry import VIEWS
 from app.views.gate_weights import PREFERENCE_LABELS
 from app.views.token_routing import CONSISTENCY_LABELS, neighbour_labels
-from moe_core.capacity import simulate_capacity
-from moe_core.capture import trace
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.capture.record import trace
 from moe_core.models import load_model
 from tests.app.conftest import run_app
 
@@ -169,8 +169,8 @@ def _upload(payload: bytes):
 )
 def test_unusual_routers_render_in_every_view(demo_tokenizer, family: str, sums_to_one: str) -> None:
     """Traces of routers unlike Mixtral's render in all views, and the gate view says whether scores sum to 1."""
-    from moe_core.tiny_models import build_tiny_model
-    from moe_core.trace_io import to_json_text
+    from moe_core.proof.tiny_models import build_tiny_model
+    from moe_core.traces.io import to_json_text
 
     routing = trace(build_tiny_model(family), demo_tokenizer, "Routers differ: 12 + 30 = 42, def f(x): return x")
     payload = to_json_text(routing).encode()
@@ -189,8 +189,8 @@ def test_unusual_routers_render_in_every_view(demo_tokenizer, family: str, sums_
 def test_many_experts_render(demo_tokenizer) -> None:
     """A 64-expert, top-8 trace (OLMoE-sized) renders; the routing view colours the 16 most frequent experts and
     one grey 'other' (64 hues could not be told apart)."""
-    from moe_core.synthetic import random_trace
-    from moe_core.trace_io import to_json_text
+    from moe_core.traces.io import to_json_text
+    from moe_core.traces.synthetic import random_trace
 
     payload = to_json_text(random_trace([40, 30], num_experts=64, top_k=8, num_layers=3, seed=3)).encode()
     at = run_app({"view": "routing"}, setup=_upload(payload))
@@ -287,8 +287,8 @@ def test_gate_view_closer_look_runs_every_expert(routing) -> None:
 
 def test_gate_view_closer_look_needs_a_model() -> None:
     """An uploaded trace has no model to run the experts: a caption says so, nothing breaks."""
-    from moe_core.synthetic import random_trace
-    from moe_core.trace_io import to_json_text
+    from moe_core.traces.io import to_json_text
+    from moe_core.traces.synthetic import random_trace
 
     payload = to_json_text(random_trace([20], num_experts=8, top_k=2)).encode()
     at = run_app({"view": "gates"}, setup=_upload(payload))
@@ -299,7 +299,7 @@ def test_gate_view_closer_look_needs_a_model() -> None:
 def test_gate_view_closer_look_says_when_the_family_cannot_run_its_experts(tmp_path, demo_tokenizer) -> None:
     """Switch hands its experts a one-hot mask instead of (index, weights): the section says it is not
     available for this family, and the rest of the view still draws."""
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.proof.tiny_models import build_tiny_model
 
     build_tiny_model("switch_transformers").save_pretrained(tmp_path)
     demo_tokenizer.save_pretrained(tmp_path)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from moe_core.verification import FamilyResult, verify_family
+from moe_core.proof.verification import FamilyResult, verify_family
 
 
 @pytest.fixture(scope="session")

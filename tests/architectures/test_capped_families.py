@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from moe_core.tiny_models import all_families
-from moe_core.verification import FamilyResult
+from moe_core.proof.tiny_models import all_families
+from moe_core.proof.verification import FamilyResult
 
 # The families whose experts are not called as experts(hidden, index, weights) (README, "Capacity"): Llama 4's
 # dense scores scale the experts' input, JetMoE hands its experts pre-sorted groups, Zaya's skip class shares

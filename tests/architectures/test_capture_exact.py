@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from moe_core.capture import trace
-from moe_core.routers import find_moe_blocks
-from moe_core.tiny_models import all_families, build_tiny_model
-from moe_core.verification import (
+from moe_core.capture.record import trace
+from moe_core.capture.routers import find_moe_blocks
+from moe_core.proof.tiny_models import all_families, build_tiny_model
+from moe_core.proof.verification import (
     VERIFY_TEXTS,
     ExpertClasses,
     FamilyResult,
@@ -61,7 +61,7 @@ def test_bias_routed_experts_are_not_top_k_of_probs(demo_tokenizer: Any) -> None
 def test_switch_capacity_drops_are_captured(demo_tokenizer: Any) -> None:
     """Switch's real capacity (4 slots per expert here) drops tokens; capture marks them DROPPED, and the
     ablation test above confirms no expert served them."""
-    from moe_core.trace import DROPPED
+    from moe_core.traces.types import DROPPED
 
     routing = trace(build_tiny_model("switch_transformers"), demo_tokenizer, VERIFY_TEXTS)
     dropped = routing.experts == DROPPED
@@ -140,7 +140,7 @@ def test_deepseek_v4_hash_layer_experts_are_the_token_id_table(demo_tokenizer: A
 def test_multimodal_wrappers_use_their_text_decoders_adapter() -> None:
     """A wrapper model (Gemma 4, Llama 4 loaded whole) reports its own model_type; it still gets the routing
     adapter of its text decoder, so its scoring and choice reader are right."""
-    from moe_core.routers import ADAPTERS, DEFAULT_ADAPTER, adapter_for
+    from moe_core.capture.routers import ADAPTERS, DEFAULT_ADAPTER, adapter_for
 
     assert adapter_for("gemma4") is ADAPTERS["gemma4_text"]
     assert adapter_for("llama4").choice == "dense_scores"
@@ -153,7 +153,7 @@ def test_gemma4_wrapper_traces_with_its_text_adapter(demo_tokenizer: Any) -> Non
     Its router reports probabilities, and the trace keeps them as they are instead of taking a softmax again."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from moe_core.tiny_models import COMMON, family_spec
+    from moe_core.proof.tiny_models import COMMON, family_spec
 
     text = {**COMMON, **family_spec("gemma4_text").config}
     config = AutoConfig.for_model("gemma4", text_config=text, vision_config=None, audio_config=None)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from moe_core import models
-from moe_core.capture import trace
-from moe_core.generic import GENERIC_NOTE, RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
+from moe_core.capture.generic import GENERIC_NOTE, RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
+from moe_core.capture.record import trace
 from moe_core.models import ModelLoadError, load_model
-from moe_core.trace import DROPPED
-from moe_core.verification import VERIFY_TEXTS, RemoteCodeRow, remote_code_table, verify_model
+from moe_core.proof.verification import VERIFY_TEXTS, RemoteCodeRow, remote_code_table, verify_model
+from moe_core.traces.types import DROPPED
 from tests.lookalikes import LOOKALIKES, NOTES, build_checkpoint
 
 LONG_TEXT = " ".join(VERIFY_TEXTS) * 3  # long enough that OpenMoE's capacity binds toward the end
@@ -93,7 +93,7 @@ def test_deepseek_shared_experts_and_unreturned_scores(loaded: dict[str, models.
     """DeepSeekMoE's shared experts serve every token outside the routing: the model info counts them. Its gate
     returns only the top-k: the scores are its weight applied to its input, flagged, and their softmax top-k are
     exactly the consumed experts."""
-    from moe_core.generic import SCORES_RECOMPUTED_NOTE
+    from moe_core.capture.generic import SCORES_RECOMPUTED_NOTE
 
     lm = loaded["deepseek_moe"]
     routing = trace(lm.model, lm.tokenizer, VERIFY_TEXTS)
@@ -133,7 +133,7 @@ def test_readme_remote_code_table_is_measured(loaded: dict[str, models.LoadedMod
 def test_per_module_experts_refuse_what_needs_a_fused_call(name: str, loaded: dict[str, models.LoadedModel]) -> None:
     """The capacity-bound forward and the Closer Look call experts(hidden, index, weights); experts that are one
     module each cannot be called so, and both say it in a sentence (a ValueError the views show) before any pass."""
-    from moe_core.capped import counterfactual
+    from moe_core.capacity.forward import counterfactual
     from moe_core.experts import expert_study
 
     lm = loaded[name]
@@ -147,7 +147,7 @@ def test_per_module_experts_refuse_what_needs_a_fused_call(name: str, loaded: di
 def test_fused_remote_code_experts_run_capacity_bound(loaded: dict[str, models.LoadedModel]) -> None:
     """Grok-1's fused experts are called as experts(hidden, index, weights): the capacity-bound forward runs, and
     with capacity to spare its losses equal the plain pass's."""
-    from moe_core.capped import counterfactual
+    from moe_core.capacity.forward import counterfactual
 
     lm = loaded["grok1"]
     result = counterfactual(lm.model, lm.tokenizer, [VERIFY_TEXTS[0]], 64.0, "position", "sequence")
@@ -158,7 +158,7 @@ def test_verify_command_on_remote_code(checkpoints: dict[str, Path], capsys: pyt
     """verify --trust-remote-code proves OpenMoE's layers; without the flag it is one line and exit 2."""
     import json
 
-    from moe_core.cli import main
+    from moe_core.cli.main import main
 
     folder = str(checkpoints["openmoe"])
     assert main(["verify", "--model", folder, "--trust-remote-code", "--device", "cpu"]) == 0

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from moe_core.capture import trace
-from moe_core.tiny_models import all_families, build_tiny_model
-from moe_core.trace_io import load_trace_bytes, to_json_text, to_parquet_bytes
+from moe_core.capture.record import trace
+from moe_core.proof.tiny_models import all_families, build_tiny_model
+from moe_core.traces.io import load_trace_bytes, to_json_text, to_parquet_bytes
 
 pytestmark = pytest.mark.slow
 TEXTS = ["Routers differ: 12 + 30 = 42 · naïve café 東京", "def f(x):\n    return x"]

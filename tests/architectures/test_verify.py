@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from moe_core.tiny_models import build_tiny_model
-from moe_core.verification import verify_model
+from moe_core.proof.tiny_models import build_tiny_model
+from moe_core.proof.verification import verify_model
 from tests.cli_runner import run_cli as _run
 
 SHORT_TEXT = ("def add(a, b):\n    return a + b  # the quick brown fox, 12 + 30 = 42",)
@@ -38,7 +38,7 @@ def test_verify_command_fails_on_a_wrong_capture(
     capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Negative control: a capture that reports the wrong experts makes verify fail that layer and exit 1."""
-    import moe_core.verification as verification
+    import moe_core.proof.verification as verification
 
     real = verification.trace
 

@@ -14,8 +14,8 @@ from moe_core.analyses.routing import (
     token_id_consistency,
     token_layer_grid,
 )
-from moe_core.synthetic import trace_from_choices
-from moe_core.trace import DROPPED
+from moe_core.traces.synthetic import trace_from_choices
+from moe_core.traces.types import DROPPED
 
 
 def _trace():
@@ -119,7 +119,7 @@ def test_routing_by_token_id_stands_out_from_the_shuffled_baseline() -> None:
 def test_continuation_marks_the_tokens_from_the_given_character() -> None:
     """Synthetic texts are "t0t1t2…": tokens from character 4 on (t2, t3) are the model's; the second text never."""
     from moe_core.analyses.routing import continuation_marks
-    from moe_core.synthetic import trace_from_choices
+    from moe_core.traces.synthetic import trace_from_choices
 
     routing = trace_from_choices([[0]] * 6, sequence_lengths=[4, 2], num_experts=2)
     assert continuation_marks(routing, 4) == ["", "", "own", "own", "", ""]

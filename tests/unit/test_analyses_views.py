@@ -24,9 +24,9 @@ from moe_core.analyses.load import (
     domain_share_frame,
     load_frame,
 )
-from moe_core.capacity import simulate_capacity
-from moe_core.synthetic import trace_from_choices
-from moe_core.trace import DROPPED
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.traces.synthetic import trace_from_choices
+from moe_core.traces.types import DROPPED
 
 # ---- gates -------------------------------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ from transformers.models.switch_transformers.modeling_switch_transformers import
 
 from moe_core.analyses.load import balance_frame, pooled_transformers_aux_loss
 from moe_core.metrics import max_violation, router_first_choice, router_z_loss, transformers_balance_loss
-from moe_core.synthetic import random_trace, trace_from_choices
-from moe_core.trace import DROPPED
+from moe_core.traces.synthetic import random_trace, trace_from_choices
+from moe_core.traces.types import DROPPED
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,8 +108,8 @@ def test_switch_loss_on_a_tiny_switch_model_that_drops_tokens(demo_tokenizer) ->
     """A random-init switch_transformers with capacity 4 drops most tokens itself (DROPPED in the trace); per
     layer, our Switch loss equals transformers' own, given the router's logits and their pre-mask argmax as
     SwitchTransformers' _unpack_router_logits passes them."""
-    from moe_core.capture import trace
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.capture.record import trace
+    from moe_core.proof.tiny_models import build_tiny_model
 
     routing = trace(build_tiny_model("switch_transformers"), demo_tokenizer, "The quick brown fox jumps. " * 8)
     assert (routing.experts == DROPPED).any()

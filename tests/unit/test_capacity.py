@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from moe_core.capacity import (
+from moe_core.capacity.simulate import (
     CAPACITY_FACTOR_MAX,
     CapacityResult,
     expert_capacity,
@@ -18,8 +18,8 @@ from moe_core.capacity import (
     simulate_capacity_reference,
     top1_probability,
 )
-from moe_core.synthetic import random_trace, trace_from_choices
-from moe_core.trace import DROPPED
+from moe_core.traces.synthetic import random_trace, trace_from_choices
+from moe_core.traces.types import DROPPED
 
 T, F = True, False
 D = DROPPED

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_core.capacity import simulate_capacity
-from moe_core.capped import (
+from moe_core.capacity.forward import (
     CappedUnsupported,
     LayerDecision,
     LayerInput,
@@ -21,11 +20,12 @@ from moe_core.capped import (
     top_k_what_if,
     unsupported_reason,
 )
-from moe_core.capture import tokenize_texts
-from moe_core.routers import find_moe_blocks
-from moe_core.tiny_models import build_tiny_model
-from moe_core.trace import DROPPED
-from moe_core.verification import expert_zeroed
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.capture.record import tokenize_texts
+from moe_core.capture.routers import find_moe_blocks
+from moe_core.proof.tiny_models import build_tiny_model
+from moe_core.proof.verification import expert_zeroed
+from moe_core.traces.types import DROPPED
 
 T, F = True, False
 TEXTS = ("The quick brown fox jumps over the lazy dog, then 12 + 30 = 42.", "def add(a, b):\n    return a + b")
@@ -193,7 +193,7 @@ def test_families_it_cannot_run_on_say_why(demo_tokenizer: Any) -> None:
 def _as_remote_code(model: torch.nn.Module) -> torch.nn.Module:
     """The same object, its class now from outside transformers, as trust_remote_code loads one whose config
     names a built-in model_type ("mixtral")."""
-    from moe_core import routers
+    from moe_core.capture import routers
 
     model.__class__ = type("FromTheHub", (type(model),), {"__module__": "transformers_modules.org.model.modeling"})
     routers._BLOCKS_CACHE.pop(model, None)  # found while it was transformers' class; a loaded one never was

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from moe_core import hooks
-from moe_core.capture import trace
-from moe_core.routers import NoRoutersError, find_moe_blocks, layer_number
-from moe_core.tiny_models import build_tiny_model
-from moe_core.tokens import tokenize
+from moe_core.capture import hooks
+from moe_core.capture.record import trace
+from moe_core.capture.routers import NoRoutersError, find_moe_blocks, layer_number
+from moe_core.capture.tokens import tokenize
+from moe_core.proof.tiny_models import build_tiny_model
 
 TEXTS = ("Routing is where tokens meet experts.", "for i in range(3): print(i)")
 
@@ -124,7 +124,7 @@ def test_model_info_follows_dtype_changes(demo_tokenizer: Any) -> None:
 
 def test_the_routing_pass_skips_the_language_model_head(mixtral: torch.nn.Module, demo_tokenizer: Any) -> None:
     """Capture's pass keeps one position's next-token logits (logits_to_keep=1), not [T, vocab]."""
-    from moe_core.capture import forward_text
+    from moe_core.capture.record import forward_text
 
     _, batch, _ = tokenize(demo_tokenizer, TEXTS, None)
     with torch.inference_mode():

@@ -24,7 +24,7 @@ from moe_core.analyses.gates import binned_entropy, entropy_frame, gate_heatmap
 from moe_core.analyses.load import load_frame
 from moe_core.analyses.matrix import matrix_frame
 from moe_core.analyses.routing import token_layer_grid
-from moe_core.synthetic import random_trace, trace_from_choices
+from moe_core.traces.synthetic import random_trace, trace_from_choices
 
 
 def _with_texts(routing, texts):

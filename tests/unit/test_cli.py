@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_core.trace_io import load_trace_bytes
+from moe_core.traces.io import load_trace_bytes
 from tests.cli_runner import run_cli as _run
 
 
@@ -136,7 +136,7 @@ def test_architectures_reports_each_family_as_it_goes(
 ) -> None:
     """A line per family on stderr while the table is built (it ran 24 minutes in silence); the table on stdout
     has the same rows."""
-    import moe_core.verification as verification
+    import moe_core.proof.verification as verification
 
     monkeypatch.setattr(verification, "all_families", lambda: ["mixtral", "qwen2_moe"])
     code, out, err = _run(capsys, "architectures")

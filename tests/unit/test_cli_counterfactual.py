@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_core.cli import main
+from moe_core.cli.main import main
 from tests.cli_runner import run_cli
 
 TEXTS = ("The quick brown fox jumps over the lazy dog again and again.", "def f(x):\n    return x")

@@ -14,12 +14,12 @@ import pytest
 
 from moe_core.analyses.flow import transition_counts
 from moe_core.analyses.load import coactivation_frame, load_frame
-from moe_core.capacity import simulate_capacity
+from moe_core.capacity.simulate import simulate_capacity
 from moe_core.corpus.documents import read_documents, shard_chunks
 from moe_core.corpus.runner import pack_batches
 from moe_core.corpus.shards import documents_of_rank
 from moe_core.corpus.summary import add_all, load_summary, save_summary, summarize_documents
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+from moe_core.traces.types import DROPPED, ModelInfo, RoutingTrace, Tokens
 
 E, K, LAYERS = 6, 2, (0, 2, 3)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.corpus.runner import CorpusSettings, trace_corpus
 from moe_core.corpus.shards import MANIFEST, corpus_total, read_shard
 from moe_core.corpus.summary import summarize_documents
@@ -54,7 +54,7 @@ class Crash(Exception):
 def test_summary_counts_equal_a_direct_trace(
     tiny: LoadedModel, tiny_model_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
-    """One document a pass (batch-tokens 1): the corpus summary equals the counts of moe_core.capture.trace
+    """One document a pass (batch-tokens 1): the corpus summary equals the counts of moe_core.capture.record.trace
     run on each non-blank document."""
     total = trace_corpus(_settings(tiny_model_dir, corpus, tmp_path, batch_tokens=1), tiny)
     documents = [(t, d) for t, d in _texts(11) if t.strip()]

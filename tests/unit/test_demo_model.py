@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.metrics import expert_counts, max_over_mean, vocabulary_specialization
 from moe_core.models import BUNDLED_MODELS, DEMO_MODEL, load_model
 from moe_core.train.card import MAX_OVER_MEAN_BAR, permuted

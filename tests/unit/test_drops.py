@@ -21,8 +21,8 @@ from moe_core.analyses.drops import (
     tail_cost,
 )
 from moe_core.batches import equal_windows
-from moe_core.capacity import simulate_capacity
-from moe_core.synthetic import random_trace, trace_from_choices
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.traces.synthetic import random_trace, trace_from_choices
 
 
 def test_equal_windows_trace_to_exactly_one_length(demo_tokenizer: Any) -> None:
@@ -118,7 +118,7 @@ def test_curve_readiness(lengths: list[int], says: str) -> None:
 def test_traced_windows_are_all_exactly_one_length(demo_tokenizer: Any) -> None:
     """The lab's batch: every traced window holds exactly `window` tokens, with its domain beside it."""
     from moe_core.batches import trace_equal_windows
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.proof.tiny_models import build_tiny_model
 
     lab = trace_equal_windows(build_tiny_model("mixtral"), demo_tokenizer, window=64)
     lengths = np.bincount(lab.trace.tokens.sequence)

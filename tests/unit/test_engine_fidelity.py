@@ -19,14 +19,14 @@ import torch
 
 from moe_core.analyses.flow import flow_summary, transition_counts
 from moe_core.analyses.routing import consecutive_repeats, token_frame, token_id_consistency
-from moe_core.capacity import simulate_capacity, simulate_capacity_reference
-from moe_core.capture import trace
+from moe_core.capacity.simulate import simulate_capacity, simulate_capacity_reference
+from moe_core.capture.record import trace
 from moe_core.engines import model_hints, read_bytes, read_files
 from moe_core.engines.common import ModelHints
-from moe_core.tiny_models import build_tiny_model
-from moe_core.trace import ModelInfo, RoutingTrace, Tokens, rank_slots
-from moe_core.trace_checks import TraceFormatError
-from moe_core.trace_io import from_json_dict, from_parquet_bytes, to_json_dict, to_parquet_bytes
+from moe_core.proof.tiny_models import build_tiny_model
+from moe_core.traces.checks import TraceFormatError
+from moe_core.traces.io import from_json_dict, from_parquet_bytes, to_json_dict, to_parquet_bytes
+from moe_core.traces.types import ModelInfo, RoutingTrace, Tokens, rank_slots
 
 TEXT = "The quick brown fox jumps over the lazy dog. Guten Tag, wie geht es dir? 1 + 2 = 3"
 HIDDEN_LAYERS = 4  # layer 0 dense (first_k_dense_replace = 1), layers 1–3 MoE: the audit's shape
@@ -338,8 +338,8 @@ def test_unranked_first_choice_statistics_are_empty_not_made_up() -> None:
 def test_one_size_limit_in_one_unit() -> None:
     """Streamlit's upload box counts megabytes as 10^6 bytes (its front end, off Windows): the CLI and every
     reader refuse past the same 50,000,000 bytes, not 50 MiB."""
-    from moe_core.trace_checks import MAX_TRACE_BYTES, MAX_TRACE_MB
-    from moe_core.trace_io import check_size
+    from moe_core.traces.checks import MAX_TRACE_BYTES, MAX_TRACE_MB
+    from moe_core.traces.io import check_size
 
     assert MAX_TRACE_BYTES == MAX_TRACE_MB * 1_000_000 == 50_000_000
     check_size(50_000_000)

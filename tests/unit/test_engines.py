@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from moe_core.capacity import simulate_capacity
-from moe_core.capture import trace
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.capture.record import trace
 from moe_core.engines import FORMATS, detect, model_hints, read_bytes, read_files
 from moe_core.engines.common import Payload
 from moe_core.models import DEMO_MODEL, load_model
-from moe_core.trace import DROPPED, RoutingTrace
-from moe_core.trace_checks import MAX_TRACE_BYTES, TraceFormatError
-from moe_core.trace_io import load_trace, to_json_text
+from moe_core.traces.checks import MAX_TRACE_BYTES, TraceFormatError
+from moe_core.traces.io import load_trace, to_json_text
+from moe_core.traces.types import DROPPED, RoutingTrace
 from tests.cli_runner import run_cli as _cli
 
 TEXTS = ("def f(x): return x * 2", "Guten Tag, wie geht es dir heute?")

@@ -17,7 +17,7 @@ from moe_core.experts import (
     random_similarity,
     weight_similarity,
 )
-from moe_core.tiny_models import build_tiny_model
+from moe_core.proof.tiny_models import build_tiny_model
 
 
 def _cosine_by_hand(matrices: list[torch.Tensor]) -> np.ndarray:

@@ -12,10 +12,10 @@ from torch import nn
 
 import moe_core.experts as experts_module
 from moe_core.analyses.experts import norm_preference, similarity_frame
-from moe_core.capture import trace
+from moe_core.capture.record import trace
 from moe_core.experts import computed_experts, experts_input, moe_block, output_norms, weight_similarity
-from moe_core.synthetic import trace_from_choices
-from moe_core.tiny_models import build_tiny_model
+from moe_core.proof.tiny_models import build_tiny_model
+from moe_core.traces.synthetic import trace_from_choices
 
 TEXT = "Experts differ: 12 + 30 = 42, and def f(x): return x."
 
@@ -145,7 +145,7 @@ def test_experts_input_stops_the_pass_at_its_layer(demo_tokenizer: Any) -> None:
 
 def test_experts_input_is_cut_to_the_context_like_the_trace(demo_tokenizer: Any) -> None:
     """A text past the context gives as many input rows as the trace has tokens (it was one more: a crash)."""
-    from moe_core.capture import trace
+    from moe_core.capture.record import trace
 
     model = build_tiny_model("mixtral")
     long = "word " * (model.config.max_position_embeddings + 5)
@@ -159,7 +159,7 @@ def test_expert_study_reads_the_expert_weights_under_the_models_lock(
 ) -> None:
     """The ablation proof zeroes expert weights in place under forward_lock; every step of the Closer Look that
     reads those weights (the expert outputs, both similarities) runs while this thread holds that lock."""
-    from moe_core.hooks import forward_lock
+    from moe_core.capture.hooks import forward_lock
 
     model = build_tiny_model("mixtral")
     routing = trace(model, demo_tokenizer, "The lock keeps readers out.")

@@ -9,7 +9,7 @@ import torch
 
 from moe_core.generate import MAX_NEW_TOKENS, continue_text
 from moe_core.models import load_model
-from moe_core.tiny_models import build_tiny_model
+from moe_core.proof.tiny_models import build_tiny_model
 
 
 def test_continuation_is_the_greedy_argmax_step_by_step(demo_tokenizer: Any) -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from moe_core.capture import trace
-from moe_core.generic import RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
-from moe_core.routers import find_moe_blocks, is_generic
-from moe_core.verification import verify_model
+from moe_core.capture.generic import RECOMPUTED_NOTE, WEIGHTS_RECOMPUTED_NOTE
+from moe_core.capture.record import trace
+from moe_core.capture.routers import find_moe_blocks, is_generic
+from moe_core.proof.verification import verify_model
 
 HIDDEN, EXPERTS, TOP_K, VOCAB = 32, 8, 2, 4096
 TEXTS = ("The quick brown fox jumps over the lazy dog.", "def f(x):\n    return x + 1")
@@ -151,7 +151,7 @@ def test_identical_rows_are_matched_in_order(demo_tokenizer: Any) -> None:
 
 def test_row_hashes_see_bits_not_values() -> None:
     """Equal rows hash equally in any batch; a one-ulp change or another width hashes differently."""
-    from moe_core.generic import row_hashes
+    from moe_core.capture.generic import row_hashes
 
     rows = torch.randn(5, HIDDEN)
     assert torch.equal(row_hashes(rows)[2:4], row_hashes(rows[2:4].clone()))
@@ -181,7 +181,7 @@ class ChoiceOnlyGate(Gate):
 def test_scores_a_router_does_not_return_are_recomputed_from_its_weight(demo_tokenizer: Any) -> None:
     """A router returning only its top-k: the scores are its one [E, H] matrix applied to its input (flagged), the
     experts and weights are still the consumed ones, and the proof passes."""
-    from moe_core.generic import SCORES_RECOMPUTED_NOTE
+    from moe_core.capture.generic import SCORES_RECOMPUTED_NOTE
 
     model = HandMade()
     reference = trace(model, demo_tokenizer, TEXTS)

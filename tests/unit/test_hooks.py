@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from moe_core.capture import recording, trace
-from moe_core.hooks import hooks_active
-from moe_core.routers import find_moe_blocks
-from moe_core.tiny_models import build_tiny_model
+from moe_core.capture.hooks import hooks_active
+from moe_core.capture.record import recording, trace
+from moe_core.capture.routers import find_moe_blocks
+from moe_core.proof.tiny_models import build_tiny_model
 
 TEXTS = [f"Visitor {n} asks about {topic}." * (n + 1) for n, topic in enumerate(
     ["experts", "def f(x): return x", "12 + 30 = 42", "Guten Tag", "<b>markup</b>", "routing", "capacity", "drops"]

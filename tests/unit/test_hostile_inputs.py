@@ -28,7 +28,7 @@ from app.state import (
     from_query,
     read_prompt,
 )
-from moe_core.capacity import check_capacity_factor
+from moe_core.capacity.simulate import check_capacity_factor
 from moe_core.models import ModelLoadError, model_key, resolve
 
 HOSTILE = [

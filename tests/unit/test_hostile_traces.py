@@ -16,8 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moe_core.synthetic import random_trace
-from moe_core.trace_io import (
+from moe_core.traces.io import (
     MAX_TRACE_BYTES,
     MAX_TRACE_MB,
     TraceFormatError,
@@ -26,6 +25,7 @@ from moe_core.trace_io import (
     to_json_dict,
     to_parquet_bytes,
 )
+from moe_core.traces.synthetic import random_trace
 
 NUM_EXPERTS, TOP_K = 8, 2
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from moe_core.synthetic import random_trace
-from moe_core.trace_io import save_trace
+from moe_core.traces.io import save_trace
+from moe_core.traces.synthetic import random_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_reading_a_trace_imports_no_torch(tmp_path: Path, suffix: str) -> None:
 
 
 def test_the_package_still_offers_trace_as_the_function() -> None:
-    """`moe_core.trace` (the function) must not be shadowed by the moe_core/trace.py module of the same name."""
+    """`moe_core.trace` is the function; the trace type lives in moe_core.traces, so no module shadows it."""
     import moe_core
 
     assert callable(moe_core.trace) and moe_core.trace.__name__ == "trace"
@@ -40,7 +40,7 @@ def test_the_package_still_offers_trace_as_the_function() -> None:
 
 CHILD = """
 import sys
-from moe_core.cli import main
+from moe_core.cli.main import main
 code = main(sys.argv[1:])
 print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)
 """
@@ -74,7 +74,7 @@ def test_commands_that_need_no_model_import_no_torch(tmp_path: Path, tiny_model_
 
 HELP_CHILD = """
 import sys
-from moe_core.cli import COMMANDS, main
+from moe_core.cli.main import COMMANDS, main
 for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
     try:
         main(argv)

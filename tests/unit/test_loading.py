@@ -50,7 +50,7 @@ def test_evictions_keep_the_cache_within_count_and_bytes() -> None:
 
 
 def test_weight_bytes_counts_parameters_and_buffers() -> None:
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.proof.tiny_models import build_tiny_model
 
     model = build_tiny_model("mixtral")
     expected = sum(p.numel() * 4 for p in model.parameters()) + sum(
@@ -72,8 +72,8 @@ def test_warm_up_traces_the_built_in_batches_once_in_the_background(demo_tokeniz
     import numpy as np
 
     from moe_core.batches import trace_equal_windows
-    from moe_core.capture import trace
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.capture.record import trace
+    from moe_core.proof.tiny_models import build_tiny_model
 
     loaded = type("Loaded", (), {"model": build_tiny_model("mixtral"), "tokenizer": demo_tokenizer})()
     name = "tiny-for-warm-up"
@@ -95,8 +95,8 @@ def test_preload_fills_every_cache_the_first_visit_reads(
     batches cached, so the first visitor's get_model and get_trace load and trace nothing."""
     import numpy as np
 
-    from moe_core.capture import trace
-    from moe_core.tiny_models import build_tiny_model
+    from moe_core.capture.record import trace
+    from moe_core.proof.tiny_models import build_tiny_model
 
     model = build_tiny_model("mixtral")
     loaded = type("Loaded", (), {"model": model, "tokenizer": demo_tokenizer})()

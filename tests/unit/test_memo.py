@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.memo import BytesLRU, nbytes
-from moe_core.synthetic import random_trace
+from moe_core.traces.synthetic import random_trace
 
 
 def test_the_same_object_is_shared_and_read_only() -> None:

@@ -126,8 +126,8 @@ def test_multimodal_checkpoint_loads_and_traces_its_text_decoder(tmp_path: Path,
     gives its text decoder with the checkpoint's own weights: it routes exactly like the full model does."""
     from transformers import AutoConfig, Qwen3_5MoeForConditionalGeneration
 
-    from moe_core.capture import trace
-    from moe_core.tiny_models import COMMON, family_spec
+    from moe_core.capture.record import trace
+    from moe_core.proof.tiny_models import COMMON, family_spec
 
     vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 64}
     config = AutoConfig.for_model(

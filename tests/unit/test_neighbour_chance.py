@@ -9,8 +9,8 @@ import pytest
 
 import moe_core.analyses.routing as routing_module
 from moe_core.analyses.routing import consecutive_repeats, overlap_chance
-from moe_core.synthetic import random_trace, trace_from_choices
-from moe_core.trace import DROPPED
+from moe_core.traces.synthetic import random_trace, trace_from_choices
+from moe_core.traces.types import DROPPED
 
 
 def test_text_chance_hand_case() -> None:

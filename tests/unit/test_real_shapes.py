@@ -26,10 +26,10 @@ from moe_core.analyses.gates import entropy_frame, gate_heatmap, grouped_gate_he
 from moe_core.analyses.load import coactivation_frame, load_frame
 from moe_core.analyses.matrix import OTHER, busiest, grouped_matrix_frame, matrix_frame
 from moe_core.analyses.routing import token_layer_grid
-from moe_core.capacity import simulate_capacity
+from moe_core.capacity.simulate import simulate_capacity
 from moe_core.metrics import top_k_counts
-from moe_core.synthetic import random_trace, trace_from_choices
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.traces.synthetic import random_trace, trace_from_choices
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 
 def test_top_k_counts_match_a_stable_sort_ties_included() -> None:

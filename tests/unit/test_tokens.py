@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moe_core.tokens import tokenize
+from moe_core.capture.tokens import tokenize
 
 TEXTS = ("Grüße aus 東京 🚀!", "x = 1")
 

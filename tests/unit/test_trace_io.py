@@ -11,10 +11,8 @@ import pytest
 
 from moe_core.analyses.gates import gate_heatmap
 from moe_core.analyses.routing import route_labels, token_frame
-from moe_core.capacity import simulate_capacity
-from moe_core.synthetic import random_trace
-from moe_core.trace import MissingRouting, RoutingTrace, gate_weights
-from moe_core.trace_io import (
+from moe_core.capacity.simulate import simulate_capacity
+from moe_core.traces.io import (
     TraceFormatError,
     from_json_dict,
     load_trace_bytes,
@@ -22,6 +20,8 @@ from moe_core.trace_io import (
     to_json_text,
     to_parquet_bytes,
 )
+from moe_core.traces.synthetic import random_trace
+from moe_core.traces.types import MissingRouting, RoutingTrace, gate_weights
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from moe_core import generic
-from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks, is_generic
-from moe_core.tokens import tokenize
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
+from moe_core.capture import generic
+from moe_core.capture.hooks import Hook, forward_lock, hooks_active
+from moe_core.capture.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks, is_generic
+from moe_core.capture.tokens import tokenize
+from moe_core.traces.types import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 
 @dataclass
@@ -111,7 +111,7 @@ def recording(
 ) -> Iterator[list[_LayerRecord]]:
     """Record every block's router logits and consumed choice for the forward passes inside the `with`.
 
-    Only this thread's (or task's) passes are recorded (moe_core.hooks), so visitors sharing one model
+    Only this thread's (or task's) passes are recorded (moe_core.capture.hooks), so visitors sharing one model
     never see each other's routing.
     """
     on_router, read_choice = CHOICE_READERS[choice]
@@ -301,8 +301,8 @@ def _generic_arrays(
     model: nn.Module, blocks: Sequence[MoeBlock], _logits_index: int, tokenized: TokenizedBatch, forward: Any,
     keep: torch.Tensor | None,
 ) -> tuple[Arrays, Any]:  # fmt: skip
-    """A family with no adapter: the choice read from the experts' own calls (moe_core.generic), flagged where it
-    had to be recomputed, and the scoring inferred from the consumed weights."""
+    """A family with no adapter: the choice read from the experts' own calls (moe_core.capture.generic), flagged
+    where it had to be recomputed, and the scoring inferred from the consumed weights."""
     with generic.generic_recording(blocks) as records:
         output = forward(model, tokenized.batch)
     choices = [generic.resolve(model, block, record) for block, record in zip(blocks, records, strict=True)]

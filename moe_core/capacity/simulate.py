@@ -10,7 +10,7 @@ in token order, so the budget runs out late in each sequence: OpenMoE's "drop to
 2024), which hurts the tokens after a long prompt most. Batch-priority routing (`score`, V-MoE; Riquelme
 et al., 2021) serves the tokens with the highest raw top-1 router probability first instead. Rules: DESIGN.md,
 "Capacity". `kept_slots` is the one implementation of the rule: the static simulation here and the
-capacity-bound forward (moe_core.capped) both call it.
+capacity-bound forward (moe_core.capacity.forward) both call it.
 
 `simulate_capacity` is the vectorised implementation. `simulate_capacity_reference` transcribes the rules
 as plain loops: it is the test oracle and the benchmark baseline, so keep it obvious rather than fast.
@@ -27,7 +27,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 # Valid settings, shared with the CLI and the app.
 CAPACITY_FACTOR_MIN = 0.0  # exclusive: the factor must be > 0
@@ -112,7 +112,7 @@ def simulate_capacity(
 
     Each layer on its own, on the routing of an uncapped pass: the first-order picture. `policy` is a key of
     SERVING_ORDERS; the `score` policy ranks tokens by their raw top-1 router probability (`top1_probability`),
-    exactly as the capacity-bound forward (moe_core.capped) does.
+    exactly as the capacity-bound forward (moe_core.capacity.forward) does.
     """
     _validate(trace, capacity_factor, policy, group, min_capacity)
     experts = np.asarray(trace.experts)

@@ -11,9 +11,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from moe_core.arguments import positive_int
+from moe_core.cli.arguments import positive_int
 from moe_core.engines import AUTO, FORMATS, model_hints, read_files
-from moe_core.trace_io import save_trace, to_json_dict
+from moe_core.traces.io import save_trace, to_json_dict
 
 
 def show_arguments(parser: argparse.ArgumentParser) -> None:

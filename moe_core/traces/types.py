@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DROPPED = -1  # value in `experts` where the model itself dropped a slot (real capacity, e.g. Switch)
+SUM_TO_ONE = frozenset({"softmax", "probabilities"})  # ModelInfo.scoring values whose scores sum to 1 over E
 
 
 @dataclass(frozen=True)

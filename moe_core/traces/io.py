@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from moe_core.trace import ModelInfo, RoutingTrace, Tokens
-from moe_core.trace_checks import (
+from moe_core.traces.checks import (
     ARRAYS,
     FORMAT_VERSION,
     INT64_MAX,
@@ -40,6 +39,7 @@ from moe_core.trace_checks import (
     whole_column,
     widths,
 )
+from moe_core.traces.types import ModelInfo, RoutingTrace, Tokens
 
 __all__ = ["MAX_TRACE_BYTES", "MAX_TRACE_MB", "TraceFormatError", "load_trace", "load_trace_bytes", "save_trace"]
 
@@ -156,7 +156,7 @@ def _json_arrays(raw: Any, model: ModelInfo, num_tokens: int) -> dict[str, np.nd
 
 
 def from_json_dict(data: Any) -> RoutingTrace:
-    """Inverse of to_json_dict; every field is checked (moe_core.trace_checks) before anything is built."""
+    """Inverse of to_json_dict; every field is checked (moe_core.traces.checks) before anything is built."""
     model, texts, truncated = header_parts(data)
     tokens = _json_tokens(data.get("tokens"))
     arrays = _json_arrays(data.get("layers"), model, len(tokens))

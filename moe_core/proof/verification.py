@@ -2,7 +2,7 @@
 
 Ground truth for one MoE block: replay its recorded input with one routed expert's weights zeroed at a
 time; the tokens whose output changes (by any amount) are exactly the tokens that expert served. Run for every family
-in `moe_core.tiny_models` by `python -m moe_core architectures` and by tests/architectures.
+in `moe_core.proof.tiny_models` by `python -m moe_core architectures` and by tests/architectures.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.capture import forward_text, tokenize_texts, trace
+from moe_core.capture.hooks import Hook, forward_lock, hooks_active
+from moe_core.capture.record import forward_text, tokenize_texts, trace
+from moe_core.capture.routers import MoeBlock, adapter_of, find_moe_blocks
+from moe_core.capture.tokens import tokenize
 from moe_core.experts import computed_experts, expert_weights
-from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import MoeBlock, adapter_of, find_moe_blocks
-from moe_core.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
-from moe_core.tokens import tokenize
-from moe_core.trace import DROPPED, RoutingTrace
+from moe_core.proof.tiny_models import NOT_COVERED, all_families, build_tiny_model, family_spec
+from moe_core.traces.types import DROPPED, RoutingTrace
 
 VERIFY_TEXTS = (
     "The quick brown fox jumps over the lazy dog, then 12 + 30 = 42.",
@@ -229,7 +229,7 @@ def verify_model(
     Holds the model's forward lock throughout: the ablations zero expert weights in place, which a visitor's pass
     on a shared model must never see.
     """
-    from moe_core.generic import WEIGHTS_RECOMPUTED_NOTE
+    from moe_core.capture.generic import WEIGHTS_RECOMPUTED_NOTE
 
     blocks, _ = find_moe_blocks(model, model.config.model_type)
     proven = blocks[:max_layers] if max_layers else blocks
@@ -321,7 +321,7 @@ def verify_capped(family: str, tokenizer: Any) -> str:
     Pass means both directions hold: with capacity to spare (CF 64, position) the logits equal the plain
     pass's, and at CF 0.25 slots are dropped and the logits move.
     """
-    from moe_core.capped import decide, lm_forward, run_capped, unsupported_reason
+    from moe_core.capacity.forward import decide, lm_forward, run_capped, unsupported_reason
 
     model = build_tiny_model(family)
     reason = unsupported_reason(model)

@@ -4,7 +4,7 @@ Discovery reads the model's own declaration (`_can_record_outputs["router_logits
 any `gate`/`router` module that has an `experts` sibling. Everything that differs between families
 lives in `ADAPTERS`, one row per transformers `model_type`; the capture code has no per-family branches.
 A model class transformers does not ship (remote code) has no row: its MoE layers are found by structure
-(`structural_blocks`) and captured by moe_core.generic.
+(`structural_blocks`) and captured by moe_core.capture.generic.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ SCORINGS: dict[str, Scoring] = {
     "sqrtsoftplus": lambda logits: torch.nn.functional.softplus(logits.float()).sqrt(),  # DeepSeek-V4
     "probabilities": lambda scores: scores.float(),  # the router reports probabilities already (Gemma 4)
 }
-SUM_TO_ONE = frozenset({"softmax", "probabilities"})  # scorings whose scores over all experts sum to 1
 # Choices under which the experts module is called as experts(hidden [T, H], index [T, k], weights [T, k]).
 EXPERTS_CALL_CHOICES = frozenset({"experts_call", "skip_call"})
 
@@ -52,7 +51,7 @@ class Adapter:
                       "dense_scores"  the router's output[0] is a dense [T, E] score, zero off the top-k (Llama 4);
                       "skip_call"     experts_call where a zero weight stands for the router's skip class (Zaya);
                       "sorted_groups" the router's own grouping: slots sorted by expert plus per-expert counts (JetMoE);
-                      "module_calls"  one module per expert, called on its rows (remote code: moe_core.generic).
+                      "module_calls"  one module per expert, called on its rows (remote code: moe_core.capture.generic).
     extra_routers:    class names of routers the model does not declare for output_router_logits (DeepSeek-V4's
                       hash routers, which pick experts from a token-id table); traced like the declared ones.
     untraced:         module-path parts whose routers are left out: Switch's "decoder" (the trace covers the
@@ -226,7 +225,8 @@ def find_moe_blocks(model: nn.Module, model_type: str) -> tuple[list[MoeBlock], 
 
 def is_generic(model: nn.Module) -> bool:
     """Is `model` a class transformers does not ship (remote code, a hand-built module)? Then no adapter row can
-    describe it, whatever its model_type says, and capture finds its MoE layers by structure (moe_core.generic)."""
+    describe it, whatever its model_type says, and capture finds its MoE layers by structure
+    (moe_core.capture.generic)."""
     return not type(model).__module__.startswith("transformers.")
 
 

@@ -12,7 +12,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens
+from moe_core.traces.types import DROPPED, ModelInfo, RoutingTrace, Tokens
 
 SCORINGS = ("softmax", "sigmoid")
 

@@ -1,4 +1,4 @@
-"""The corpus subcommands of `python -m moe_core` (entries of moe_core.cli.COMMANDS): trace-corpus, summarize."""
+"""The corpus subcommands of `python -m moe_core` (entries of moe_core.cli.main.COMMANDS): trace-corpus, summarize."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moe_core.arguments import capacity_factor, positive_int
+from moe_core.cli.arguments import capacity_factor, positive_int
 from moe_core.defaults import CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS, DEMO_MODEL, DEVICE_CHOICES
 
 
@@ -28,7 +28,7 @@ def trace_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_trace_corpus(args: argparse.Namespace) -> None:
-    from moe_core.cli import print_json
+    from moe_core.cli.main import print_json
     from moe_core.corpus.runner import CorpusSettings, trace_corpus
     from moe_core.corpus.summary import summary_json
 
@@ -55,7 +55,7 @@ def summarize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_summarize(args: argparse.Namespace) -> None:
     """Sum the finished shards' summaries, save DIR/summary.npz, print the JSON."""
-    from moe_core.cli import print_json
+    from moe_core.cli.main import print_json
     from moe_core.corpus.shards import load_manifest, write_total
     from moe_core.corpus.summary import summary_json
 

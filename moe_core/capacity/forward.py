@@ -1,6 +1,6 @@
 """The model run capacity-bound, and what its drops cost: a counterfactual forward pass.
 
-The static simulation (moe_core.capacity) drops slots on the routing of an uncapped pass, layer by layer. Here
+The static simulation (moe_core.capacity.simulate) drops slots on the routing of an uncapped pass, layer by layer. Here
 every MoE layer enforces capacity inside the pass, as GShard, Switch and OpenMoE do: at each layer, in order,
 the router scores the hidden state it actually receives, the layer's slots are served by the policy, and a
 dropped slot's combine weight becomes zero. The kept weights are not renormalised, so a token that loses every
@@ -10,7 +10,7 @@ at layer L+1, and comparing the next-token predictions with the plain pass says 
 Mechanics: a pre-hook on each routed-experts module rewrites the (index, weights) the model hands its experts.
 That works for every family whose experts are called as experts(hidden, index [T, k], weights [T, k]) and for
 Switch's one-hot call; `unsupported_reason` says in one sentence why any other family cannot be run. Hooks act
-only on the caller's own pass (moe_core.hooks). Capacity is decided on the CPU by the one rule the static
+only on the caller's own pass (moe_core.capture.hooks). Capacity is decided on the CPU by the one rule the static
 simulation uses (capacity.kept_slots / expert_choice): one small copy per layer.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.capacity import (
+from moe_core.capacity.simulate import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
     SERVING_ORDERS,
@@ -37,7 +37,8 @@ from moe_core.capacity import (
     kept_slots,
     top1_probability,
 )
-from moe_core.capture import (
+from moe_core.capture.hooks import Hook, forward_lock, hooks_active
+from moe_core.capture.record import (
     CHOICE_READERS,
     INDEX_NAMES,
     WEIGHT_NAMES,
@@ -47,9 +48,8 @@ from moe_core.capture import (
     tokenize_texts,
     trace_batch,
 )
-from moe_core.hooks import Hook, forward_lock, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
+from moe_core.capture.routers import SCORINGS, MoeBlock, adapter_of, find_moe_blocks
+from moe_core.traces.types import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 CAPPABLE_CHOICES = ("experts_call", "one_hot_call")  # the experts' call the hook can rewrite
 

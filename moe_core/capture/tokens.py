@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moe_core.trace import Tokens
+from moe_core.traces.types import Tokens
 
 
 def _offsets_without_mapping(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:

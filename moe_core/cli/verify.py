@@ -1,7 +1,8 @@
 """`python -m moe_core verify`: the ablation proof of capture on the loaded model itself, layer by layer.
 
-Exactness should not rest on a table someone wrote: this runs the architecture tests' proof (moe_core.verification)
-on any model the explorer can load, remote code included, on a short text and the first few MoE layers.
+Exactness should not rest on a table someone wrote: this runs the architecture tests' proof
+(moe_core.proof.verification) on any model the explorer can load, remote code included, on a short text and the
+first few MoE layers.
 Prints one JSON line; exits 1 when a layer fails, 2 on bad input.
 """
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
 
 if TYPE_CHECKING:
-    from moe_core.verification import ModelVerdict
+    from moe_core.proof.verification import ModelVerdict
 
 DEFAULT_LAYERS = 4  # layers proven by default: each costs E + 1 replays of its block
 EXIT_FAILED = 1
@@ -45,7 +46,7 @@ def verdict_json(model: str, verdict: ModelVerdict) -> dict[str, Any]:
 
 def run_verify(args: argparse.Namespace) -> None:
     from moe_core.models import load_model
-    from moe_core.verification import VERIFY_TEXTS, verify_model
+    from moe_core.proof.verification import VERIFY_TEXTS, verify_model
 
     if args.layers < 1:
         raise ValueError(f"--layers must be at least 1, got {args.layers}")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_core.hooks import Hook, hooks_active
-from moe_core.routers import SCORINGS, MoeBlock
-from moe_core.trace import DROPPED
+from moe_core.capture.hooks import Hook, hooks_active
+from moe_core.capture.routers import SCORINGS, MoeBlock
+from moe_core.traces.types import DROPPED
 
 RECOMPUTED_NOTE = (
     "recomputed, not captured: the experts that ran could not be read from this model's experts, so the experts "
@@ -119,7 +119,7 @@ def _block_hooks(block: MoeBlock, record: GenericRecord) -> list[Hook]:
 @contextlib.contextmanager
 def generic_recording(blocks: Sequence[MoeBlock]) -> Iterator[list[GenericRecord]]:
     """Record each block's input, router output and expert calls for the passes inside the `with` (this thread's
-    passes only, through moe_core.hooks)."""
+    passes only, through moe_core.capture.hooks)."""
     records = [GenericRecord() for _ in blocks]
     with hooks_active(
         [hook for block, record in zip(blocks, records, strict=True) for hook in _block_hooks(block, record)]

@@ -17,23 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moe_core import verify_command
-from moe_core.arguments import capacity_factor, positive_int
-from moe_core.capacity import (
+from moe_core.capacity.simulate import (
     EXPERT_CHOICE,
     FORWARD_POLICIES,
     GROUPS,
     POLICIES,
     simulate_capacity,
 )
-from moe_core.corpus import cli as corpus_cli
+from moe_core.cli import corpus as corpus_cli
+from moe_core.cli import verify as verify_command
+from moe_core.cli.arguments import capacity_factor, positive_int
+from moe_core.cli.show import run_show, show_arguments
 from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
-from moe_core.engines.command import run_show, show_arguments
-from moe_core.trace import DROPPED, RoutingTrace, Tokens
-from moe_core.trace_io import model_json, save_trace, to_json_dict
+from moe_core.traces.io import model_json, save_trace, to_json_dict
+from moe_core.traces.types import DROPPED, RoutingTrace, Tokens
 
 if TYPE_CHECKING:  # torch and transformers load only for the commands that run a model
-    from moe_core.capped import Counterfactual
+    from moe_core.capacity.forward import Counterfactual
 
 EXIT_BAD_INPUT = 2
 
@@ -127,7 +127,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _trace(args: argparse.Namespace) -> RoutingTrace:
-    from moe_core.capture import trace
+    from moe_core.capture.record import trace
 
     texts = _texts(args)
     loaded = _load(args)
@@ -237,7 +237,7 @@ def counterfactual_json(result: Counterfactual) -> dict[str, Any]:
 
 
 def _counterfactual(args: argparse.Namespace) -> dict[str, Any]:
-    from moe_core.capped import counterfactual
+    from moe_core.capacity.forward import counterfactual
 
     texts = _texts(args)
     loaded = _load(args)
@@ -274,7 +274,7 @@ def _run_architectures(_args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     from moe_core.defaults import BUNDLED_MODELS
-    from moe_core.verification import support_table, verify_all
+    from moe_core.proof.verification import support_table, verify_all
 
     bar = None
     if sys.stderr.isatty():

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from moe_core.capture import forward_text, recording
-from moe_core.routers import MoeBlock, adapter_for, find_moe_blocks
+from moe_core.capture.record import forward_text, recording
+from moe_core.capture.routers import MoeBlock, adapter_for, find_moe_blocks
 
 VOCAB_SIZE = 4096  # the demo tokenizer's, so every tiny model can read the same tokens
 ROUTER_LOGIT_STD = 2.0  # router logits' spread after calibration: routing varies, sigmoids do not saturate

@@ -18,7 +18,7 @@ def positive_int(value: str) -> int:
 
 def capacity_factor(value: str) -> float:
     """A capacity factor in (0, 64], refused by argparse in one line otherwise."""
-    from moe_core.capacity import check_capacity_factor
+    from moe_core.capacity.simulate import check_capacity_factor
 
     try:
         factor = float(value)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_core.trace import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
+from moe_core.traces.types import DROPPED, ModelInfo, RoutingTrace, Tokens, rank_slots
 
 FORMAT_VERSION = 1
 MAX_TRACE_MB = 50  # documented limit: a trace file over 50 MB is refused before it is parsed
