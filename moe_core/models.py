@@ -7,7 +7,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -127,9 +127,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _load_config(source: str, local_only: bool, trust_remote_code: bool) -> Any:
+def _load_config(source: str, local_only: bool, trust_remote_code: bool, revision: str | None = None) -> Any:
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
+                                          **_revision(revision))  # fmt: skip
     except OSError as error:
         if local_only and not Path(source).exists():
             raise ModelLoadError(
@@ -142,6 +143,14 @@ def _load_config(source: str, local_only: bool, trust_remote_code: bool) -> Any:
             f"{source!r}: {str(error).splitlines()[0]} (a newer transformers may support it; custom code needs "
             "trust_remote_code, which the operator must turn on)"
         ) from error
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # --dtype: weights
+
+
+def _revision(revision: str | None) -> dict[str, str]:
+    """from_pretrained's revision argument where one is asked for (a hub branch, tag or commit)."""
+    return {} if revision is None else {"revision": revision}
 
 
 def _model_class(config: Any, name: str) -> type:
@@ -177,23 +186,33 @@ def load_model(
     device: str = "auto",
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
 ) -> LoadedModel:
-    """Load model and tokenizer, ready to trace. `progress(stage, fraction)` is told as it goes."""
+    """Load model and tokenizer, ready to trace. `progress(stage, fraction)` is told as it goes. `revision`: a
+    hub branch, tag or commit (OLMoE publishes checkpoints as revisions); `dtype` overrides the device's
+    (a key of DTYPES: float32 against bfloat16 is one of the comparisons users ask for)."""
     report = progress or (lambda _stage, _fraction: None)
     report(f"finding {model_id}", 0.0)
     source = resolve(model_id)
     local_only = Path(source).exists() or not hub_reachable()
+    if revision is not None and Path(source).exists():
+        raise ModelLoadError(f"{model_id} is a local folder: a revision names a version of a hub model")
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     report("reading the config", 0.1)
-    config = _load_config(source, local_only, trust_remote_code)
+    config = _load_config(source, local_only, trust_remote_code, revision)
     check_is_moe(config, model_id, trust_remote_code)
     report("loading the tokenizer", 0.2)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, local_files_only=local_only, trust_remote_code=trust_remote_code
+            source, local_files_only=local_only, trust_remote_code=trust_remote_code, **_revision(revision)
         )
     except (OSError, ValueError, TypeError) as error:
         raise ModelLoadError(f"cannot load the tokenizer of {model_id}: {str(error).splitlines()[0]}") from error
     placement = choose_placement(device)
+    if dtype is not None:
+        placement = replace(placement, dtype=DTYPES[dtype])
     report(f"loading the weights onto {placement.device} ({str(placement.dtype).removeprefix('torch.')})", 0.3)
     try:
         model, info = _model_class(config, model_id).from_pretrained(
@@ -202,6 +221,7 @@ def load_model(
             local_files_only=local_only,
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
+            **_revision(revision),
             **placement.from_pretrained_kwargs(),
         )
     except Exception as error:  # safetensors, torch and OS errors all mean a broken checkpoint here

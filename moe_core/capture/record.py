@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -240,6 +241,44 @@ def tokenize_texts(
     limits = [x for x in (max_tokens, context_length(model)) if x]
     tokens, batch, truncated = tokenize(tokenizer, texts, min(limits) if limits else None)
     return TokenizedBatch(texts, tokens, batch, truncated)
+
+
+def batch_of_ids(
+    ids: Sequence[Sequence[int]], pad: int, tokens: Tokens | None = None, texts: tuple[str, ...] | None = None
+) -> TokenizedBatch:
+    """A right-padded batch of given token ids, one row per sequence, for trace_batch. `tokens`/`texts` keep a
+    recorded trace's own table (re-running its very tokens on another model, dtype or revision); without them the
+    display text and offsets are empty (a corpus never shows them)."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, values in enumerate(ids):
+        input_ids[row, : len(values)] = torch.as_tensor(values, dtype=torch.long)
+        mask[row, : len(values)] = 1
+    lengths = [len(row) for row in ids]
+    if tokens is None:
+        total = sum(lengths)
+        tokens = Tokens(
+            ids=np.concatenate([np.asarray(row, dtype=np.int64) for row in ids]),
+            text=("",) * total,
+            offsets=np.zeros((total, 2), dtype=np.int64),
+            sequence=np.repeat(np.arange(len(ids)), lengths),
+            position=np.concatenate([np.arange(n) for n in lengths]),
+        )
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    return TokenizedBatch(texts or ("",) * len(ids), tokens, batch, (False,) * len(ids) if texts else ())
+
+
+def retrace(model: nn.Module, tokenizer: Any, routing: RoutingTrace, name: str | None = None) -> RoutingTrace:
+    """`routing`'s very token ids routed by `model`: the other side of a comparison (an engine's dump against a
+    transformers run, bf16 against fp32, a fine-tune against its base). The tokens table is kept as recorded."""
+    tokens = routing.tokens
+    ids = [tokens.ids[tokens.sequence == s].tolist() for s in range(routing.num_sequences)]
+    vocabulary = getattr(model.config, "vocab_size", None)
+    if vocabulary is not None and int(tokens.ids.max()) >= vocabulary:
+        raise ValueError(f"token id {int(tokens.ids.max())} is past {name or 'the model'}'s vocabulary ({vocabulary})")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return trace_batch(model, batch_of_ids(ids, pad, tokens, routing.texts), name=name)[0]
 
 
 @torch.inference_mode()

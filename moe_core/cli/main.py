@@ -27,6 +27,7 @@ from moe_core.capacity.simulate import (
 from moe_core.cli import corpus as corpus_cli
 from moe_core.cli import verify as verify_command
 from moe_core.cli.arguments import capacity_factor, positive_int
+from moe_core.cli.compare import compare_arguments, run_compare
 from moe_core.cli.show import run_show, show_arguments
 from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
 from moe_core.traces.io import model_json, save_trace, to_json_dict
@@ -116,14 +117,20 @@ def _texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _load(args: argparse.Namespace) -> Any:
+def load_for_command(model: str, device: str, trust_remote_code: bool, **options: Any) -> Any:
+    """load_model as every command loads: transformers' weight-loading bar only on a terminal (piped or
+    captured, it wrote carriage-return lines into the log), our own stages on a terminal too."""
     from moe_core.models import load_model
 
-    if not sys.stderr.isatty():  # piped or captured: no progress bars in the log
+    if not sys.stderr.isatty():
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    return load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code, progress=_progress)
+    return load_model(model, device=device, trust_remote_code=trust_remote_code, progress=_progress, **options)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    return load_for_command(args.model, args.device, args.trust_remote_code)
 
 
 def _trace(args: argparse.Namespace) -> RoutingTrace:
@@ -330,6 +337,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "show": Command(
         "print or convert a saved trace or a vLLM / SGLang / Megatron-Core routing dump", show_arguments, run_show
+    ),
+    "compare": Command(
+        "two traces of the same tokens, layer by layer: first-choice and set agreement, load and weight differences",
+        compare_arguments,
+        run_compare,
     ),
 }
 

@@ -45,7 +45,7 @@ def verdict_json(model: str, verdict: ModelVerdict) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from moe_core.models import load_model
+    from moe_core.cli.main import load_for_command
     from moe_core.proof.verification import VERIFY_TEXTS, verify_model
 
     if args.layers < 1:
@@ -53,7 +53,7 @@ def run_verify(args: argparse.Namespace) -> None:
     texts = tuple(args.text or VERIFY_TEXTS)
     if any(not text.strip() for text in texts):
         raise ValueError("empty text: every --text needs some non-blank text")
-    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    loaded = load_for_command(args.model, args.device, args.trust_remote_code)
     verdict = verify_model(loaded.model, loaded.tokenizer, texts, max_layers=args.layers, name=args.model)
     json.dump(verdict_json(args.model, verdict), sys.stdout)
     print()

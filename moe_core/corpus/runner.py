@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moe_core.capture.record import TokenizedBatch, context_length, trace_batch
+from moe_core.capture.record import batch_of_ids, context_length, trace_batch
 from moe_core.corpus.documents import Document, read_documents, shard_chunks
 from moe_core.corpus.shards import (
     TracedDocument,
@@ -42,7 +42,7 @@ from moe_core.corpus.summary import (
 from moe_core.defaults import CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS
 from moe_core.models import LoadedModel, load_model
 from moe_core.traces.io import model_json
-from moe_core.traces.types import ModelInfo, Tokens
+from moe_core.traces.types import ModelInfo
 
 BATCH_TOKENS, SHARD_DOCUMENTS = CORPUS_BATCH_TOKENS, CORPUS_SHARD_DOCUMENTS  # defaults (moe_core.defaults)
 
@@ -126,26 +126,6 @@ def pack_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def padded_batch(ids: Sequence[Sequence[int]], pad: int) -> TokenizedBatch:
-    """A right-padded batch for trace_batch, without the display text and offsets a corpus never shows."""
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, values in enumerate(ids):
-        input_ids[row, : len(values)] = torch.as_tensor(values, dtype=torch.long)
-        mask[row, : len(values)] = 1
-    lengths = [len(row) for row in ids]
-    total = sum(lengths)
-    tokens = Tokens(
-        ids=np.concatenate([np.asarray(row, dtype=np.int64) for row in ids]),
-        text=("",) * total,
-        offsets=np.zeros((total, 2), dtype=np.int64),
-        sequence=np.repeat(np.arange(len(ids)), lengths),
-        position=np.concatenate([np.arange(n) for n in lengths]),
-    )
-    return TokenizedBatch(("",) * len(ids), tokens, {"input_ids": input_ids, "attention_mask": mask}, ())
-
-
 @dataclass
 class ShardWork:
     """One shard being traced: its document range, its non-blank documents, their ids and (once traced) routing."""
@@ -192,7 +172,7 @@ def trace_shard(
     tokenizer = loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     for batch in pack_batches([len(row) for row in work.ids], settings.batch_tokens):
-        routing, _ = trace_batch(loaded.model, padded_batch([work.ids[i] for i in batch], pad), name=settings.model)
+        routing, _ = trace_batch(loaded.model, batch_of_ids([work.ids[i] for i in batch], pad), name=settings.model)
         ends = np.cumsum([len(work.ids[i]) for i in batch])
         experts = np.split(routing.experts, ends[:-1], axis=1)
         weights = np.split(routing.weights.astype(np.float16), ends[:-1], axis=1) if settings.weights else None
@@ -285,4 +265,4 @@ def trace_corpus(
 def _model_info(loaded: LoadedModel, settings: CorpusSettings) -> ModelInfo:
     """The model's ModelInfo, from a one-token trace (what the manifest records before any shard)."""
     bos = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else 0
-    return trace_batch(loaded.model, padded_batch([[bos]], bos), name=settings.model)[0].model
+    return trace_batch(loaded.model, batch_of_ids([[bos]], bos), name=settings.model)[0].model

@@ -53,7 +53,8 @@ def _imports_of(*argv: str) -> str:
 
 
 def test_commands_that_need_no_model_import_no_torch(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """show (a saved trace, a Megatron-Core dump) and summarize (a traced corpus) read files only: no torch or
+    """show (a saved trace, a Megatron-Core dump), compare (two saved traces) and summarize (a traced corpus)
+    read files only: no torch or
     transformers (~5 s of imports); trace, which runs a model, does import them."""
     import json
 
@@ -67,6 +68,7 @@ def test_commands_that_need_no_model_import_no_torch(tmp_path: Path, tiny_model_
     documents.write_text("one document\nanother document\n", encoding="utf-8")
     trace_corpus(CorpusSettings(str(tiny_model_dir), str(documents), tmp_path / "corpus", device="cpu"))
     assert _imports_of("show", str(saved)) == "0 []"
+    assert _imports_of("compare", str(saved), str(saved)) == "0 []"
     assert _imports_of("show", str(dump)) == "0 []"
     assert _imports_of("summarize", str(tmp_path / "corpus")) == "0 []"
     assert _imports_of("trace", "--text", "hi", "--model", str(tiny_model_dir)) == "0 ['torch', 'transformers']"
