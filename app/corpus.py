@@ -7,13 +7,11 @@ the page reads only DIR/<name>/summary.npz and its manifest: the raw routing of 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
-from streamlit.errors import StreamlitAPIException
 
 from app.charts.capacity import drop_curve_chart
 from app.charts.load import coactivation_chart, domain_chart, load_chart
@@ -22,7 +20,7 @@ from app.components import explainer, set_chart_settings, show_chart, show_table
 from app.export import ChartStamp
 from app.operator import operator_options
 from app.safe_text import md_code, md_text, neutral_bidi, one_line
-from app.state import URL_KEYS
+from app.session import keep_settings
 from moe_core.analyses import corpus as frames
 from moe_core.corpus.shards import MANIFEST, TOTAL_SUMMARY, corpus_file, load_manifest
 from moe_core.corpus.summary import POLICY, CorpusSummary, load_summary
@@ -116,7 +114,7 @@ def corpus_page(header: DeltaGenerator) -> bool:
         st.error(f"Cannot read the corpus {md_code(name)}: {md_text(error)}")
         return True
     st.query_params.from_dict({CORPUS_KEY: name})
-    _keep_view_settings()
+    keep_settings()
     model = manifest["model"]
     header.caption(
         f"Corpus **{md_text(name)}** · {md_text(model['name'])} · {md_text(model['architecture'])} · "
@@ -126,16 +124,6 @@ def corpus_page(header: DeltaGenerator) -> bool:
     )
     draw(summary, model["name"])
     return True
-
-
-def _keep_view_settings() -> None:
-    """Keep the text views' settings while their widgets are not drawn (Streamlit forgets the state of a widget
-    left out of a run), so leaving the corpus page finds them as they were. Widgets drawn already in this run
-    (model, text) keep theirs anyway and refuse the assignment."""
-    for key in URL_KEYS:
-        if key in st.session_state:
-            with contextlib.suppress(StreamlitAPIException):
-                st.session_state[key] = st.session_state[key]
 
 
 def _layer(summary: CorpusSummary) -> int:

@@ -16,7 +16,7 @@ from app.memo import BytesLRU
 from app.operator import operator_options
 from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
 from moe_core.capacity.forward import Counterfactual, counterfactual
-from moe_core.capture.record import trace
+from moe_core.capture.record import retrace, trace
 from moe_core.experts import ExpertStudy, expert_study
 from moe_core.models import ASSETS, LoadedModel, load_model
 from moe_core.traces.types import RoutingTrace
@@ -61,32 +61,55 @@ def evictions(sizes: dict[str, int], new_size: int, max_count: int, max_bytes: i
     return dropped
 
 
-def get_model(model_id: str) -> LoadedModel:
+def variant_key(model_id: str, revision: str | None = None, dtype: str | None = None) -> str:
+    """The cache key of a model at a revision or in a dtype (the Compare view's side B); the plain id otherwise."""
+    return model_id + (f"@{revision}" if revision else "") + (f" ({dtype})" if dtype else "")
+
+
+def get_model(model_id: str, revision: str | None = None, dtype: str | None = None) -> LoadedModel:
     """The loaded model, loading it (with a status and a progress bar in the sidebar) only the first time.
 
     A plain process-wide dict rather than st.cache_resource: a status drawn inside a cached function is
     replayed, half-finished, on every later run. Device and remote code are the operator's choice
     (app/operator.py), never a visitor's.
     """
+    key = variant_key(model_id, revision, dtype)
     with _MODELS_LOCK:
-        if model_id in _MODELS:
-            return _MODELS[model_id]
-        with st.sidebar.status(f"Loading {model_id} …", expanded=True) as status:
+        if key in _MODELS:
+            return _MODELS[key]
+        with st.sidebar.status(f"Loading {key} …", expanded=True) as status:
             bar = st.progress(0.0)
-            loaded = _load(model_id, lambda stage, fraction: bar.progress(fraction, text=stage))
-            status.update(label=f"Loaded {model_id} on {loaded.placement.device}", state="complete", expanded=False)
+            progress = lambda stage, fraction: bar.progress(fraction, text=stage)  # noqa: E731
+            loaded = _load(model_id, progress, revision, dtype)
+            status.update(label=f"Loaded {key} on {loaded.placement.device}", state="complete", expanded=False)
         return loaded
 
 
-def _load(model_id: str, progress: Callable[[str, float], None] | None) -> LoadedModel:
+def _load(
+    model_id: str, progress: Callable[[str, float], None] | None, revision: str | None = None,
+    dtype: str | None = None,
+) -> LoadedModel:  # fmt: skip
     """Load with the operator's device and remote-code choice and keep it in _MODELS (caller holds the lock)."""
     options = operator_options()
-    loaded = load_model(model_id, device=options.device, trust_remote_code=options.trust_remote_code, progress=progress)
+    loaded = load_model(model_id, device=options.device, trust_remote_code=options.trust_remote_code,
+                        progress=progress, revision=revision, dtype=dtype)  # fmt: skip
     sizes = {key: weight_bytes(cached) for key, cached in _MODELS.items()}
     for key in evictions(sizes, weight_bytes(loaded), MAX_MODELS, model_cache_bytes()):
         del _MODELS[key]  # the memory is freed once no session still holds it
-    _MODELS[model_id] = loaded
+    _MODELS[variant_key(model_id, revision, dtype)] = loaded
     return loaded
+
+
+def get_retrace(loaded: LoadedModel, key: str, routing: RoutingTrace) -> RoutingTrace:
+    """`routing`'s very tokens routed by another model, revision or dtype (the Compare view's side B), cached in
+    TRACES by (key, the tokens) like every trace."""
+    tokens = (tuple(routing.tokens.ids.tolist()), tuple(routing.tokens.sequence.tolist()))
+
+    def routed() -> RoutingTrace:
+        with st.spinner(f"Routing the same tokens through {key} …"):
+            return retrace(loaded.model, loaded.tokenizer, routing, name=key)
+
+    return TRACES.get((key, "retrace", tokens), routed)
 
 
 @st.cache_data(show_spinner="Running every expert on every token …", max_entries=16)

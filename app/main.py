@@ -29,12 +29,15 @@ from app.loading import (  # noqa: E402
     get_expert_study,
     get_lab_batch,
     get_model,
+    get_retrace,
     get_trace,
     presets,
+    variant_key,
     warm_up,
 )
 from app.operator import operator_options  # noqa: E402
 from app.safe_text import md_code, md_text  # noqa: E402
+from app.session import keep_settings  # noqa: E402
 from app.state import (  # noqa: E402
     CF_SLIDER_MAX,
     CF_SLIDER_MIN,
@@ -325,6 +328,18 @@ def _counterfactual(model_id: str) -> Callable[..., Counterfactual]:
     )
 
 
+def _other_run(routing: RoutingTrace) -> Callable[[str, str | None, str | None], RoutingTrace]:
+    """The Compare view's side B: the trace's very tokens routed by a model, at a revision, in a dtype (the
+    model id goes through the operator's allow-list, as every model a visitor names)."""
+
+    def run(model: str, revision: str | None, dtype: str | None) -> RoutingTrace:
+        model_id = model_key(model)
+        loaded = get_model(model_id, revision, dtype)
+        return get_retrace(loaded, variant_key(model_id, revision, dtype), routing)
+
+    return run
+
+
 def _expert_study(model_id: str, texts: tuple[str, ...], layer_row: int) -> Callable[[], ExpertStudy]:
     """A Closer Look at the chosen layer of the current text, run only when a view asks for it."""
     return lambda: get_expert_study(get_model(model_id), model_id, texts, layer_row)
@@ -353,6 +368,7 @@ def main() -> None:
     st.set_page_config(page_title="MoE Routing Explorer", page_icon="🔀", layout="wide")
     html_block(PAGE_CSS)
     _seed_session_from_url()
+    keep_settings()  # a view's own widgets (token, side B) keep their values while other views are shown
     st.title("MoE Routing Explorer")  # at once, before any model work: a first visit never sees a blank page
     header = st.empty()
     header.caption("Loading the model and routing the text …")
@@ -398,6 +414,8 @@ def main() -> None:
         lab_batch=(lambda: get_lab_batch(get_model(model_id), model_id)) if model_id else (lambda: None),
         counterfactual=_counterfactual(model_id) if model_id else None,
         continued_at=_continued_at(model_id),
+        model_id=model_id,
+        other_run=_other_run(routing),
     )
     try:
         VIEW_MODULES[settings.view].draw(context)

@@ -38,6 +38,18 @@ class Settings:
     group: str = "sequence"
     token: int = 0  # token picked for the gate-weight distribution
     present: bool = False  # presentation mode: no chrome, large type
+    compare_with: str = "dtype"  # the Compare view's side B: a key of COMPARE_SIDES
+    compare_model: str = ""  # side B's model ("" : the page's own)
+    compare_revision: str = ""  # side B's hub revision ("" : none)
+    compare_dtype: str = "bfloat16"  # side B's weights when comparing dtypes
+
+
+COMPARE_SIDES = {  # the Compare view's second side -> how the page names it
+    "dtype": "the same model in another dtype",
+    "model": "another model or revision",
+    "upload": "an uploaded trace or dump",
+}
+COMPARE_DTYPES = ("float32", "bfloat16", "float16")  # moe_core.models.DTYPES' names
 
 
 INPUT_FIELDS = ("model", "prompt")  # what the page traces; the rest says how it is shown
@@ -51,6 +63,10 @@ URL_KEYS = {  # field -> short URL key
     "group": "group",
     "token": "token",
     "present": "present",
+    "compare_with": "vs",
+    "compare_model": "vs_model",
+    "compare_revision": "vs_rev",
+    "compare_dtype": "vs_dtype",
 }
 
 
@@ -115,7 +131,8 @@ def _parse(name: str, raw: str) -> object:
         if raw not in {"0", "1", "true", "false"}:
             raise ValueError("must be 1 or 0")
         return raw in {"1", "true"}
-    choices = {"view": VIEWS, "policy": POLICIES, "group": GROUPS}.get(name)
+    choices = {"view": VIEWS, "policy": POLICIES, "group": GROUPS, "compare_with": tuple(COMPARE_SIDES),
+               "compare_dtype": COMPARE_DTYPES}.get(name)  # fmt: skip
     if choices is not None and raw not in choices:
         raise ValueError(f"must be one of {', '.join(choices)}")
     if not raw.strip():

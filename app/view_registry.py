@@ -15,6 +15,7 @@ VIEW_MODULE_NAMES: dict[str, str] = {
     "load": "expert_load",
     "capacity": "capacity",
     "flow": "layer_flow",
+    "compare": "compare",
 }
 VIEWS = tuple(VIEW_MODULE_NAMES)
 

@@ -31,6 +31,9 @@ class ViewContext:
     lab_batch: Callable[[], LabBatch | None] = _none
     counterfactual: Callable[..., Counterfactual] | None = None
     continued_at: int | None = None  # character of the text where "Let the model continue" writing begins
+    model_id: str | None = None  # the page's model (None: an uploaded trace)
+    # The Compare view's side B: these very tokens routed by (model, revision, dtype); None without a model
+    other_run: Callable[[str, str | None, str | None], RoutingTrace] | None = None
 
     @property
     def layer(self) -> int:

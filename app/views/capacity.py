@@ -240,6 +240,8 @@ def _cascade(context: ViewContext, lab: LabBatch, static: LayerSlots) -> None:
     frame = cascade_curves(capped.tokens.position, static, forward)
     title = f"Layer {context.layer}: the static simulation against the capacity-bound forward"
     show_chart(labelled_curves_chart(frame, "source", "drops from", title), "drops-cascade")
+    st.caption("The static simulation applies capacity to each layer on the uncapped routing; the capacity-bound "
+               "forward applies it inside the pass, so each layer routes what the drops before it left.")  # fmt: skip
     kept = capped.routing_kept_by_layer()
     if len(kept) < 2:
         return
@@ -274,6 +276,8 @@ def _honest_batch(context: ViewContext, capped_on: bool) -> None:
     groupings = grouping_curves(batch, settings.capacity_factor, settings.policy, row)
     title = f"Per text or per batch: the same windows at CF {settings.capacity_factor:g}"
     show_chart(labelled_curves_chart(groupings, "grouping", "capacity group", title), "drops-grouping")
+    st.caption("Per text, each window has its own C; per batch, one C for all windows together, as the model was "
+               "trained: a window's hot expert is another's cold one, so far fewer slots drop.")  # fmt: skip
     if capped_on and context.counterfactual is not None:
         _cascade(context, lab, slots)
     if settings.group == "batch":

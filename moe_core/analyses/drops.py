@@ -46,9 +46,9 @@ def curves_by_domain(trace: RoutingTrace, slots: LayerSlots, domains: Sequence[s
     return pd.concat(frames, ignore_index=True)
 
 
-GROUPINGS = {  # capacity group -> how the lab names it
-    "sequence": "each text its own budget (group = sequence)",
-    "batch": "one budget for the whole batch, as in training (group = batch)",
+GROUPINGS = {  # capacity group -> how the lab names it (short: a legend label)
+    "sequence": "per text (group = sequence)",
+    "batch": "per batch, as trained (group = batch)",
 }
 
 
@@ -66,9 +66,9 @@ def grouping_curves(trace: RoutingTrace, capacity_factor: float, policy: str, la
     return pd.concat(frames, ignore_index=True)
 
 
-CASCADE = {  # source of the slots -> how the lab names it
-    "static": "static simulation: each layer on the uncapped routing",
-    "forward": "capacity-bound forward: each layer on what the drops before it left",
+CASCADE = {  # source of the slots -> how the lab names it (short: a legend label)
+    "static": "static simulation",
+    "forward": "capacity-bound forward",
 }
 
 
