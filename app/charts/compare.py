@@ -23,7 +23,7 @@ def agreement_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
             y=alt.Y("value:Q", title="agreement", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             color=alt.Color(
                 "measure:N", title=None, sort=list(MEASURES.values()), legend=alt.Legend(orient="top", labelLimit=400)
-            ),  # fmt: skip
+            ),
             tooltip=["layer:O", "measure:N", alt.Tooltip("value:Q", format=".2%")],
         )
         .properties(height=CHART_HEIGHT * 3 // 4, title=title)
