@@ -25,6 +25,7 @@ from moe_core.capacity.simulate import (
     simulate_capacity,
 )
 from moe_core.cli import corpus as corpus_cli
+from moe_core.cli import series as series_cli
 from moe_core.cli import verify as verify_command
 from moe_core.cli.arguments import capacity_factor, positive_int
 from moe_core.cli.compare import compare_arguments, run_compare
@@ -337,6 +338,16 @@ COMMANDS: dict[str, Command] = {
     ),
     "show": Command(
         "print or convert a saved trace or a vLLM / SGLang / Megatron-Core routing dump", show_arguments, run_show
+    ),
+    "trace-checkpoints": Command(
+        "trace one fixed text set at every checkpoint of a run (a folder, or hub revisions), resumably",
+        series_cli.trace_checkpoints_arguments,
+        series_cli.run_trace_checkpoints,
+    ),
+    "training-series": Command(
+        "router saturation and early routing learning over a traced checkpoint series (JSON)",
+        series_cli.training_series_arguments,
+        series_cli.run_training_series,
     ),
     "compare": Command(
         "two traces of the same tokens, layer by layer: first-choice and set agreement, load and weight differences",

@@ -30,6 +30,9 @@ PURE = [
     "moe_core.corpus.summary",
     "moe_core.corpus.shards",
     "moe_core.cli.main",
+    "moe_core.analyses.compare",
+    "moe_core.analyses.series",
+    "moe_core.series.store",
 ]
 CHARTS = ["app.charts.capacity", "app.charts.gates", "app.charts.load", "app.charts.matrix", "app.charts.routing"]
 CHILD = """
