@@ -2,6 +2,7 @@
 
 python scripts/screenshots.py                  # all of them
 python scripts/screenshots.py --real-shapes    # only the 256-expert (DeepSeek-V3-shaped) ones
+python scripts/screenshots.py --only=compare --only=capacity-lab   # only these
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from tests.e2e.browser import app_server, chromium, wait_for_charts  # noqa: E40
 
 OUT = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1440, "height": 1500}
-LAB_VIEWPORT = {"width": 1440, "height": 5200}  # the lab is long; Streamlit scrolls inside its main pane
+LAB_VIEWPORT = {"width": 1440, "height": 6400}  # the lab is long; Streamlit scrolls inside its main pane
 LAB_SECTIONS = {  # (top, bottom) pixel rows of the lab screenshot cut into README images
-    "capacity-lab-cost": (380, 2000),
-    "capacity-lab-end": (2000, 3900),
+    "capacity-lab-cost": (380, 2640),
+    "capacity-lab-end": (2640, 5300),  # equal-length windows, per text or batch, the cascade, the controls
 }
 
 
@@ -33,7 +34,7 @@ def capacity_lab(browser, url: str) -> None:
     from PIL import Image
 
     page = browser.new_page(viewport=LAB_VIEWPORT)
-    page.goto(f"{url}/?view=capacity&cf=0.75")
+    page.goto(f"{url}/?view=capacity&cf=0.75&layer=1")  # layer 1: the cascade differs from the static curve
     wait_for_charts(page)
     page.get_by_text("Run the model capacity-bound").click()
     time.sleep(1.0)
@@ -102,11 +103,13 @@ def main() -> None:
         "load": f"view=load&text={quote(mixed)}",
         "capacity": "view=capacity&cf=0.75",
         "flow": f"view=flow&text={quote(mixed)}",
+        "compare": f"view=compare&layer=2&text={quote(texts['Long text (all domains)'])}",  # fp32 against bf16
     }
     presenting = f"view=routing&present=1&text={quote(texts['Python code'])}"
     projector = {"presentation-1280": (presenting, {"width": 1280, "height": 720}),
                  "presentation-1920": (presenting, {"width": 1920, "height": 1080})}  # fmt: skip
     only_real_shapes = "--real-shapes" in sys.argv[1:]  # just the 256-expert shots
+    only = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--only=")]  # e.g. --only=compare
     long_text = "\n".join([mixed, texts["Long text (all domains)"]])  # about 1,700 tokens: each expert has some
     OUT.mkdir(parents=True, exist_ok=True)
     with app_server() as url, chromium() as browser:
@@ -114,6 +117,8 @@ def main() -> None:
             real_shapes(browser, url, long_text)
             return
         for name, (query, viewport) in {**{n: (q, VIEWPORT) for n, q in shots.items()}, **projector}.items():
+            if only and name not in only:
+                continue
             page = browser.new_page(viewport=viewport)
             page.goto(f"{url}/?{query}")
             wait_for_charts(page)
@@ -121,8 +126,10 @@ def main() -> None:
             page.screenshot(path=OUT / f"{name}.png")
             page.close()
             print(f"wrote {OUT / f'{name}.png'}")
-        capacity_lab(browser, url)
-        real_shapes(browser, url, long_text)
+        if not only or "capacity-lab" in only:
+            capacity_lab(browser, url)
+        if not only:
+            real_shapes(browser, url, long_text)
 
 
 if __name__ == "__main__":

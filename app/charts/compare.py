@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import pandas as pd
 
@@ -13,14 +15,17 @@ SIDE_COLORS = ("#0072B2", "#E69F00")  # Okabe-Ito blue and orange: A and B, told
 
 
 def agreement_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
-    """agreement_frame's long table: one line per measure over the MoE layers, on a 0–100% axis."""
+    """agreement_frame's long table: one line per measure over the MoE layers; the axis starts just below the
+    lowest point (two runs usually agree on 95%+ of slots, which a 0–100% axis would flatten into one line)."""
     frame = frame.assign(measure=frame["measure"].map(MEASURES))
+    low = float(frame["value"].min()) if len(frame) else 0.0
+    floor = max(0.0, math.floor((low - 0.005) * 50) / 50)  # 2%-steps below the lowest point: differences show
     chart = (
         alt.Chart(frame)
-        .mark_line(point=True)
+        .mark_line(point=True, strokeWidth=3)
         .encode(
             x=alt.X("layer:O", title="MoE layer"),
-            y=alt.Y("value:Q", title="agreement", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("value:Q", title="agreement", scale=alt.Scale(domain=[floor, 1]), axis=alt.Axis(format="%")),
             color=alt.Color(
                 "measure:N", title=None, sort=list(MEASURES.values()), legend=alt.Legend(orient="top", labelLimit=400)
             ),

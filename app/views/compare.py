@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import streamlit as st
 
 from app.charts.compare import agreement_chart, load_pair_chart
-from app.components import TEXT_WINDOW, explainer, html_block, show_chart, visible_text
+from app.components import TEXT_BOX_PX, TEXT_WINDOW, explainer, html_block, show_chart, visible_text, window_slider
 from app.safe_text import md_text
 from app.state import COMPARE_DTYPES, COMPARE_SIDES
 from app.views import ViewContext
@@ -53,17 +54,31 @@ def _compare_legend() -> str:
     return f'<div class="legend">{chips}</div>'
 
 
-def category_text(result: Comparison, layer: int) -> str:
-    """A's tokens coloured by their category at `layer` (first TEXT_WINDOW aligned tokens), escaped."""
+def category_text(result: Comparison, layer: int, window: slice = slice(None)) -> str:
+    """A's tokens coloured by their category at `layer` (the aligned tokens in `window`), escaped."""
     row = result.alignment.layers.index(layer)
     rules = "".join(f".tokens .c{c}{{background:{bg};color:{fg}}}" for c, (bg, fg) in CATEGORY_STYLE.items())
     spans = []
-    for token, category in zip(result.alignment.rows_a[:TEXT_WINDOW].tolist(),
-                               result.categories[row][:TEXT_WINDOW].tolist(), strict=True):  # fmt: skip
+    for token, category in zip(result.alignment.rows_a[window].tolist(), result.categories[row][window].tolist(),
+                               strict=True):  # fmt: skip
         text = result.a.tokens.text[token]
         if text:
             spans.append(f'<span class="tok c{category}" title="{CATEGORIES[category]}">{visible_text(text)}</span>')
-    return f'<style>{rules}</style><div class="routed-box"><div class="tokens">{"".join(spans)}</div></div>'
+    box = f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">'
+    return f'<style>{rules}</style>{box}<div class="tokens">{"".join(spans)}</div></div>'
+
+
+def _text_window(result: Comparison, layer: int) -> slice:
+    """Past TEXT_WINDOW tokens, a slider over the text that opens on the first token that changed here."""
+    if result.tokens <= TEXT_WINDOW:
+        return slice(None)
+    last = result.tokens - TEXT_WINDOW
+    changed = np.flatnonzero(result.categories[result.alignment.layers.index(layer)] != SAME)
+    first = min(int(changed[0]) // 64 * 64, last) if len(changed) else 0
+    start = window_slider(f"Text: first of {TEXT_WINDOW} tokens shown", last, first, TEXT_WINDOW // 8,
+                          "compare_text_start")  # fmt: skip
+    st.caption(f"Tokens {start:,}–{min(start + TEXT_WINDOW, result.tokens) - 1:,} of {result.tokens:,} compared.")
+    return slice(start, start + TEXT_WINDOW)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -155,9 +170,7 @@ def draw(context: ViewContext) -> None:
     show_chart(agreement_chart(agreement_frame(result), f"A: {names[0]} · B: {names[1]}"), "compare-agreement")
     st.subheader(f"Which tokens changed at layer {layer}")
     html_block(_compare_legend())
-    html_block(category_text(result, layer))
-    if result.tokens > TEXT_WINDOW:
-        st.caption(f"The first {TEXT_WINDOW:,} of {result.tokens:,} tokens compared.")
+    html_block(category_text(result, layer, _text_window(result, layer)))
     load = result.load[result.load["layer"] == layer]
     show_chart(load_pair_chart(load, names, routing.model.num_experts, f"Load at layer {layer}, both runs"),
                "compare-load")  # fmt: skip
