@@ -308,6 +308,36 @@ def _run_architectures(_args: argparse.Namespace) -> None:
     print(support_table(results))
 
 
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEMO_MODEL, help=f"bundled name, local folder or hub id ({DEMO_MODEL})")
+    parser.add_argument("--text", required=True, help="the prompt the model continues")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40, help="tokens the model writes (40)")
+    parser.add_argument("--temperature", type=float, default=None, help="sample at this temperature (greedy if unset)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    parser.add_argument("--seed", type=int, default=None, help="the sampling seed (reproducible runs)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off)")
+    parser.add_argument("--format", choices=("json",), default="json")
+    parser.add_argument("--out", type=Path, help="write the trace to FILE.json or FILE.parquet instead")
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    """The trace JSON of `trace`, each token with its phase (prompt / generated)."""
+    from moe_core.capture.generation import generate_trace
+
+    (text,) = _texts(argparse.Namespace(text=[args.text]))
+    if args.out is not None and args.out.suffix not in {".json", ".parquet"}:
+        raise ValueError(f"cannot save a trace as {args.out.suffix!r}: use .json or .parquet")
+    loaded = load_for_command(args.model, args.device, args.trust_remote_code)
+    routing = generate_trace(loaded.model, loaded.tokenizer, text, args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed, name=args.model)  # fmt: skip
+    if args.out is None:
+        print_json(to_json_dict(routing))
+        return
+    save_trace(routing, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def _no_arguments(_parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -348,6 +378,11 @@ COMMANDS: dict[str, Command] = {
         "router saturation and early routing learning over a traced checkpoint series (JSON)",
         series_cli.training_series_arguments,
         series_cli.run_training_series,
+    ),
+    "generate": Command(
+        "let the model write and record the routing of every step (prompt and generated tokens, with their phase)",
+        _generate_arguments,
+        _run_generate,
     ),
     "compare": Command(
         "two traces of the same tokens, layer by layer: first-choice and set agreement, load and weight differences",

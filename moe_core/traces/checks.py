@@ -116,6 +116,15 @@ def model_info(raw: Any) -> ModelInfo:
     )
 
 
+def header_generated(header: dict, num_texts: int) -> tuple[int | None, ...]:
+    """The header's "generated_from": per text, the position where generated tokens begin, or null."""
+    raw = header.get("generated_from", [])
+    values = _list(raw, "generated_from")
+    if values and len(values) != num_texts:
+        raise TraceFormatError(f"generated_from must give one position (or null) per text ({num_texts})")
+    return tuple(None if v is None else whole(v, "each of generated_from", 0) for v in values)
+
+
 def header_ranked(header: dict) -> bool:
     """The header's "slots_ranked" (true where absent: files from before it existed came from this tool)."""
     value = header.get("slots_ranked", True)
@@ -256,6 +265,7 @@ def build(
     tokens: Tokens,
     arrays: dict[str, np.ndarray],
     slots_ranked: bool = True,
+    generated_from: tuple[int | None, ...] = (),
 ) -> RoutingTrace:
     """The trace, once its tokens and routing have passed their checks (the header passed header_parts). Where
     gate weights exist, slots are put in descending weight: then slot 0 is the first choice, whatever the writer's
@@ -268,6 +278,7 @@ def build(
         slots_ranked = True
     try:
         values = {name: arrays.get(name) for name in ARRAYS}
-        return RoutingTrace(model, texts, tokens, truncated=truncated, slots_ranked=slots_ranked, **values)
+        return RoutingTrace(model, texts, tokens, truncated=truncated, slots_ranked=slots_ranked,
+                            generated_from=generated_from, **values)  # fmt: skip
     except ValueError as error:
         raise TraceFormatError(str(error)) from error

@@ -32,6 +32,7 @@ from moe_core.traces.checks import (
     TraceFormatError,
     build,
     check_budget,
+    header_generated,
     header_parts,
     header_ranked,
     nested_array,
@@ -54,6 +55,7 @@ PARQUET_COLUMNS = {  # column -> what its values must be; the optional arrays ma
     "experts": "int list",
 }
 TOKEN_COLUMNS = ("id", "sequence", "position", "start", "end")
+PHASES = {False: "prompt", True: "generated"}  # a token's "phase" in the JSON of a trace with generated tokens
 
 
 def model_json(model: ModelInfo) -> dict[str, Any]:
@@ -69,12 +71,14 @@ def _header(routing: RoutingTrace) -> dict[str, Any]:
         "texts": list(routing.texts),
         "truncated": list(routing.truncated),
         "slots_ranked": routing.slots_ranked,
+        **({"generated_from": list(routing.generated_from)} if routing.generated_from else {}),
     }
 
 
 def to_json_dict(routing: RoutingTrace) -> dict[str, Any]:
     """The CLI's JSON: model, tokens, and per layer logits / probs / experts / weights as nested lists."""
     tokens = routing.tokens
+    generated = routing.generated()
     return {
         **_header(routing),
         "tokens": [
@@ -85,6 +89,7 @@ def to_json_dict(routing: RoutingTrace) -> dict[str, Any]:
                 "position": int(tokens.position[i]),
                 "start": int(tokens.offsets[i, 0]),
                 "end": int(tokens.offsets[i, 1]),
+                **({"phase": PHASES[bool(generated[i])]} if routing.generated_from else {}),
             }
             for i in range(len(tokens))
         ],
@@ -160,7 +165,7 @@ def from_json_dict(data: Any) -> RoutingTrace:
     model, texts, truncated = header_parts(data)
     tokens = _json_tokens(data.get("tokens"))
     arrays = _json_arrays(data.get("layers"), model, len(tokens))
-    return build(model, texts, truncated, tokens, arrays, header_ranked(data))
+    return build(model, texts, truncated, tokens, arrays, header_ranked(data), header_generated(data, len(texts)))
 
 
 def to_parquet_bytes(routing: RoutingTrace, scores_dtype: type = np.float32) -> bytes:
@@ -342,7 +347,7 @@ def from_parquet_bytes(data: bytes, arrays: Sequence[str] | None = None) -> Rout
         .astype(np.int64 if name == "experts" else np.float32)
         for name in present
     }
-    return build(model, texts, truncated, tokens, routing, header_ranked(header))
+    return build(model, texts, truncated, tokens, routing, header_ranked(header), header_generated(header, len(texts)))
 
 
 def to_json_text(routing: RoutingTrace) -> str:

@@ -102,6 +102,7 @@ class RoutingTrace:
     weights: np.ndarray | None
     truncated: tuple[bool, ...] = field(default=())  # per text: was it cut to the context length?
     slots_ranked: bool = True  # is slot 0 each token's first choice? (False: an engine wrote the set, by expert id)
+    generated_from: tuple[int | None, ...] = ()  # per text: the position where the model's own writing begins
 
     def __post_init__(self) -> None:
         num_layers, num_tokens = len(self.model.moe_layers), len(self.tokens)
@@ -133,6 +134,12 @@ class RoutingTrace:
     @property
     def num_sequences(self) -> int:
         return len(self.texts)
+
+    def generated(self) -> np.ndarray:
+        """[T] bool: the tokens the model wrote itself (phase "generated"), as opposed to its prompt."""
+        starts = np.asarray([-1 if s is None else s for s in self.generated_from] or [-1] * self.num_sequences)
+        start = starts[self.tokens.sequence]
+        return (start >= 0) & (self.tokens.position >= start)
 
     def unranked_sentence(self, needed_by: str) -> str | None:
         """None when slot 0 is each token's first choice; else the one sentence a first-choice reader shows."""
