@@ -125,10 +125,12 @@ def _run_side(context: ViewContext) -> RoutingTrace | None:
         st.info("Re-running these tokens needs a model: pick \u201can uploaded trace or dump\u201d as side B.")
         return None
     if settings.compare_with == "dtype":
+        if context.model_id is None:  # an uploaded trace: the model that made it is not loaded here
+            st.info("Another dtype needs the model that made this trace: compare with another model (its name) "
+                    "or with a second uploaded file.")  # fmt: skip
+            return None
         st.selectbox("Side B's dtype", COMPARE_DTYPES, key="compare_dtype")
         model, revision, dtype = context.model_id, None, settings.compare_dtype
-        if model is None:  # an uploaded trace: its tokens re-run on the page's model
-            model = st.session_state.get("model")
     else:
         left, right = st.columns(2)
         left.text_input("Side B's model (bundled name, folder or hub id; empty: this one)", key="compare_model")

@@ -47,7 +47,10 @@ def _upload(at) -> None:
 def test_every_view_draws_a_deepseek_shaped_trace_within_bounds(view: str, uploaded: None) -> None:
     """Each view draws its charts without an error; no chart carries more than CHART_BYTES (spec and data), and
     the page's text stays under PAGE_TEXT_BYTES."""
-    at = run_app({"text": "hello", "view": view, "layer": "30"}, setup=_upload)
+    at = run_app({"text": "hello", "view": view, "layer": "30", "vs": "upload"}, setup=_upload)
+    if view == "compare":  # side B: the same trace again, through the view's own upload box
+        at.file_uploader(key="compare_upload").set_value(("b.parquet", b"stand-in", "application/octet-stream"))
+        at.run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     assert "256 experts, top-8" in at.caption[0].value and "61 MoE layers" in at.caption[0].value
     charts = at.get("vega_lite_chart")
