@@ -36,6 +36,8 @@ def test_every_view_opens_an_experts_only_trace(view: str) -> None:
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     if view == "gates":
         assert "This trace has no router scores: the gate view needs them." in _messages(at)
+    elif view == "compare":  # no model behind an upload: the view says what side B can be
+        assert any("Another dtype needs the model" in info.value for info in at.info)
     else:
         assert at.get("vega_lite_chart"), view
 
