@@ -14,8 +14,7 @@ from torch import nn
 
 from moe_core.capture.hooks import forward_lock
 from moe_core.capture.record import context_length
-
-MAX_NEW_TOKENS = 256  # a continuation longer than this is better typed than waited for
+from moe_core.defaults import MAX_NEW_TOKENS
 
 
 @torch.inference_mode()

@@ -18,25 +18,17 @@ from torch import nn
 from moe_core.capture.hooks import forward_lock
 from moe_core.capture.record import model_info, recording, tokenize_texts
 from moe_core.capture.routers import SCORINGS, adapter_of, find_moe_blocks, is_generic
+from moe_core.defaults import MAX_NEW_TOKENS
 from moe_core.traces.types import RoutingTrace, Tokens, rank_slots
-
-MAX_NEW_TOKENS = 256  # per request: a longer continuation is better typed than waited for
 
 
 def _token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each generated token's text, the bytes of one character shown on the first of its tokens (as engines)."""
-    texts, pending = [], []
-    for token in ids:
-        pending.append(token)
-        texts.append("")
-        piece = tokenizer.decode(pending, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if "\ufffd" in piece and len(pending) < 4:
-            continue
-        texts[-len(pending)] = piece
-        pending = []
-    if pending:
-        texts[-len(pending)] = tokenizer.decode(pending, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return texts
+    """Each generated token's text, as engine dumps show theirs (engines.common.decoded_pieces)."""
+    from moe_core.engines.common import decoded_pieces
+
+    return decoded_pieces(
+        lambda part: tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False), ids
+    )
 
 
 def _check(model: nn.Module, text: str, max_new_tokens: int) -> None:

@@ -257,18 +257,24 @@ def _token_text(hints: ModelHints, ids: np.ndarray | None, start: int, count: in
         return [f"?{start + i}" for i in range(count)]
     if hints.decode is None:
         return [f"#{int(token)}" for token in ids]
+    return decoded_pieces(hints.decode, ids.tolist())
+
+
+def decoded_pieces(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
+    """Each token's display text; the bytes of one character show it on the first of their tokens and "" on the
+    rest (so joining the pieces gives back the text)."""
     texts: list[str] = []
     pending: list[int] = []
-    for token in ids.tolist():
+    for token in ids:
         pending.append(token)
         texts.append("")
-        piece = hints.decode(pending)
+        piece = decode(pending)
         if "\ufffd" in piece and len(pending) < 4:  # part of a multi-byte character: wait for the rest
             continue
         texts[-len(pending)] = piece
         pending = []
     if pending:
-        texts[-len(pending)] = hints.decode(pending)
+        texts[-len(pending)] = decode(pending)
     return texts
 
 
