@@ -54,7 +54,8 @@ from app.view_registry import VIEWS, view_module  # noqa: E402
 from app.views import ViewContext  # noqa: E402
 from moe_core.capacity.forward import Counterfactual  # noqa: E402
 from moe_core.capacity.simulate import GROUPS, POLICIES  # noqa: E402
-from moe_core.engines import UPLOAD_TYPES, Payload, read_payloads  # noqa: E402
+from moe_core.engines import UPLOAD_TYPES, ModelHints, Payload, read_payloads  # noqa: E402
+from moe_core.engines.megatron import MAX_PIPELINE_STAGES  # noqa: E402
 from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
 from moe_core.traces.checks import check_vocabulary  # noqa: E402
@@ -175,7 +176,20 @@ def _sidebar_inputs() -> list[UploadedFile]:
     )
     if uploads:
         sidebar.radio("Show", list(SOURCES), key="source", format_func=SOURCES.get, horizontal=True)
+        if any(_is_megatron(upload.name) for upload in uploads):
+            sidebar.number_input(
+                "Pipeline stages",
+                min_value=1,
+                max_value=MAX_PIPELINE_STAGES,
+                key="pipeline_stages",
+                help="Megatron-Core: each pipeline stage numbers its layers from 0; say how many the run had so "
+                "their layers are put back in order (the CLI's --pipeline-stages).",
+            )
     return list(uploads or ())
+
+
+def _is_megatron(name: str) -> bool:
+    return name.endswith(".jsonl")  # Megatron-Core's router_trace_rank*.jsonl: the one format with stages
 
 
 def _moe_layers(routing: RoutingTrace) -> list[int]:
@@ -268,10 +282,12 @@ def _uploaded_trace(uploads: list[UploadedFile]) -> RoutingTrace:
     Several files are one dump where the format merges them (Megatron-Core's ranks)."""
     payloads = [Payload(upload.name, upload.getvalue()) for upload in uploads]
     key = tuple((p.name, hashlib.blake2b(p.data, digest_size=16).hexdigest()) for p in payloads)
+    key += (st.session_state.get("pipeline_stages", 1),)
     parsed = st.session_state.get("parsed_upload")
     if parsed is None or parsed[0] != key:
         try:
-            result: RoutingTrace | str = read_payloads(payloads)  # the format sniffed (engines.FORMATS)
+            hints = ModelHints(pipeline_stages=st.session_state.get("pipeline_stages", 1))
+            result: RoutingTrace | str = read_payloads(payloads, hints=hints)  # the format sniffed (engines.FORMATS)
             if (vocabulary := bundled_vocabulary_size(result.model.name)) is not None:
                 check_vocabulary(result.tokens, vocabulary, result.model.name)
         except TraceFormatError as error:

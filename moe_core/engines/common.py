@@ -91,11 +91,13 @@ class ModelHints:
 @dataclass(frozen=True)
 class Segment:
     """One sequence of a dump. experts [n, L, k] logical ids >= 0; ids [n] token ids, None when the dump has none;
-    start: the position of its first token in its request (> 0 when earlier positions came from a cache)."""
+    start: the position of its first token in its request (> 0 when earlier positions came from a cache);
+    generated_from: the row where the model's own tokens begin (decode routing), None when all are prompt."""
 
     experts: np.ndarray
     ids: np.ndarray | None = None
     start: int = 0
+    generated_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,9 @@ def assemble(dump: Dump, hints: ModelHints) -> RoutingTrace:
         notes=tuple(note[:500] for note in notes[:64]),
     )
     check_budget(model, len(tokens), ("experts",))
-    return build(model, texts, (False,) * len(texts), tokens, {"experts": experts}, dump.slots_ranked)
+    generated = tuple(segment.generated_from for segment in segments)
+    return build(model, texts, (False,) * len(texts), tokens, {"experts": experts}, dump.slots_ranked,
+                 generated if any(start is not None for start in generated) else ())  # fmt: skip
 
 
 def serving_rank_order(hints: ModelHints) -> tuple[bool, str]:
@@ -368,15 +372,20 @@ def serving_rank_order(hints: ModelHints) -> tuple[bool, str]:
     return True, ""
 
 
-def known_runs(rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray, offset: int = 0) -> list[Segment]:
+def known_runs(
+    rows: np.ndarray, ids: np.ndarray | None, unknown: np.ndarray, offset: int = 0, generated_from: int | None = None
+) -> list[Segment]:
     """Split a request's rows [n, L, k] into segments of recorded routing, leaving out the `unknown` [n] rows (an
     engine's "not recorded here" marker, e.g. vLLM's prefix-cached -1): a gap is never shown as routing, nor as a
-    drop. Each segment keeps the request position it starts at (`offset`: the request position of row 0)."""
+    drop. Each segment keeps the request position it starts at (`offset`: the request position of row 0) and the
+    row where its generated tokens begin (`generated_from`: the row of the request's first generated token)."""
     segments, start = [], None
     for index, gap in enumerate([*unknown.tolist(), True]):
         if not gap and start is None:
             start = index
         elif gap and start is not None:
-            segments.append(Segment(rows[start:index], None if ids is None else ids[start:index], offset + start))
+            written = None if generated_from is None or generated_from >= index else max(0, generated_from - start)
+            piece = None if ids is None else ids[start:index]
+            segments.append(Segment(rows[start:index], piece, offset + start, written))
             start = None
     return segments

@@ -81,6 +81,7 @@ def _grouped(payloads: list[Payload], notes: list[str]) -> dict[Key, dict[int, n
 
 
 MAX_RANKS = 65_536  # more ranks than any training run writes trace files for
+MAX_PIPELINE_STAGES = 256  # more stages than any run has layers to split
 
 
 def _stage_layers(groups: dict[Key, dict[int, np.ndarray]], hints: ModelHints, notes: list[str]) -> dict[Key, dict]:
@@ -88,6 +89,8 @@ def _stage_layers(groups: dict[Key, dict[int, np.ndarray]], hints: ModelHints, n
     counted): with P pipeline stages, rank r is stage r // (ranks / P) and its layer i is the model's layer
     stage · (layers / P) + i; the stages of one step routed the same tokens, so they are one sequence."""
     stages = hints.pipeline_stages
+    if not 1 <= stages <= MAX_PIPELINE_STAGES:
+        raise TraceFormatError(f"{stages} pipeline stages: give 1 to {MAX_PIPELINE_STAGES}")
     ranks = sorted({rank for _, rank in groups})
     if len(ranks) > MAX_RANKS:
         raise TraceFormatError(f"the Megatron-Core trace names {len(ranks):,} ranks; at most {MAX_RANKS:,} are read")
@@ -124,7 +127,7 @@ def _complete(groups: dict[Key, dict], hints: ModelHints, notes: list[str]) -> t
     if hints.moe_layers is not None:
         strangers = [layer for layer in named if layer not in hints.moe_layers]
         if strangers:
-            local = " (pipeline stages number layers from 0: pass --pipeline-stages)"
+            local = " (pipeline stages number layers from 0: give the run's pipeline stages, --pipeline-stages)"
             hint = "" if hints.pipeline_stages > 1 else local
             raise TraceFormatError(f"the trace names layer {strangers[0]}, not an MoE layer of {hints.name} "
                                    f"{list(hints.moe_layers)[:8]}{hint}")  # fmt: skip

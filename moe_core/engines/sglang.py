@@ -115,6 +115,23 @@ def _request_ids(response: dict, start: int) -> np.ndarray | None:
     return ids if len(ids) else None
 
 
+def _prompt_length(response: dict) -> int | None:
+    """The request's prompt tokens: its input_ids, else meta_info's or usage's prompt_tokens (None: unknown)."""
+    if type(response.get("input_ids")) is list:
+        return len(response["input_ids"])
+    for holder in (response.get("meta_info"), response.get("usage")):
+        count = holder.get("prompt_tokens") if type(holder) is dict else None
+        if type(count) is int and count >= 0:
+            return count
+    return None
+
+
+def _generated_row(response: dict, start: int, rows: int) -> int | None:
+    """The row where the generated tokens' routing begins (rows cover positions start…), None if none are."""
+    prompt = _prompt_length(response)
+    return None if prompt is None or prompt - start >= rows else max(0, prompt - start)
+
+
 def _request_segments(value: Any, hints: ModelHints, notes: list[str]) -> list[Segment]:
     if type(value) is str:
         return [Segment(_flat_rows(value, hints, "the base64 routed_experts"))]
@@ -126,7 +143,7 @@ def _request_segments(value: Any, hints: ModelHints, notes: list[str]) -> list[S
         ids = _request_ids(response, start)
         what = f"response {number}'s routed_experts"
         rows = _flat_rows(holder["routed_experts"], hints, what, None if ids is None else len(ids))
-        segments.append(Segment(rows, ids, start))
+        segments.append(Segment(rows, ids, start, _generated_row(response, start, len(rows))))
     if not segments:
         raise TraceFormatError("no routed_experts in the SGLang response (was return_routed_experts set?)")
     if any(s.ids is None for s in segments):
@@ -171,8 +188,12 @@ def _map(dump: Any) -> np.ndarray:
     return mapping
 
 
-def _record(record: Any, number: int, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """(physical ids [layers, n, slots] with PADDING, input ids [n], positions [n], tokens per request)."""
+Record = tuple[np.ndarray, np.ndarray, np.ndarray, list[int], bool]
+
+
+def _record(record: Any, number: int, mapping: np.ndarray) -> Record:
+    """(physical ids [layers, n, slots] with PADDING, input ids [n], positions [n], tokens per request, decode):
+    a pass without extend_seq_lens is a decode step, one token per request, each one the model wrote."""
     if type(record) is not dict:
         raise TraceFormatError(f"record {number} is not a dict")
     missing = [k for k in ("topk_ids_of_layer", "input_ids", "positions") if k not in record]
@@ -189,7 +210,8 @@ def _record(record: Any, number: int, mapping: np.ndarray) -> tuple[np.ndarray, 
         raise TraceFormatError(f"record {number} has a physical expert id outside 0 to {mapping.shape[1] - 1}")
     if (ids < 0).any() or (positions < 0).any():
         raise TraceFormatError(f"record {number} has a negative token id or position")
-    return physical, ids, positions, _lengths(record.get("extend_seq_lens"), count, number)
+    decode = record.get("extend_seq_lens") is None
+    return physical, ids, positions, _lengths(record.get("extend_seq_lens"), count, number), decode
 
 
 def _logical(physical: np.ndarray, mapping: np.ndarray) -> np.ndarray:
@@ -265,7 +287,7 @@ def _recorder_segments(dump: Any, hints: ModelHints, notes: list[str]) -> tuple[
     layers, slots = _routed_shape([p[0] for p in parsed], hints, notes)
     segments: list[Segment] = []
     previous_single = False
-    for physical, ids, positions, lengths in parsed:
+    for physical, ids, positions, lengths, decode_pass in parsed:
         rows = _logical(physical, mapping)[layers, :, :slots].transpose(1, 0, 2)
         bounds = np.cumsum([0, *lengths])
         pieces = [slice(a, b) for a, b in pairwise(bounds)]
@@ -274,10 +296,13 @@ def _recorder_segments(dump: Any, hints: ModelHints, notes: list[str]) -> tuple[
                 raise TraceFormatError("a request's positions in the SGLang dump do not count up one by one")
         single = len(pieces) == 1
         last = segments[-1] if segments else None
+        decode = 0 if decode_pass else None  # a decode pass feeds back tokens the model wrote
         if single and previous_single and last is not None and positions[0] == last.start + len(last.experts):
-            segments[-1] = Segment(np.concatenate([last.experts, rows]), np.concatenate([last.ids, ids]), last.start)
+            written = last.generated_from if last.generated_from is not None or decode is None else len(last.experts)
+            joined = Segment(np.concatenate([last.experts, rows]), np.concatenate([last.ids, ids]), last.start, written)
+            segments[-1] = joined
         else:
-            segments.extend(Segment(rows[p], ids[p], int(positions[p][0])) for p in pieces)
+            segments.extend(Segment(rows[p], ids[p], int(positions[p][0]), decode) for p in pieces)
         previous_single = single
     notes.append("SGLang's dump has no request ids: each forward pass gives one sequence per request, and a pass of "
                  "one request that continues the previous one's positions is joined to it")  # fmt: skip

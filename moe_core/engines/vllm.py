@@ -78,6 +78,7 @@ class Part:
     rows: np.ndarray
     ids: np.ndarray | None = None
     start: int = 0
+    generated_from: int | None = None  # the row of the first generated token (a choice's routed_experts)
 
 
 def _choices(response: dict, label: str) -> list[tuple[int, dict, np.ndarray]]:
@@ -118,10 +119,11 @@ def _response_parts(response: dict, number: int, notes: list[str]) -> list[Part]
     for i, choice, rows in routed:
         ids = _matched_ids(_ids(choice.get("token_ids"), "token_ids"), len(rows), f"{label}'s choice {i}", notes)
         if prompt is None:
-            parts.append(Part(f"{label}, choice {i}", rows, ids, _prompt_tokens(response)))
+            parts.append(Part(f"{label}, choice {i}", rows, ids, _prompt_tokens(response), 0))
             continue
         whole = None if prompt_ids is None or ids is None else np.concatenate([prompt_ids, ids])
-        parts.append(Part(f"{label}, choice {i}", np.concatenate([prompt, rows]) if len(rows) else prompt, whole))
+        both = np.concatenate([prompt, rows]) if len(rows) else prompt
+        parts.append(Part(f"{label}, choice {i}", both, whole, generated_from=len(prompt)))
     return parts
 
 
@@ -149,7 +151,7 @@ def _segments(parts: list[Part], notes: list[str]) -> list[Segment]:
                 f"{label}: positions {position_ranges(np.flatnonzero(cached).tolist())} were served from vLLM's "
                 "prefix cache (-1: no routing recorded); left out, not counted as drops"
             )
-        segments.extend(known_runs(rows, part.ids, cached, part.start))
+        segments.extend(known_runs(rows, part.ids, cached, part.start, part.generated_from))
     return segments
 
 

@@ -68,6 +68,23 @@ def test_megatron_ranks_uploaded_together_are_merged(rows: tuple[np.ndarray, np.
     assert any("router_trace_rank0.jsonl" in i.value and "and 1 more files" in i.value for i in at.info)
 
 
+def test_pipeline_stages_beside_the_upload_put_the_layers_back(rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two pipeline stages, rank 0 with the demo model's first layers and rank 1 with the rest, each numbered from
+    0: read as one stage they are two half-sequences; with Pipeline stages 2 they are one sequence of every layer."""
+    experts = rows[0]
+    half = experts.shape[1] // 2
+    stage_rows = {0: experts[:, :half], 1: experts[:, half:]}
+    files = [(f"router_trace_rank{rank}.jsonl", "\n".join(_megatron_lines(r, rank)).encode(), "application/json")
+             for rank, r in stage_rows.items()]  # fmt: skip
+    at = run_app({"view": "load"}, setup=lambda at: at.file_uploader(key="upload").set_value(files))
+    assert not at.exception and at.number_input(key="pipeline_stages").value == 1
+    assert f"{len(experts)} tokens" not in at.caption[0].value  # each rank its own sequence of the first layers
+    at.number_input(key="pipeline_stages").set_value(2).run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert f"{len(experts)} tokens" in at.caption[0].value and f"{experts.shape[1]} MoE layers" in at.caption[0].value
+    assert any("2 pipeline stages" in c.value for c in at.caption)
+
+
 @pytest.mark.parametrize("view", ["routing", "load", "flow", "capacity"])
 def test_megatron_sets_are_not_shown_as_first_choices(rows: tuple[np.ndarray, np.ndarray], view: str) -> None:
     """Megatron-Core writes each token's experts by ascending id: every view that reads a first choice says, in

@@ -189,7 +189,7 @@ def test_megatron_pipeline_stages_merge(original: RoutingTrace, hints: ModelHint
     for rank, lines in enumerate((rank0, rank1)):
         paths.append(tmp_path / f"router_trace_rank{rank}.jsonl")
         paths[-1].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(TraceFormatError, match="pass --pipeline-stages"):
+    with pytest.raises(TraceFormatError, match="give the run's pipeline stages"):
         read_files(paths, hints=hints)
     routing = read_files(paths, hints=replace(hints, pipeline_stages=2))
     assert routing.num_sequences == 1 and routing.model.moe_layers == (1, 2, 3)
