@@ -80,7 +80,18 @@ def routed_text(frame: pd.DataFrame, num_experts: int, marks: Sequence[str] = ()
 
 
 TEXT_WINDOW = 512  # tokens of routed text drawn at once: 4,096 tokens with top-8 tooltips made a 560 KB block
-TEXT_BOX_PX = 320  # the routed text scrolls inside a box this tall, so a long text does not push the charts away
+TEXT_FULL_TOKENS = 300  # up to this many tokens the routed text is shown whole, on the page
+TEXT_BOX_PX = 420  # past it the text scrolls in a box this tall (a bar always visible), so charts stay near
+
+
+def text_box(inner: str, tokens: int) -> str:
+    """Routed text (`inner`: escaped token spans) of `tokens` tokens: whole up to TEXT_FULL_TOKENS; past that in a
+    box with a scroll bar that stays visible and a line under it saying so (a 320 px box scrolling with no
+    visible bar hid a text's German and number lines, the ones that show specialisation)."""
+    if tokens <= TEXT_FULL_TOKENS:
+        return f'<div class="routed-box">{inner}</div>'
+    note = f'<p class="box-note">{tokens:,} tokens in the box: scroll it (the bar on its right) for the rest.</p>'
+    return f'<div class="routed-box scrolls" style="max-height:{TEXT_BOX_PX}px">{inner}</div>{note}'
 
 
 def window_slider(label: str, last: int, default: int, step: int, key: str) -> int:
@@ -106,7 +117,7 @@ def routed_text_box(
         window = slice(start, start + TEXT_WINDOW)
         st.caption(f"Tokens {start:,}–{min(start + TEXT_WINDOW, len(frame)) - 1:,} of {len(frame):,}.")
     text = routed_text(frame, num_experts, marks, window)
-    html_block(f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">{text}</div>')
+    html_block(text_box(text, len(frame.iloc[window])))
 
 
 def legend(num_experts: int, label: str = "Expert", shown: Sequence[int] | None = None) -> str:
@@ -244,6 +255,11 @@ PAGE_CSS = """
 .tok.dropall {outline: 3px solid #B00020; opacity: 0.55;}
 .tok.own {font-style: italic; text-decoration: underline dotted 2px #333; text-underline-offset: 3px;}
 .legend {margin: 0.2rem 0 0.6rem 0;}
+.routed-box.scrolls {overflow-y: scroll; border: 1px solid #D0D0D0; border-radius: 4px; padding: 0 0.6rem;}
+.routed-box.scrolls::-webkit-scrollbar {width: 14px;}
+.routed-box.scrolls::-webkit-scrollbar-track {background: #EEEEEE;}
+.routed-box.scrolls::-webkit-scrollbar-thumb {background: #8A8A8A; border-radius: 7px; border: 3px solid #EEEEEE;}
+.box-note {font-size: 0.9rem; color: #555; margin: 0.2rem 0 0.8rem 0;}
 .chip {display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 10px;
        font-size: 0.85rem; font-weight: 600;}
 </style>

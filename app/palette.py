@@ -1,5 +1,5 @@
-"""Expert colours: stable across views and exports, colour-blind safe for 8 experts; past 20, the most frequent
-few keep theirs and the rest share one grey."""
+"""Expert colours: stable across views and exports, told apart on a projector and under colour-vision deficiency
+up to 16 experts; past 20, the most frequent few keep theirs and the rest share one grey."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from functools import lru_cache
 
 import numpy as np
 
-# Okabe & Ito (2008), colour-blind safe; black replaced by a grey so dark text stays readable on it.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999")
+# Up to 16 experts. Okabe-Ito's E0/E5 (orange pair) and E1/E4 (blue pair) merged on a projector, and its pink and
+# grey were 7 CIELAB units apart under deuteranopia. These are published palettes' colours (Tol, ColorBrewer,
+# Tableau, IBM, Okabe-Ito) picked farthest-point first: each prefix keeps the largest smallest distance under normal
+# vision, deuteranopia and protanopia (Machado et al. 2009), 32 units for the first 8 and 14 for all 16; lightness
+# 30–86, away from the white page and the "other" grey. tests/unit/test_palette.py measures it.
+CLASSROOM = (
+    "#B2DF8A", "#785EF0", "#882255", "#99DDFF", "#CC3311", "#FFB000", "#44BB99", "#7570B3",
+    "#E15759", "#8DA0CB", "#F1CE63", "#FE6100", "#6A3D9A", "#499894", "#FC8D62", "#EE3377",
+)  # fmt: skip
 TABLEAU_20 = (
     "#4E79A7", "#A0CBE8", "#F28E2B", "#FFBE7D", "#59A14F", "#8CD17D", "#B6992D", "#F1CE63", "#499894", "#86BCB6",
     "#E15759", "#FF9D9A", "#79706E", "#BAB0AC", "#D37295", "#FABFD2", "#B07AA1", "#D4A6C8", "#9D7660", "#D7B5A6",
@@ -23,12 +30,12 @@ COLOURED_EXPERTS = 16  # past TABLEAU_20's size only the most frequent experts k
 
 @lru_cache(maxsize=32)
 def expert_colors(num_experts: int) -> tuple[str, ...]:
-    """One colour per expert. ≤8: Okabe-Ito; ≤20: Tableau 20; more: golden-angle hues in 3 lightness bands.
+    """One colour per expert. ≤16: CLASSROOM; ≤20: Tableau 20; more: golden-angle hues in 3 lightness bands.
 
     With 64+ experts no palette is tellable apart by eye, so the views also label experts by number.
     """
-    if num_experts <= len(OKABE_ITO):
-        return OKABE_ITO[:num_experts]
+    if num_experts <= len(CLASSROOM):
+        return CLASSROOM[:num_experts]
     if num_experts <= len(TABLEAU_20):
         return TABLEAU_20[:num_experts]
     colors = []

@@ -42,6 +42,9 @@ class Settings:
     compare_model: str = ""  # side B's model ("" : the page's own)
     compare_revision: str = ""  # side B's hub revision ("" : none)
     compare_dtype: str = "bfloat16"  # side B's weights when comparing dtypes
+    capped_run: bool = False  # the capacity view also runs the model capacity-bound
+    load_count: str = "top1"  # the load view counts first choices ("top1") or every top-k slot ("topk")
+    grid_start: int = 0  # the first token of the token × layer grid's window
 
 
 COMPARE_SIDES = {  # the Compare view's second side -> how the page names it
@@ -50,6 +53,9 @@ COMPARE_SIDES = {  # the Compare view's second side -> how the page names it
     "upload": "an uploaded trace or dump",
 }
 COMPARE_DTYPES = ("float32", "bfloat16", "float16")  # moe_core.models.DTYPES' names
+LOAD_COUNTS = ("top1", "topk")  # the load view's Count: first choices, or every top-k slot
+INDEX_FIELDS = ("layer", "token", "grid_start")  # whole numbers from 0
+FLAG_FIELDS = ("present", "capped_run")  # 1 or 0 in a link
 
 
 INPUT_FIELDS = ("model", "prompt")  # what the page traces; the rest says how it is shown
@@ -67,6 +73,9 @@ URL_KEYS = {  # field -> short URL key
     "compare_model": "vs_model",
     "compare_revision": "vs_rev",
     "compare_dtype": "vs_dtype",
+    "capped_run": "capped",
+    "load_count": "count",
+    "grid_start": "grid",
 }
 
 
@@ -116,7 +125,7 @@ def clamp_capacity_factor(value: float) -> tuple[float, str | None]:
 
 def _parse(name: str, raw: str) -> object:
     """One URL value as the field's type, or ValueError saying why not."""
-    if name in {"layer", "token"}:
+    if name in INDEX_FIELDS:
         value = int(raw)
         if not 0 <= value <= MAX_INDEX:
             raise ValueError(f"must be between 0 and {MAX_INDEX}")
@@ -127,12 +136,12 @@ def _parse(name: str, raw: str) -> object:
             raise ValueError("must be a finite number")
         check_capacity_factor(value)  # the library's range: outside it the value is ignored, inside it clamped
         return value
-    if name == "present":
+    if name in FLAG_FIELDS:
         if raw not in {"0", "1", "true", "false"}:
             raise ValueError("must be 1 or 0")
         return raw in {"1", "true"}
     choices = {"view": VIEWS, "policy": POLICIES, "group": GROUPS, "compare_with": tuple(COMPARE_SIDES),
-               "compare_dtype": COMPARE_DTYPES}.get(name)  # fmt: skip
+               "compare_dtype": COMPARE_DTYPES, "load_count": LOAD_COUNTS}.get(name)  # fmt: skip
     if choices is not None and raw not in choices:
         raise ValueError(f"must be one of {', '.join(choices)}")
     if not raw.strip():

@@ -16,8 +16,10 @@ POSITION_TITLE = "position in the text (bin start)"
 
 
 def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.TopLevelMixin:
-    """Stacked bars per expert: kept slots and the slots dropped (`second`), with a rule at the capacity."""
+    """Stacked bars per expert: kept slots from 0 up to the capacity rule, the slots dropped (`second`) above it,
+    as a queue fills (by name, "dropped" sorted first and sat at the bottom: as if the first tokens were dropped)."""
     long = frame.melt(id_vars="expert", value_vars=["kept", second], var_name="slots", value_name="count")
+    long["stack"] = (long["slots"] == second).astype(int)  # kept from 0 up to C, the rest above the line
     bars = (
         alt.Chart(long)
         .mark_bar()
@@ -25,15 +27,13 @@ def fill_chart(frame: pd.DataFrame, title: str, second: str = "dropped") -> alt.
             x=alt.X("expert:O", axis=expert_axis(frame["expert"].nunique())),
             y=alt.Y("count:Q", title="slots", stack=True),
             color=alt.Color("slots:N", title=None, scale=alt.Scale(domain=["kept", second], range=[KEPT, DROPPED])),
-            order=alt.Order("slots:N", sort="ascending"),
+            order=alt.Order("stack:Q", sort="ascending"),
             tooltip=["expert:O", "slots:N", "count:Q"],
         )
     )
     capacity = int(frame["capacity"].iloc[0])
     rule = alt.Chart(pd.DataFrame({"capacity": [capacity]})).mark_rule(color="black", strokeWidth=2, strokeDash=[6, 3])
-    label = rule.mark_text(align="left", dx=4, dy=-6, fontSize=13).encode(
-        text=alt.value(f"capacity C = {capacity}"), x=alt.value(0)
-    )
+    label = rule.mark_text(align="left", dx=4, dy=-6).encode(text=alt.value(f"capacity C = {capacity}"), x=alt.value(0))
     rule = rule.encode(y="capacity:Q")
     label = label.encode(y="capacity:Q")
     return styled((bars + rule + label).properties(height=280, title=title))

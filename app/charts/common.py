@@ -6,11 +6,14 @@ from collections.abc import Sequence
 
 import altair as alt
 
+from app.charts.labels import TOKEN_LABEL_STYLE
 from app.palette import OTHER_COLOR, OTHER_SHADE, expert_colors
 
 FONT_SIZE = 14
 PRESENT_FONT_SIZE = 20  # presentation mode: axes, legends and titles read from the back of a room
 CELL_FONT_SIZE = 12  # numbers drawn inside heatmap cells (text marks without a size of their own), scaled alike
+# Token text under a column per token: one label per column, so smaller than other axes; 16 px in the mode.
+TOKEN_FONT_SIZE, PRESENT_TOKEN_FONT_SIZE = 12, 16
 CHART_HEIGHT = 320
 
 
@@ -61,6 +64,7 @@ def styled(chart: alt.TopLevelMixin, present: bool = False) -> alt.TopLevelMixin
         "header": alt.HeaderConfig(labelFontSize=size, titleFontSize=size),  # facet row and column labels
         "title": alt.TitleConfig(fontSize=size + 2, subtitleFontSize=size - 1),
         "mark": alt.MarkConfig(aria=False),  # no per-item ARIA description: see the docstring
+        "style": {TOKEN_LABEL_STYLE: {"labelFontSize": PRESENT_TOKEN_FONT_SIZE if present else TOKEN_FONT_SIZE}},
     }
     copy = chart.copy(deep=False)
     config = alt.Config() if chart.config is alt.Undefined else chart.config.copy(deep=False)

@@ -30,6 +30,7 @@ def expert_axis(num_experts: int, title: str = "expert", **options: object) -> a
 
 
 TOKEN_LABEL_CHARS = 12  # longer tokens are cut with "…" so the axis stays one column per token
+TOKEN_LABEL_STYLE = "token-labels"  # a config style: common.styled sizes the labels for the mode
 
 
 def token_label(text: str) -> str:
@@ -53,7 +54,7 @@ def token_axis(texts: Sequence[str], start: int, title: str) -> alt.Axis:
     """The token text under each column, written upwards so every token of a window gets its own label."""
     return alt.Axis(
         title=title, labelExpr=token_axis_expr(texts, start), labelAngle=-90, labelAlign="right",
-        labelBaseline="middle", labelFontSize=12, labelOverlap=False, labelLimit=140,
+        labelBaseline="middle", labelOverlap=False, labelLimit=140, style=TOKEN_LABEL_STYLE,
     )  # fmt: skip
 
 

@@ -59,6 +59,14 @@ def grouping_note(frame: pd.DataFrame, num_experts: int | None) -> str:
     return f"the {shown} busiest of {num_experts} experts; the other {rest} left out"
 
 
+def axis_order(cells: pd.DataFrame) -> list[int]:
+    """One order for rows and columns, so the diagonal is a diagonal: the rows' order (E0…E7, or busiest first
+    and "other" last), then any column expert that heads no row. In order of appearance the columns began where
+    the first row's first pair did (E1…E7, E0 in co-activation, which has no E0–E0 cell)."""
+    rows = [int(expert) for expert in dict.fromkeys(cells["source"])]
+    return rows + [int(expert) for expert in dict.fromkeys(cells["target"]) if expert not in set(rows)]
+
+
 def expert_matrix_chart(
     frame: pd.DataFrame,
     row_title: str,
@@ -76,15 +84,16 @@ def expert_matrix_chart(
     """
     cells = matrix_cells(frame)
     side_count = max(cells["source"].nunique(), cells["target"].nunique()) if len(cells) else 1
+    order = axis_order(cells)
     base = alt.Chart(cells).encode(
         x=alt.X(
             "target:O",
             title=column_title,
-            sort=None,
+            sort=order,
             axis=alt.Axis(labelExpr=EXPERT_OR_OTHER_LABEL, labelAngle=-90 if side_count > 12 else 0),
         ),
         y=alt.Y(
-            "source:O", title=f"{row_title} · its tokens", sort=None, axis=alt.Axis(labelExpr=row_label_expr(cells))
+            "source:O", title=f"{row_title} · its tokens", sort=order, axis=alt.Axis(labelExpr=row_label_expr(cells))
         ),
     )
     shade = alt.Color("share:Q", title=share_title, scale=alt.Scale(range=list(PURPLES), interpolate="rgb",

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from app.charts.compare import agreement_chart, load_pair_chart
-from app.components import TEXT_BOX_PX, TEXT_WINDOW, explainer, html_block, show_chart, visible_text, window_slider
+from app.components import TEXT_WINDOW, explainer, html_block, show_chart, text_box, visible_text, window_slider
 from app.safe_text import md_text
 from app.state import COMPARE_DTYPES, COMPARE_SIDES
 from app.views import ViewContext
@@ -64,8 +64,7 @@ def category_text(result: Comparison, layer: int, window: slice = slice(None)) -
         text = result.a.tokens.text[token]
         if text:
             spans.append(f'<span class="tok c{category}" title="{CATEGORIES[category]}">{visible_text(text)}</span>')
-    box = f'<div class="routed-box" style="max-height:{TEXT_BOX_PX}px;overflow-y:auto">'
-    return f'<style>{rules}</style>{box}<div class="tokens">{"".join(spans)}</div></div>'
+    return f"<style>{rules}</style>" + text_box(f'<div class="tokens">{"".join(spans)}</div>', len(spans))
 
 
 def _text_window(result: Comparison, layer: int) -> slice:

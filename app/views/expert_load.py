@@ -8,6 +8,7 @@ from app.charts.load import balance_chart, coactivation_chart, domain_chart, loa
 from app.charts.matrix import MATRIX_EXPERTS
 from app.components import explainer, sentence, show_chart, show_table, unranked_caption
 from app.memo import per_trace
+from app.state import LOAD_COUNTS
 from app.views import ViewContext
 from moe_core.analyses.load import (
     balance_frame,
@@ -66,7 +67,7 @@ def draw(context: ViewContext) -> None:
     if unranked_caption(routing, f"expert load counts all top-{top_k} slots"):
         count = "topk"
     else:
-        count = st.radio("Count", ["top1", "topk"], horizontal=True, key="load_count",
+        count = st.radio("Count", LOAD_COUNTS, horizontal=True, key="load_count",
                          format_func=lambda c: _count_label(c, top_k))  # fmt: skip
     show_chart(load_chart(per_trace(load_frame, routing), count, routing.model.num_experts), f"expert-load-{count}")
     balance = per_trace(balance_frame, routing).dropna(

@@ -73,6 +73,20 @@ def neighbour_labels(top_k: int) -> dict[str, str]:
 GRID_WINDOW = 64  # tokens per grid window: each keeps its own text label at a 1440 px window
 
 
+def grid_window(tokens: int) -> int:
+    """The grid's first token: past GRID_WINDOW tokens a slider that moves the window along the text, and beside
+    it the window it draws ("tokens 64–127 of 174"); a link's `grid=` opens there."""
+    if tokens <= GRID_WINDOW:
+        st.session_state.grid_start = 0  # a window kept from a longer text would follow this one into its link
+        return 0
+    slider, shown = st.columns([3, 1], vertical_alignment="bottom")
+    with slider:
+        start = window_slider("Move the grid along the text (its first token)", tokens - GRID_WINDOW, 0,
+                              GRID_WINDOW // 4, "grid_start")  # fmt: skip
+    shown.markdown(f"**tokens {start:,}–{min(start + GRID_WINDOW, tokens) - 1:,} of {tokens:,}**")
+    return start
+
+
 def draw(context: ViewContext) -> None:
     routing, row = context.trace, context.layer_row
     explainer(EXPLAINER)
@@ -87,10 +101,7 @@ def draw(context: ViewContext) -> None:
     if context.continued_at is not None and "own" in marks:
         html_block('<span class="tok own">the model\'s own writing</span> (from "Let the model continue")')
     routed_text_box(frame, routing.model.num_experts, marks, key="text_start")
-    start = 0
-    if len(frame) > GRID_WINDOW:
-        last = len(frame) - GRID_WINDOW
-        start = window_slider(f"Grid: first of {GRID_WINDOW} tokens shown", last, 0, 16, "grid_start")
+    start = grid_window(len(frame))
     grid = token_layer_grid(routing, start, start + GRID_WINDOW)
     chart = token_layer_grid_chart(grid, routing.model.num_experts, len(frame), routing.model.top_k)
     show_chart(chart, "token-layer-grid")

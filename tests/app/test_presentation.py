@@ -8,10 +8,13 @@ import re
 import altair as alt
 import pandas as pd
 import pyarrow.ipc
+import pytest
+import vl_convert as vlc
 from streamlit.testing.v1 import AppTest
 
 from app.charts.common import FONT_SIZE, PRESENT_FONT_SIZE
 from app.export import ChartStamp, export_spec
+from app.view_registry import VIEWS
 from tests.app.conftest import run_app
 
 TEXT = "The teacher moves the layer while the class watches the routing change."
@@ -67,6 +70,36 @@ def test_chart_text_scales_with_the_mode() -> None:
         for config in configs:
             assert config["axis"]["labelFontSize"] == size and config["legend"]["labelFontSize"] == size
             assert config["header"]["labelFontSize"] == size and config["title"]["fontSize"] == size + 2
+
+
+READABLE_PX = 16  # issue 20: axis labels, titles and legends from the back of a room at 1920×1080
+
+
+def _font_sizes(vega: object) -> list[float]:
+    """Every font size a compiled Vega spec sets (config, axes, legends, titles, marks)."""
+    if isinstance(vega, dict):
+        own = [v for k, v in vega.items() if (k == "fontSize" or k.endswith("FontSize")) and isinstance(v, int | float)]
+        signal = [v["value"] for k, v in vega.items() if k == "fontSize" and isinstance(v, dict) and "value" in v]
+        return own + signal + [size for value in vega.values() for size in _font_sizes(value)]
+    if isinstance(vega, list):
+        return [size for value in vega for size in _font_sizes(value)]
+    return []
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_chart_reads_at_16_px_in_the_mode(view: str) -> None:
+    """In presentation mode every chart of every view, compiled to Vega, sizes axis labels and titles, legends and
+    chart titles explicitly (Vega's own defaults are 10–11 px) and no text anywhere below 16 px, token labels
+    under a column per token included."""
+    at = run_app({"text": TEXT, "view": view, "present": "1"})
+    charts = at.get("vega_lite_chart")
+    assert not at.exception and charts, view
+    for chart in charts:
+        vega = vlc.vegalite_to_vega(json.loads(chart.proto.spec))
+        config = vega["config"]
+        assert config["axis"]["labelFontSize"] >= READABLE_PX and config["legend"]["labelFontSize"] >= READABLE_PX
+        assert config["title"]["subtitleFontSize"] >= READABLE_PX
+        assert min(_font_sizes(vega)) >= READABLE_PX, (view, sorted(set(_font_sizes(vega))))
 
 
 def test_tables_become_html_tables_in_the_mode() -> None:

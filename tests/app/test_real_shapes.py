@@ -63,7 +63,7 @@ def test_every_view_draws_a_deepseek_shaped_trace_within_bounds(view: str, uploa
 
 def _routed_token_numbers(at) -> list[int]:
     """The token numbers (#n in each span's tooltip) of the routed text drawn on the page."""
-    box = next(m.value for m in at.markdown if 'class="routed-box"' in str(m.value))
+    box = next(m.value for m in at.markdown if 'class="routed-box' in str(m.value))
     return [int(n) for n in re.findall(r'class="tok [^"]*" title="#(\d+) ', box)]
 
 

@@ -18,7 +18,7 @@ from app.charts.labels import token_axis_expr, token_label
 from app.charts.load import load_chart
 from app.charts.matrix import MIN_ROW_TOKENS, matrix_cells, row_label_expr
 from app.charts.routing import grid_frame, token_layer_grid_chart
-from app.palette import BLUES, OKABE_ITO, PURPLES, heat_ink, ramp_color
+from app.palette import BLUES, CLASSROOM, PURPLES, heat_ink, ramp_color
 from moe_core.analyses.flow import flow_summary, followed_share, transition_frame
 from moe_core.analyses.gates import binned_entropy, entropy_frame, gate_heatmap
 from moe_core.analyses.load import load_frame
@@ -93,15 +93,15 @@ def test_grid_colour_is_the_expert_at_full_strength_and_doubt_is_a_separate_dot(
     )
     shown = grid_frame(token_layer_grid(routing), 8)
     assert shown["expert"].tolist() == ["E0", "E5", "E4"]
-    assert shown["ink"].tolist() == ["#000000", "#000000", "#FFFFFF"]  # #E69F00, #D55E00 light; #0072B2 dark
+    assert shown["ink"].tolist() == ["#000000", "#000000", "#FFFFFF"]  # #B2DF8A, #FFB000 light; #CC3311 dark
 
 
 def test_grid_cells_are_drawn_in_the_exact_palette_colours() -> None:
-    """The SVG's rects are filled with Okabe-Ito colours with no fill-opacity, however low the weight."""
+    """The SVG's rects are filled with the experts' own colours with no fill-opacity, however low the weight."""
     routing = trace_from_choices([[[4, 1], [5, 0]]], [[[0.5, 0.5], [0.5, 0.5]]], num_experts=8)
     svg = vlc.vegalite_to_svg(token_layer_grid_chart(token_layer_grid(routing), 8, top_k=2).to_dict())
     paths = re.findall(r'<path[^>]*fill="(#[0-9a-fA-F]{6})"[^>]*>', svg)
-    assert {OKABE_ITO[4].lower(), OKABE_ITO[5].lower()} <= {p.lower() for p in paths}
+    assert {CLASSROOM[4].lower(), CLASSROOM[5].lower()} <= {p.lower() for p in paths}
     assert "fill-opacity" not in svg.split('class="mark-rect')[1].split("</g>")[0]
 
 
@@ -199,3 +199,48 @@ def test_load_bars_fill_the_width_for_a_few_layers() -> None:
     assert few["layer"][0]["encoding"]["xOffset"]["field"] == "expert"
     many = load_chart(load_frame(random_trace([30], num_experts=64, top_k=2, num_layers=32)), "top1", 64).to_dict()
     assert "facet" in many
+
+
+# ---- classroom reading (issue 20) ---------------------------------------------------------------------------
+
+
+def _rects(scene: dict, fill: str) -> list[dict]:
+    """Every rect item of the scenegraph painted `fill` (what the browser draws), in drawing order."""
+    found = []
+
+    def walk(node: dict) -> None:
+        for item in node.get("items", []):
+            if node.get("marktype") == "rect" and item.get("fill") == fill:
+                found.append(item)
+            walk(item)
+
+    walk(scene["scenegraph"])
+    return found
+
+
+def test_capacity_fill_keeps_slots_from_zero_and_drops_above_the_line() -> None:
+    """E0 had 5 slots of demand at C = 3: its kept bar runs from the axis (0) to the capacity line, its 2 dropped
+    slots sit on top (they were the last to arrive); E1, under capacity, has no red part."""
+    from app.charts.capacity import DROPPED, KEPT, fill_chart
+
+    frame = pd.DataFrame({"expert": [0, 1], "kept": [3, 2], "dropped": [2, 0], "capacity": [3, 3]})
+    scene = vlc.vegalite_to_scenegraph(fill_chart(frame, "fill").to_dict())
+    kept, dropped = _rects(scene, KEPT), [r for r in _rects(scene, DROPPED) if r["height"] > 0]
+    bottom = max(r["y"] + r["height"] for r in kept)
+    e0_kept = min(kept, key=lambda r: r["x"])
+    assert e0_kept["y"] + e0_kept["height"] == pytest.approx(bottom)  # from 0
+    assert len(dropped) == 1 and dropped[0]["x"] == pytest.approx(e0_kept["x"])
+    assert dropped[0]["y"] + dropped[0]["height"] == pytest.approx(e0_kept["y"])  # on top of the kept slots
+    assert dropped[0]["height"] == pytest.approx(e0_kept["height"] * 2 / 3)
+
+
+def test_matrix_rows_and_columns_share_one_order() -> None:
+    """Co-activation has no E0–E0 cell, so E0's row starts at E1: the columns still run E0…E3, as the rows do."""
+    from app.charts.load import coactivation_chart
+    from moe_core.analyses.load import coactivation_frame
+
+    routing = trace_from_choices([[[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]]], num_experts=4)
+    spec = coactivation_chart(coactivation_frame(routing, 0), 0, 4).to_dict()
+    encodings = [layer["encoding"] for layer in spec.get("layer", [spec])]
+    sorts = {(axis, str(enc[axis]["sort"])) for enc in encodings for axis in ("x", "y") if axis in enc}
+    assert {sort for _, sort in sorts} == {"[0, 1, 2, 3]"}, sorts
