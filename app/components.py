@@ -251,7 +251,7 @@ PAGE_CSS = """
          white-space: pre-wrap; word-break: break-word; padding: 4px 0 18px 0;}
 .tok {padding: 2px 1px; margin: 0 1px 0 0; border-radius: 3px; unicode-bidi: isolate;}
 .tok.drop1 {text-decoration: line-through 2px #B00020;}
-.tok.drop2 {text-decoration: underline wavy 2px #B00020;}
+.tok.drop2, .tok.dropany {text-decoration: underline wavy 2px #B00020;}
 .tok.dropall {outline: 3px solid #B00020; opacity: 0.55;}
 .tok.own {font-style: italic; text-decoration: underline dotted 2px #333; text-underline-offset: 3px;}
 .legend {margin: 0.2rem 0 0.6rem 0;}

@@ -2,7 +2,8 @@
 
 Exactness should not rest on the adapter table: for a model with no adapter (remote code) the proof starts in a
 background thread right after load, and any model can be proven on demand with the sidebar's button. The cost
-is bounded (BADGE_LAYERS MoE layers, two short texts) and the verdict is kept per model for the whole process.
+is bounded (the first VERIFY_LAYERS MoE layers, as `verify` checks by default; two short texts) and the verdict
+is kept per model for the whole process.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import streamlit as st
 
 from app import background
 from moe_core.capture.routers import is_generic
+from moe_core.defaults import VERIFY_LAYERS
 from moe_core.models import LoadedModel
 from moe_core.proof.verification import VERIFY_TEXTS, ModelVerdict, verify_model
 
-BADGE_LAYERS = 2  # MoE layers proven: each costs E + 1 replays of its block
 VERIFIED = "capture verified on this model"
 
 _VERDICTS: dict[str, ModelVerdict | str] = {}  # model id -> its verdict, or why the proof could not run
@@ -29,7 +30,7 @@ def verify_now(loaded: LoadedModel, model_id: str) -> ModelVerdict | str:
     """Run the bounded proof and keep its verdict (a failure to run is kept as one sentence)."""
     try:
         result: ModelVerdict | str = verify_model(
-            loaded.model, loaded.tokenizer, VERIFY_TEXTS, max_layers=BADGE_LAYERS, name=model_id
+            loaded.model, loaded.tokenizer, VERIFY_TEXTS, max_layers=VERIFY_LAYERS, name=model_id
         )
     except Exception as error:  # a model the proof cannot replay gets a sentence, not a broken page
         result = traceback.format_exception_only(error)[-1].strip()[:300]
@@ -70,7 +71,8 @@ def draw_badge(loaded: LoadedModel, model_id: str) -> None:
     """The badge and the button, in the sidebar; starts the background proof for models with no adapter."""
     if is_generic(loaded.model):
         start_in_background(loaded, model_id)
-    if st.sidebar.button("Verify capture on this model", key="verify_capture", help=__doc__.splitlines()[0]):
+    what = f"Proves the first {VERIFY_LAYERS} MoE layers by ablation, as `python -m moe_core verify` does."
+    if st.sidebar.button("Verify capture on this model", key="verify_capture", help=what):
         with st.spinner("Proving capture by ablation …"):
             verify_now(loaded, model_id)
     with _LOCK:

@@ -24,11 +24,14 @@ from app.components import explainer, html_block, routed_text_box, show_chart, s
 from app.safe_text import md_text, neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
+    DROP_KINDS,
+    RANKED_DROP_KINDS,
+    UNRANKED_DROP_KINDS,
     LayerSlots,
     ServingOrder,
     capacity_table,
     drop_curve,
-    drop_marks,
+    drop_flags,
     fill_after,
     fill_frame,
     first_drop,
@@ -68,10 +71,8 @@ that lose their experts, and the model predicts worse there.**
   **Capacity-bound forward** (on demand): the model run with the limit inside, so drops at one layer change what
   the next layer's router sees, and Δloss (nats) says what the drops cost each next-token prediction.
 """
-MARKS_LEGEND = (
-    '<span class="tok drop1">first choice dropped</span> &nbsp; <span class="tok drop2">second choice dropped</span>'
-    ' &nbsp; <span class="tok dropall">every slot dropped</span>'
-)
+DELTA_MARK = "delta"  # the marked text's Δloss bars, beside drop_flags' kinds
+MARK_LABELS = {**DROP_KINDS, DELTA_MARK: "Δloss of the capacity-bound run"}
 # Δloss shading of the token text: a bar under each token, darker for a larger cost (nats per token).
 DELTA_LEVELS = (0.05, 0.25, 1.0, 2.0)
 DELTA_CSS = """<style>
@@ -190,19 +191,27 @@ def _layer_slots(routing: RoutingTrace, result: CapacityResult, capped: Counterf
 
 
 def _marked_text(routing: RoutingTrace, row: int, slots: LayerSlots, capped: Counterfactual | None) -> None:
+    """The text with one kind of loss marked at a time (a class reads one mark, not five at once): a selector
+    of the kinds this trace has, and the Δloss bars when the capacity-bound forward ran."""
     frame = token_frame(routing, row)
-    marks = drop_marks(slots)
+    kinds = list(RANKED_DROP_KINDS if routing.slots_ranked else UNRANKED_DROP_KINDS)
+    kinds += [DELTA_MARK] if capped is not None else []
+    if st.session_state.get("drop_mark") not in kinds:  # "Δloss" kept from a run the toggle has since turned off
+        st.session_state.drop_mark = kinds[0]
+    kind = st.radio("Mark the tokens where", kinds, key="drop_mark", horizontal=True, format_func=MARK_LABELS.get)
+    if kind == DELTA_MARK:
+        marks = _delta_classes(capped.delta_loss)
+        html_block(DELTA_CSS + DELTA_LEGEND)
+    else:
+        flags = drop_flags(slots)[kind]
+        marks = list(np.where(flags, kind, ""))
+        html_block(f'<span class="tok {kind}">{MARK_LABELS[kind]}</span>: {int(flags.sum())} of {len(flags)} tokens')
     if capped is not None:
-        levels = _delta_classes(capped.delta_loss)
-        marks = [f"{m} {d}".strip() for m, d in zip(marks, levels, strict=True)]
         frame = frame.assign(route=[f"{r} · Δloss {d:+.3f}" if np.isfinite(d) else r
                                     for r, d in zip(frame["route"], capped.delta_loss, strict=True)])  # fmt: skip
-        html_block(DELTA_CSS)
-        st.caption("Marks from the capacity-bound forward; the bar under each token is its Δloss.")
-        html_block(MARKS_LEGEND + " &nbsp; " + DELTA_LEGEND)
+        st.caption("Marks from the capacity-bound forward (hover a token for its Δloss).")
     else:
         st.caption("Marks from the static simulation (turn on the capacity-bound forward above to see the cost).")
-        html_block(MARKS_LEGEND)
     routed_text_box(frame, routing.model.num_experts, marks, key="drops_text_start", from_the_end=True)
 
 

@@ -85,13 +85,27 @@ class LayerSlots:
         return (self.assigned > 0) & (self.dropped == self.assigned)
 
 
-def drop_marks(slots: LayerSlots) -> list[str]:
-    """A CSS class per token: 'dropall' (every slot dropped), 'drop1' (its rank-1 slot dropped), 'drop2' (a
-    lower-rank slot dropped), or '' (kept everywhere)."""
+DROP_KINDS = {  # drop_flags' keys -> what each marks, as the page says it
+    "dropall": "every slot dropped",
+    "drop1": "first choice dropped",
+    "drop2": "a lower choice dropped",
+    "dropany": "a slot dropped",
+}
+RANKED_DROP_KINDS = ("drop1", "drop2", "dropall")  # where slot 0 is the first choice
+UNRANKED_DROP_KINDS = ("dropany", "dropall")  # sets of experts: no first choice to lose
+
+
+def drop_flags(slots: LayerSlots) -> dict[str, np.ndarray]:
+    """[T] bool per kind of loss (DROP_KINDS): every slot dropped (only the residual carries the token), its
+    rank-1 slot dropped, a lower-rank slot dropped, any slot dropped. Kinds overlap: a token that lost every
+    slot also lost its first choice."""
     dropped = (slots.experts != DROPPED) & ~slots.kept
-    marks = np.where(dropped[:, 1:].any(axis=1), "drop2", "") if dropped.shape[1] > 1 else np.full(len(dropped), "")
-    marks = np.where(dropped[:, 0], "drop1", marks)
-    return list(np.where(slots.fully_dropped, "dropall", marks))
+    return {
+        "dropall": slots.fully_dropped,
+        "drop1": dropped[:, 0],
+        "drop2": dropped[:, 1:].any(axis=1),
+        "dropany": dropped.any(axis=1),
+    }
 
 
 def position_bins(position: np.ndarray, bins: int, width: int | None = None) -> tuple[np.ndarray, int]:

@@ -13,19 +13,18 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES
+from moe_core.defaults import DEMO_MODEL, DEVICE_CHOICES, VERIFY_LAYERS
 
 if TYPE_CHECKING:
     from moe_core.proof.verification import ModelVerdict
 
-DEFAULT_LAYERS = 4  # layers proven by default: each costs E + 1 replays of its block
 EXIT_FAILED = 1
 
 
 def verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEMO_MODEL, help=f"bundled name, local folder or hub id ({DEMO_MODEL})")
     parser.add_argument("--text", action="append", help="a short text to trace; repeat for more (two built in)")
-    parser.add_argument("--layers", type=int, default=DEFAULT_LAYERS, help=f"first N MoE layers ({DEFAULT_LAYERS})")
+    parser.add_argument("--layers", type=int, default=VERIFY_LAYERS, help=f"first N MoE layers ({VERIFY_LAYERS})")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off)")
 

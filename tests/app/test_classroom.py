@@ -70,3 +70,26 @@ def test_text_is_whole_up_to_a_few_hundred_tokens_then_a_box_that_says_it_scroll
     assert count > TEXT_FULL_TOKENS
     html = page_html(longer)
     assert 'class="routed-box scrolls"' in html and f"{count:,} tokens in the box: scroll it" in html
+
+
+def _marked(at) -> set[str]:
+    """The loss marks on the routed text's spans (classes after the expert's)."""
+    box = next(m.value for m in at.markdown if 'class="routed-box' in str(m.value))
+    return {mark for classes in re.findall(r'class="tok x[-\d]+ ([^"]+)"', box) for mark in classes.split()}
+
+
+def test_the_drops_text_marks_one_kind_of_loss_at_a_time() -> None:
+    """CF 0.5: the marked text shows first-choice losses by default and only them; switching to "every slot
+    dropped" shows only that mark, with how many tokens it is; the Δloss bars are offered once the capacity-bound
+    run is on."""
+    params = {"text": "Tokens queue for their experts, and the late ones are dropped.", "view": "capacity", "cf": "0.5"}
+    at = run_app(params)
+    assert not at.exception
+    chooser = at.radio(key="drop_mark")
+    assert chooser.options == ["first choice dropped", "a lower choice dropped", "every slot dropped"]
+    assert _marked(at) == {"drop1"}
+    chooser.set_value("dropall").run()
+    assert _marked(at) == {"dropall"}
+    assert re.search(r'<span class="tok dropall">every slot dropped</span>: \d+ of \d+ tokens', page_html(at))
+    at.toggle(key="capped_run").set_value(True).run()
+    assert not at.exception and "Δloss of the capacity-bound run" in at.radio(key="drop_mark").options

@@ -10,6 +10,8 @@ import pytest
 import app.loading
 import app.verify_badge as badge
 from app.operator import OperatorOptions
+from moe_core.cli.main import build_parser
+from moe_core.defaults import VERIFY_LAYERS
 from moe_core.proof.verification import LayerVerdict, ModelVerdict
 from tests.app.conftest import run_app
 from tests.lookalikes import build_checkpoint
@@ -34,6 +36,9 @@ def test_the_button_verifies_a_model_with_an_adapter() -> None:
     at.sidebar.button(key="verify_capture").click().run()
     assert not at.exception
     assert any(badge.VERIFIED in text for text in _badges(at)), _badges(at)
+    # the demo model's 4 MoE layers, all proven: the app checks what `verify` checks by default
+    assert VERIFY_LAYERS == 4 and any("MoE layer 0, 1, 2, 3:" in text for text in _badges(at)), _badges(at)
+    assert build_parser().parse_args(["verify"]).layers == VERIFY_LAYERS
 
 
 def test_a_remote_code_model_is_verified_in_the_background(monkeypatch: pytest.MonkeyPatch, grok_folder: Path) -> None:

@@ -11,7 +11,7 @@ from moe_core.analyses.capacity import (
     LayerSlots,
     capacity_table,
     drop_curve,
-    drop_marks,
+    drop_flags,
     fill_after,
     fill_frame,
     first_drop,
@@ -116,16 +116,25 @@ def test_capacity_table_and_fill() -> None:
     assert fill["kept"].tolist() == result.fill[0].tolist()  # the same numbers the simulation counted
 
 
-def test_drop_marks() -> None:
-    """Tokens 3 and 5 lose their only slot: fully dropped; with k=2, a lost second choice reads 'drop2'."""
+def _flags(routing, result) -> dict[str, list[bool]]:
+    return {kind: flags.tolist() for kind, flags in drop_flags(LayerSlots.simulated(routing, result, 0)).items()}
+
+
+def test_drop_flags() -> None:
+    """Tokens 3 and 5 lose their only slot: fully dropped, and so their first choice; with k=2, a lost second
+    choice is 'drop2' alone."""
     routing, result = _capacity_case()
-    assert drop_marks(LayerSlots.simulated(routing, result, 0)) == ["", "", "", "dropall", "", "dropall"]
+    lost = [False, False, False, True, False, True]
+    assert _flags(routing, result) == {"dropall": lost, "drop1": lost, "drop2": [False] * 6, "dropany": lost}
     # k=2, E=2, T=2, CF=0.5 -> C = 1: token 0 takes e0 and e1 (rank 1 first for both tokens: t0->e0, t1->e0
     # dropped), then rank 2: t0->e1 kept, t1->e1 dropped.
     pair = trace_from_choices([[0, 1], [0, 1]], num_experts=2)
-    assert drop_marks(LayerSlots.simulated(pair, simulate_capacity(pair, 0.5), 0)) == ["", "dropall"]
+    both = [False, True]
+    assert _flags(pair, simulate_capacity(pair, 0.5)) == {"dropall": both, "drop1": both, "drop2": both,
+                                                          "dropany": both}  # fmt: skip
     mixed = trace_from_choices([[0, 1], [1, 0]], num_experts=2)  # C = 1: both first choices fit, seconds dropped
-    assert drop_marks(LayerSlots.simulated(mixed, simulate_capacity(mixed, 0.5), 0)) == ["drop2", "drop2"]
+    assert _flags(mixed, simulate_capacity(mixed, 0.5)) == {"dropall": [False] * 2, "drop1": [False] * 2,
+                                                            "drop2": [True] * 2, "dropany": [True] * 2}  # fmt: skip
 
 
 def test_drop_curve_bins() -> None:
