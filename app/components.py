@@ -6,8 +6,10 @@ bidirectional controls as [U+202E] labels (each token is also isolated, so none 
 
 from __future__ import annotations
 
+import contextlib
 import html
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import altair as alt
@@ -151,9 +153,20 @@ def html_block(markup: str) -> None:
     st.markdown(markup, unsafe_allow_html=True)
 
 
-def explainer(text: str) -> None:
-    """The 'What am I looking at?' note every view opens with."""
-    with st.expander("What am I looking at?"):
+def research_section(title: str) -> AbstractContextManager[object]:
+    """Where a research table goes (many columns of rates a class cannot read from the back): a heading and the
+    table under it; in presentation mode a collapsed expander of that title, opened when someone asks."""
+    if chart_settings()[1]:
+        return st.expander(title)
+    st.subheader(title)
+    return contextlib.nullcontext()
+
+
+def explainer(notice: str, text: str) -> None:
+    """Every view opens with one plain sentence of what to notice (static text, the view's own); the detail and
+    the papers follow, collapsed, so a projected page starts with the point and then the chart."""
+    html_block(f'<p class="notice">{html.escape(notice)}</p>')
+    with st.expander("What am I looking at? The detail and the papers"):
         st.markdown(text)
 
 
@@ -260,6 +273,7 @@ PAGE_CSS = """
 .routed-box.scrolls::-webkit-scrollbar-track {background: #EEEEEE;}
 .routed-box.scrolls::-webkit-scrollbar-thumb {background: #8A8A8A; border-radius: 7px; border: 3px solid #EEEEEE;}
 .box-note {font-size: 0.9rem; color: #555; margin: 0.2rem 0 0.8rem 0;}
+.notice {font-size: 1.1rem; margin: 0 0 0.4rem 0; padding: 0.1rem 0 0.1rem 0.7rem; border-left: 4px solid #785EF0;}
 .chip {display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 10px;
        font-size: 0.85rem; font-weight: 600;}
 </style>
@@ -279,7 +293,13 @@ h1 {font-size: 1.9rem !important; padding: 0 0 0.5rem 0 !important;}
 h2, h3 {font-size: 1.8rem !important;}
 [data-testid="stWidgetLabel"] p {font-size: 1.15rem;}
 [data-testid="stTable"] th, [data-testid="stTable"] td {font-size: 1.3rem; padding: 0.35rem 0.9rem;}
-.st-key-control-bar {padding: 0.4rem 1rem;}
+.block-container {padding-top: 0.6rem !important;}
+.st-key-control-bar {padding: 0.4rem 1rem; row-gap: 0.3rem;}
+.st-key-control-bar [data-testid="stButtonGroup"] button {padding: 0 0.55rem;}
+.st-key-control-bar [data-testid="stButtonGroup"] button p {font-size: 1.05rem;}
+.st-key-control-bar [data-testid="stRadio"] label p {font-size: 1.05rem;}
+.st-key-control-bar [role="radiogroup"] {column-gap: 0.4rem;}
+.st-key-exit_present button {min-height: 2.2rem; padding: 0.1rem 0.5rem;}
 .st-key-control-bar [data-testid="stMarkdownContainer"] p {font-size: 1.05rem;}
 .st-key-control-bar [data-testid="stWidgetLabel"] p {font-size: 1.1rem;}
 .chip {font-size: 1.1rem;}

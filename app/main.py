@@ -63,7 +63,11 @@ from moe_core.traces.io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_
 from moe_core.traces.types import MissingRouting, RoutingTrace  # noqa: E402
 
 VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in the registry's order
+APP_TITLE = "MoE Routing Explorer"
 SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded
+# The presentation bar's sliders (layer, capacity factor): with the view picker and the order, one row at 1280 px.
+BAR_SLIDER_PX = {"layer": 115, "factor": 175}
+CAPACITY_VIEWS = ("capacity",)  # the views that read the capacity factor and the slot order
 CONTINUE_TOKENS = 40  # per click of "Let the model continue": a sentence or a few lines of code
 
 
@@ -224,18 +228,20 @@ def _policy_radio(where: DeltaGenerator) -> None:
         POLICIES,
         key="policy",
         horizontal=True,
+        width="content",
         help="position: first come, first served (GShard, OpenMoE). score: most confident first.",
     )
 
 
-def _view_selector(where: DeltaGenerator) -> None:
+def _view_selector(where: DeltaGenerator, short: bool = False) -> None:
     where.segmented_control(
         "View",
         VIEWS,
         key="view",
-        format_func=lambda v: VIEW_MODULES[v].TITLE,
+        format_func=lambda v: VIEW_MODULES[v].SHORT_TITLE if short else VIEW_MODULES[v].TITLE,
         required=True,
         label_visibility="collapsed",
+        width="content",
     )
 
 
@@ -263,14 +269,15 @@ def _view_controls(layers: list[int]) -> None:
     if not st.session_state.present:
         _view_selector(st.container())
         return
-    with st.container(border=True, key="control-bar"):
-        with st.container(horizontal=True, vertical_alignment="center", gap="medium"):
-            _view_selector(st)
-            st.button("Exit presentation", key="exit_present", on_click=_leave_presentation)
-        layer, factor, policy = st.columns([3, 3, 2], gap="large", vertical_alignment="bottom")
-        _layer_slider(layer, layers)
-        _capacity_factor_slider(factor)
-        _policy_radio(policy)
+    with st.container(border=True, key="control-bar", horizontal=True, vertical_alignment="bottom", gap="xsmall"):
+        _view_selector(st, short=True)
+        with st.container(key="bar-layer", width=BAR_SLIDER_PX["layer"]):
+            _layer_slider(st, layers)
+        if st.session_state.view in CAPACITY_VIEWS:  # the capacity factor and the order matter to this view alone
+            with st.container(key="bar-factor", width=BAR_SLIDER_PX["factor"]):
+                _capacity_factor_slider(st)
+            _policy_radio(st)
+        st.button("✕", key="exit_present", on_click=_leave_presentation, help="Exit presentation mode")
 
 
 def _current_settings() -> Settings:
@@ -385,7 +392,9 @@ def main() -> None:
     html_block(PAGE_CSS)
     _seed_session_from_url()
     keep_settings()  # a view's own widgets (token, side B) keep their values while other views are shown
-    st.title("MoE Routing Explorer")  # at once, before any model work: a first visit never sees a blank page
+    present = st.session_state.present
+    if not present:  # presentation mode: the name goes into the one-line header below, to leave room for the chart
+        st.title(APP_TITLE)  # at once, before any model work: a first visit never sees a blank page
     header = st.empty()
     header.caption("Loading the model and routing the text …")
     uploads = _sidebar_inputs()
@@ -399,9 +408,10 @@ def main() -> None:
     if settings.present:
         html_block(PRESENTATION_CSS)
     info = routing.model
+    named = f"**{APP_TITLE}** · " if present else ""
     header.caption(
-        f"**{md_text(info.name)}** · {md_text(info.architecture)} · {info.num_experts} experts, top-{info.top_k} "
-        f"({md_text(info.scoring)}) · {len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · "
+        f"{named}**{md_text(info.name)}** · {md_text(info.architecture)} · {info.num_experts} experts, top-"
+        f"{info.top_k} ({md_text(info.scoring)}) · {len(info.moe_layers)} MoE layers · {len(routing.tokens)} tokens · "
         f"{md_text(info.device)}, {md_text(info.dtype)}" + (" · uploaded trace" if not has_model else "")
     )
     for note in info.notes:  # "recomputed, not captured" (generic capture's fallback) must not be missed

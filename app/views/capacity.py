@@ -20,7 +20,15 @@ from app.charts.capacity import (
     sequence_drops_chart,
     sweep_chart,
 )
-from app.components import explainer, html_block, routed_text_box, show_chart, show_table, unranked_caption
+from app.components import (
+    explainer,
+    html_block,
+    research_section,
+    routed_text_box,
+    show_chart,
+    show_table,
+    unranked_caption,
+)
 from app.safe_text import md_text, neutral_bidi, one_line
 from app.views import ViewContext
 from moe_core.analyses.capacity import (
@@ -55,10 +63,12 @@ from moe_core.capacity.simulate import EXPERT_CHOICE, CapacityResult, simulate_c
 from moe_core.traces.types import DROPPED, RoutingTrace
 
 TITLE = "Capacity and drops"
+SHORT_TITLE = "Capacity"  # its button in the presentation bar, where six must fit one row
+NOTICE = (
+    "When each expert can take only so many tokens, the tokens at the end of a text are the ones that lose their "
+    "experts, and the model predicts worse there."
+)  # the one sentence of what to notice
 EXPLAINER = """
-**What to notice: when each expert can take only so many tokens, the tokens at the end of a text are the ones
-that lose their experts, and the model predicts worse there.**
-
 - A **slot** is one (token, expert) choice: with top-k routing every token has k slots.
 - Capacity-bound MoEs (GShard, Switch, OpenMoE) let each expert take at most **C** slots per **capacity group**
   (one text, or the whole batch): C = max(1, ⌈capacity factor · k · tokens / experts⌉).
@@ -91,7 +101,7 @@ PLAY_FRAMES = 40  # the step-through animation: about 3 s on any text length
 def draw(context: ViewContext) -> None:
     routing, row, settings = context.trace, context.layer_row, context.settings
     info = routing.model
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     unranked_caption(routing, "each token's experts are served together, tokens in the policy's order "
                      "(Megatron-Core's own position policy), not every first choice before every second")  # fmt: skip
     result = simulate_capacity(routing, settings.capacity_factor, policy=settings.policy, group=settings.group)
@@ -103,17 +113,18 @@ def draw(context: ViewContext) -> None:
     slots = _layer_slots(routing, result, capped)
     source = "capacity-bound forward" if capped is not None else "static simulation"
     capacity = result.capacity_per_layer if capped is None else np.array([c.capacity.max() for c in capped.layers])
-    show_table(
-        capacity_table(info.moe_layers, slots, capacity),
-        {"busiest_demand": "busiest expert's demand", "dropped_slots": "dropped slots", "drop_rate": "drop rate"},
-        percent=("drop_rate",),
-    )
     layer = context.layer
     total_capacity = int(result.capacity[row].sum() if capped is None else capped.layers[row].capacity.sum())
     show_chart(
         fill_chart(fill_frame(slots[row], total_capacity), f"Fill of each expert at layer {layer} ({source})"),
         "capacity-fill",
     )
+    with research_section("Capacity and drops at every layer"):
+        show_table(
+            capacity_table(info.moe_layers, slots, capacity),
+            {"busiest_demand": "busiest expert's demand", "dropped_slots": "dropped slots", "drop_rate": "drop rate"},
+            percent=("drop_rate",),
+        )
 
     st.subheader("Which tokens lost an expert")
     _marked_text(routing, row, slots[row], capped)

@@ -6,9 +6,19 @@ import hashlib
 
 import numpy as np
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from app.charts.compare import agreement_chart, load_pair_chart
-from app.components import TEXT_WINDOW, explainer, html_block, show_chart, text_box, visible_text, window_slider
+from app.components import (
+    TEXT_WINDOW,
+    chart_settings,
+    explainer,
+    html_block,
+    show_chart,
+    text_box,
+    visible_text,
+    window_slider,
+)
 from app.safe_text import md_text
 from app.state import COMPARE_DTYPES, COMPARE_SIDES
 from app.views import ViewContext
@@ -28,10 +38,10 @@ from moe_core.traces.checks import TraceFormatError
 from moe_core.traces.types import RoutingTrace
 
 TITLE = "Compare runs"
+SHORT_TITLE = "Compare"  # its button in the presentation bar, where six must fit one row
+# the one sentence of what to notice
+NOTICE = "The same tokens routed twice rarely agree everywhere, and where they differ tells you how fragile routing is."
 EXPLAINER = """
-**What to notice:** the same tokens routed twice rarely agree everywhere, and where they differ tells you how
-fragile routing is.
-
 The second run is the same model in another dtype (bf16 against fp32: rounding alone moves tokens whose top
 experts score almost the same), another model or a training checkpoint (a fine-tune against its base, OLMoE's
 revisions), or a file: a serving engine's dump of the same request (vLLM's and SGLang's routed experts; the R3
@@ -115,8 +125,9 @@ def _allowed_revision(model: str, revision: str) -> bool:
     return allowed is None or f"{model}@{revision}" in allowed
 
 
-def _run_side(context: ViewContext) -> RoutingTrace | None:
-    """Side B from the chosen source, or None (with a sentence saying what is missing)."""
+def _run_side(context: ViewContext, beside: DeltaGenerator) -> RoutingTrace | None:
+    """Side B from the chosen source, or None (with a sentence saying what is missing). `beside`: the place next
+    to the source picker, where the dtype picker goes (one row, so the chart stays on a projected first screen)."""
     settings = context.settings
     if settings.compare_with == "upload":
         return _uploaded_side(context.model_id)
@@ -128,7 +139,7 @@ def _run_side(context: ViewContext) -> RoutingTrace | None:
             st.info("Another dtype needs the model that made this trace: compare with another model (its name) "
                     "or with a second uploaded file.")  # fmt: skip
             return None
-        st.selectbox("Side B's dtype", COMPARE_DTYPES, key="compare_dtype")
+        beside.selectbox("Side B's dtype", COMPARE_DTYPES, key="compare_dtype")
         model, revision, dtype = context.model_id, None, settings.compare_dtype
     else:
         left, right = st.columns(2)
@@ -148,10 +159,11 @@ def _run_side(context: ViewContext) -> RoutingTrace | None:
 
 def draw(context: ViewContext) -> None:
     routing = context.trace
-    explainer(EXPLAINER)
-    st.radio("Compare with", list(COMPARE_SIDES), key="compare_with", horizontal=True,
-             format_func=COMPARE_SIDES.get)  # fmt: skip
-    other = _run_side(context)
+    explainer(NOTICE, EXPLAINER)
+    source, beside = st.columns([3, 1], vertical_alignment="bottom")
+    source.radio("Compare with", list(COMPARE_SIDES), key="compare_with", horizontal=True,
+                 format_func=COMPARE_SIDES.get)  # fmt: skip
+    other = _run_side(context, beside)
     if other is None:
         return
     try:
@@ -162,11 +174,17 @@ def draw(context: ViewContext) -> None:
     for note in [*result.alignment.notes, *([result.top1_reason] if result.top1_reason else [])]:
         st.caption(md_text(note))
     layer = context.layer if context.layer in result.alignment.layers else result.alignment.layers[0]
-    columns = st.columns(3)
-    columns[0].metric("tokens compared", f"{result.tokens:,}")
-    columns[1].metric("changed at some layer", f"{result.tokens_changed_any_layer:.1%}")
     row = result.layers[result.layers["layer"] == layer].iloc[0]
-    columns[2].metric(f"experts shared at layer {layer}", f"{row.set_agreement:.1%}")
+    figures = {
+        "tokens compared": f"{result.tokens:,}",
+        "changed at some layer": f"{result.tokens_changed_any_layer:.1%}",
+        f"experts shared at layer {layer}": f"{row.set_agreement:.1%}",
+    }
+    if chart_settings()[1]:  # projected: one line of figures, so the agreement chart starts on the first screen
+        st.markdown(" · ".join(f"**{value}** {name}" for name, value in figures.items()))
+    else:
+        for column, (name, value) in zip(st.columns(len(figures)), figures.items(), strict=True):
+            column.metric(name, value)
     names = (routing.model.name, other.model.name)
     show_chart(agreement_chart(agreement_frame(result), f"A: {names[0]} · B: {names[1]}"), "compare-agreement")
     st.subheader(f"Which tokens changed at layer {layer}")

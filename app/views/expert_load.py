@@ -6,7 +6,7 @@ import streamlit as st
 
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
 from app.charts.matrix import MATRIX_EXPERTS
-from app.components import explainer, sentence, show_chart, show_table, unranked_caption
+from app.components import explainer, research_section, sentence, show_chart, show_table, unranked_caption
 from app.memo import per_trace
 from app.state import LOAD_COUNTS
 from app.views import ViewContext
@@ -21,6 +21,11 @@ from moe_core.batches import held_out_texts
 from moe_core.traces.types import needs_sentence
 
 TITLE = "Expert load"
+SHORT_TITLE = "Load"  # its button in the presentation bar, where six must fit one row
+NOTICE = (
+    "The experts do not share the work evenly: a bar far above the dashed line is an expert that takes many of the "
+    "tokens at its layer."
+)  # the one sentence of what to notice
 EXPLAINER = """
 How many tokens each expert receives at each layer, counting only each token's **first** choice or **every**
 slot of its top-k, against the dashed line of a perfectly even split.
@@ -62,7 +67,7 @@ def _count_label(count: str, top_k: int) -> str:
 
 def draw(context: ViewContext) -> None:
     routing = context.trace
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     top_k = routing.model.top_k
     if unranked_caption(routing, f"expert load counts all top-{top_k} slots"):
         count = "topk"
@@ -75,15 +80,16 @@ def draw(context: ViewContext) -> None:
     )  # a compact trace lacks the score-based ones
     labels = {name: label for name, (label, _) in BALANCE_COLUMNS.items()}
     helps = {name: meaning for name, (_, meaning) in BALANCE_COLUMNS.items()}
-    show_table(balance, labels, decimals=dict.fromkeys(BALANCE_COLUMNS, 3), helps=helps)
-    if absent := routing.missing("probs", "logits"):
-        st.caption(sentence(needs_sentence(absent, "the aux and z-loss columns", plural=True)))
-    if routing.has("logits"):
-        st.caption(
-            f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, as "
-            f"training adds it (before its coefficient): {per_trace(pooled_transformers_aux_loss, routing):.3f} "
-            f"({top_k} under perfectly even routing)."
-        )
+    with research_section("How even is each layer? Six measures"):
+        show_table(balance, labels, decimals=dict.fromkeys(BALANCE_COLUMNS, 3), helps=helps)
+        if absent := routing.missing("probs", "logits"):
+            st.caption(sentence(needs_sentence(absent, "the aux and z-loss columns", plural=True)))
+        if routing.has("logits"):
+            st.caption(
+                f"transformers' load_balancing_loss_func over all {len(routing.model.moe_layers)} MoE layers pooled, "
+                f"as training adds it (before its coefficient): {per_trace(pooled_transformers_aux_loss, routing):.3f} "
+                f"({top_k} under perfectly even routing)."
+            )
     show_chart(balance_chart(balance), "balance")
     layer = context.layer
     if top_k == 1:

@@ -29,6 +29,11 @@ SIMILARITY_LABELS = {
     "random_max_abs": "random init: max |cosine|",
 }
 TITLE = "Gate weights"
+SHORT_TITLE = "Gates"  # its button in the presentation bar, where six must fit one row
+NOTICE = (
+    "Most tokens put nearly all their weight on one or two experts; a token whose scores spread over many experts "
+    "is one the router is unsure about."
+)  # the one sentence of what to notice
 EXPLAINER = """
 The router scores **every** expert for every token; the model keeps the top-k and mixes their outputs with
 the combine weights. The heatmap shows the scores (darker = higher) and marks the chosen experts with their rank.
@@ -58,7 +63,7 @@ SIMILARITY_COLUMNS = ("mean_abs", "max_abs", "random_mean_abs", "random_max_abs"
 def draw(context: ViewContext) -> None:
     routing, row = context.trace, context.layer_row
     info = routing.model
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     if absent := routing.missing("probs"):
         st.info(sentence(needs_sentence(absent, "the gate view")))
         _closer_look(context)

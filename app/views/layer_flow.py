@@ -20,6 +20,11 @@ from app.views import ViewContext
 from moe_core.analyses.flow import all_pairs_frame, flow_pair, flow_summary, transition_frame
 
 TITLE = "Layer flow"
+SHORT_TITLE = "Flow"  # its button in the presentation bar, where six must fit one row
+NOTICE = (
+    "Tokens that share an expert at one layer often share one at the next: a dark cell is a route many tokens "
+    "take together."
+)  # the one sentence of what to notice
 EXPLAINER = f"""
 Do tokens that share an expert at one layer also share one at the next? The first chart answers it for every
 pair of consecutive MoE layers at once: the share of tokens that take their group's most common path, against
@@ -40,7 +45,7 @@ so the diagonal is not special; what matters is how concentrated each row is.
 
 def draw(context: ViewContext) -> None:
     routing = context.trace
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     start = flow_pair(routing, context.layer_row)
     if start is None:
         st.info("This model has a single MoE layer: flow needs two.")

@@ -9,6 +9,7 @@ from app.components import (
     explainer,
     html_block,
     legend,
+    research_section,
     routed_text_box,
     show_chart,
     show_table,
@@ -27,6 +28,11 @@ from moe_core.analyses.routing import (
 )
 
 TITLE = "Token routing"
+SHORT_TITLE = "Routing"  # its button in the presentation bar, where six must fit one row
+NOTICE = (
+    "Tokens of one kind (prose, code, German, numbers) tend to share a colour: the router sends them to the same "
+    "expert."
+)  # the one sentence of what to notice
 EXPLAINER = """
 Each token of your text is coloured by the expert the router ranked **first** at the chosen layer (hover a token
 for all its experts and their gate weights). The grid below shows the same for **every** MoE layer, a window of
@@ -89,7 +95,7 @@ def grid_window(tokens: int) -> int:
 
 def draw(context: ViewContext) -> None:
     routing, row = context.trace, context.layer_row
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     frame = token_frame(routing, row)
     layer = context.layer
     unranked = unranked_caption(routing, "the text is coloured by each token's lowest-numbered expert, and the "
@@ -106,8 +112,9 @@ def draw(context: ViewContext) -> None:
     chart = token_layer_grid_chart(grid, routing.model.num_experts, len(frame), routing.model.top_k)
     show_chart(chart, "token-layer-grid")
 
-    st.subheader("Do neighbouring tokens share experts?")
-    show_table(per_trace(consecutive_repeats, routing), neighbour_labels(routing.model.top_k), percent=NEIGHBOUR_RATES)
+    with research_section("Do neighbouring tokens share experts?"):
+        rates = per_trace(consecutive_repeats, routing)
+        show_table(rates, neighbour_labels(routing.model.top_k), percent=NEIGHBOUR_RATES)
 
     st.subheader("Does the same token always go to the same expert?")
     consistency = per_trace(token_id_consistency, routing)

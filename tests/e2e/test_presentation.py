@@ -63,19 +63,50 @@ def test_nothing_is_cut_short(server: str, browser: Browser, artefacts: Path, si
             page.close()
 
 
+BAR_PARTS = ".st-key-control-bar [data-testid='stButtonGroup'], " + BAR_CONTROLS + ", .st-key-exit_present"
+# Where the view's main chart, or its routed text, begins: the page's first chart or text box.
+MAIN_CONTENT = """() => {
+  const first = document.querySelector('[data-testid="stMain"]')
+      .querySelector('[data-testid="stVegaLiteChart"], .routed-box');
+  return first ? first.getBoundingClientRect().top : null;
+}"""
+SEEN_PX = 60  # of the main chart or text at least this much shows on the first screen (a chart's title row)
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_control_bar_is_on_the_first_screen(server: str, browser: Browser, size: tuple[int, int]) -> None:
-    """The bar's layer, capacity-factor and policy controls are visible without scrolling; the sidebar is hidden."""
-    page = _open(browser, server, size, "routing")
+@pytest.mark.parametrize(("view", "controls"), [("routing", 1), ("capacity", 3)])
+def test_control_bar_is_one_row_on_the_first_screen(server: str, browser: Browser, size: tuple[int, int],
+                                                    view: str, controls: int) -> None:  # fmt: skip
+    """The bar holds the view picker, the layer (and on the capacity view capacity factor and order) and exit, side
+    by side in one row, all on the first screen; the sidebar is hidden."""
+    page = _open(browser, server, size, view)
     try:
-        controls = page.locator(BAR_CONTROLS)
-        assert controls.count() == 3
-        for index in range(3):
-            box = controls.nth(index).bounding_box()
-            assert box is not None and box["y"] + box["height"] <= size[1] and box["x"] + box["width"] <= size[0]
+        assert page.locator(BAR_CONTROLS).count() == controls
+        parts = page.locator(BAR_PARTS)
+        boxes = [parts.nth(index).bounding_box() for index in range(parts.count())]
+        assert len(boxes) == controls + 2 and all(box is not None for box in boxes)
+        for box in boxes:
+            assert box["y"] + box["height"] <= size[1] and box["x"] + box["width"] <= size[0]
+        bottom_first = min(box["y"] + box["height"] for box in boxes)
+        assert all(box["y"] < bottom_first for box in boxes), boxes  # each starts above the lowest one ends: one row
         assert not page.locator('[data-testid="stSidebar"]').is_visible()
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_every_views_main_chart_starts_on_the_first_screen(server: str, browser: Browser,
+                                                           size: tuple[int, int]) -> None:  # fmt: skip
+    """One-line header, one-row bar, one sentence of what to notice: the view's first chart (or the routed text)
+    begins high enough on a 1280×720 or 1920×1080 screen that its title row and more are seen without scrolling."""
+    for view in VIEWS:
+        page = _open(browser, server, size, view)
+        try:
+            top = page.evaluate(MAIN_CONTENT)
+            assert top is not None and top <= size[1] - SEEN_PX, (view, size, top)
+            assert not page.locator("h1").count()  # the title is in the header line
+        finally:
+            page.close()
 
 
 def test_moving_the_bar_layer_redraws_the_view(server: str, browser: Browser) -> None:
