@@ -29,6 +29,10 @@ CORPUS_KEY = "corpus"  # session state and URL parameter: the name of the corpus
 NONE = ""
 TOP_TOKENS = 8  # per expert in the token table
 
+NOTICE = (
+    "Over a whole corpus the patterns of one text become counts: experts that take a domain, token ids that keep "
+    "their expert, and drops that still pile up at the end of each document."
+)  # the one sentence of what to notice
 EXPLAINER = """
 A corpus traced offline, shown from its summary: counts summed over every document, so the page never loads the
 corpus's routing itself. **Expert load** counts each expert's first-choice tokens (or all top-k slots) per layer
@@ -135,7 +139,7 @@ def _layer(summary: CorpusSummary) -> int:
 
 
 def draw(summary: CorpusSummary, model: str) -> None:
-    explainer(EXPLAINER)
+    explainer(NOTICE, EXPLAINER)
     row = _layer(summary)
     layer = summary.moe_layers[row]
     set_chart_settings(ChartStamp(model, layer, summary.capacity_factor, POLICY), False)

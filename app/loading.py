@@ -18,7 +18,7 @@ from moe_core.batches import LabBatch, held_out_texts, trace_equal_windows
 from moe_core.capacity.forward import Counterfactual, counterfactual
 from moe_core.capture.record import retrace, trace
 from moe_core.experts import ExpertStudy, expert_study
-from moe_core.models import ASSETS, LoadedModel, load_model
+from moe_core.models import ASSETS, LoadedModel, load_model, weight_bars_on_a_terminal_only
 from moe_core.traces.types import RoutingTrace
 
 PRESETS_FILE = ASSETS / "presets" / "prompts.json"
@@ -91,6 +91,7 @@ def _load(
 ) -> LoadedModel:  # fmt: skip
     """Load with the operator's device and remote-code choice and keep it in _MODELS (caller holds the lock)."""
     options = operator_options()
+    weight_bars_on_a_terminal_only()  # the sidebar shows the stages; the server's log gets no carriage returns
     loaded = load_model(model_id, device=options.device, trust_remote_code=options.trust_remote_code,
                         progress=progress, revision=revision, dtype=dtype)  # fmt: skip
     sizes = {key: weight_bytes(cached) for key, cached in _MODELS.items()}

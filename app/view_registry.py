@@ -21,5 +21,5 @@ VIEWS = tuple(VIEW_MODULE_NAMES)
 
 
 def view_module(view: str) -> ModuleType:
-    """The module that draws `view` (TITLE, EXPLAINER, draw(context))."""
+    """The module that draws `view` (TITLE, SHORT_TITLE, NOTICE, EXPLAINER, draw(context))."""
     return importlib.import_module(f"app.views.{VIEW_MODULE_NAMES[view]}")

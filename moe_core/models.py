@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+from transformers.utils import logging as transformers_logging
 
 from moe_core.capture.routers import NoRoutersError, find_moe_blocks
 from moe_core.defaults import ASSETS, BUNDLED_MODELS, DEMO_MODEL
@@ -178,6 +180,13 @@ def check_is_moe(config: Any, name: str, trust_remote_code: bool = False) -> Non
         find_moe_blocks(skeleton, config.model_type)
     except NoRoutersError:
         raise ModelLoadError(f"{name} is a dense model: no routers found") from None
+
+
+def weight_bars_on_a_terminal_only() -> None:
+    """transformers' weight-loading and download bars only where stderr is a terminal: piped or captured (a server
+    log, CI, a script's 2>), they wrote carriage-return lines into it. Every command and the app call this."""
+    if not sys.stderr.isatty():
+        transformers_logging.disable_progress_bar()
 
 
 def load_model(

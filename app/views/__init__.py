@@ -1,4 +1,4 @@
-"""One module per view. Each exposes TITLE, EXPLAINER and draw(context)."""
+"""One module per view. Each exposes TITLE, SHORT_TITLE, NOTICE, EXPLAINER and draw(context)."""
 
 from __future__ import annotations
 

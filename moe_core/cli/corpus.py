@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from moe_core.cli.arguments import capacity_factor, positive_int
@@ -31,11 +30,9 @@ def run_trace_corpus(args: argparse.Namespace) -> None:
     from moe_core.cli.main import print_json
     from moe_core.corpus.runner import CorpusSettings, trace_corpus
     from moe_core.corpus.summary import summary_json
+    from moe_core.models import weight_bars_on_a_terminal_only
 
-    if not sys.stderr.isatty():  # piped or captured: no download bars in the log
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
+    weight_bars_on_a_terminal_only()
     settings = CorpusSettings(
         model=args.model, input=args.input, out=args.out, domain_field=args.domain_field,
         batch_tokens=args.batch_tokens, shard_documents=args.shard_documents, max_documents=args.max_documents,

@@ -121,12 +121,9 @@ def _texts(args: argparse.Namespace) -> list[str]:
 def load_for_command(model: str, device: str, trust_remote_code: bool, **options: Any) -> Any:
     """load_model as every command loads: transformers' weight-loading bar only on a terminal (piped or
     captured, it wrote carriage-return lines into the log), our own stages on a terminal too."""
-    from moe_core.models import load_model
+    from moe_core.models import load_model, weight_bars_on_a_terminal_only
 
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
+    weight_bars_on_a_terminal_only()
     return load_model(model, device=device, trust_remote_code=trust_remote_code, progress=_progress, **options)
 
 

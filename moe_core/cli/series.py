@@ -23,8 +23,11 @@ def trace_checkpoints_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_trace_checkpoints(args: argparse.Namespace) -> None:
     from moe_core.cli.main import print_json
+    from moe_core.models import weight_bars_on_a_terminal_only
     from moe_core.series.runner import SERIES_TOKENS, Checkpoint, trace_checkpoints
     from moe_core.series.store import checkpoint_folders, revision_steps
+
+    weight_bars_on_a_terminal_only()
 
     if args.revisions is not None:
         if not args.model:

@@ -93,3 +93,20 @@ def test_the_drops_text_marks_one_kind_of_loss_at_a_time() -> None:
     assert re.search(r'<span class="tok dropall">every slot dropped</span>: \d+ of \d+ tokens', page_html(at))
     at.toggle(key="capped_run").set_value(True).run()
     assert not at.exception and "Δloss of the capacity-bound run" in at.radio(key="drop_mark").options
+
+
+def test_every_view_opens_with_one_sentence_to_notice() -> None:
+    """Each view's NOTICE is one plain sentence (no markup, one full stop at its end), drawn first on its page,
+    before the collapsed detail; its SHORT_TITLE is one word for the presentation bar."""
+    from app.view_registry import VIEWS, view_module
+
+    for view in VIEWS:
+        module = view_module(view)
+        notice = module.NOTICE
+        assert notice.endswith(".") and notice.count(". ") == 0 and "*" not in notice and len(notice) <= 170, view
+        assert " " not in module.SHORT_TITLE and module.SHORT_TITLE.lower() in module.TITLE.lower() + view, view
+        at = run_app({"text": "The class reads one sentence first.", "view": view})
+        html = page_html(at)
+        assert f'<p class="notice">{notice}</p>' in html, view
+        detail = at.expander[0]
+        assert detail.label.startswith("What am I looking at?") and notice not in detail.markdown[0].value

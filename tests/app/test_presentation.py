@@ -29,12 +29,16 @@ def _chart_configs(at: AppTest) -> list[dict]:
 
 
 def test_control_bar_holds_view_layer_capacity_factor_and_policy() -> None:
-    """present=1 draws view, layer, capacity factor and policy in the page, not in the hidden sidebar."""
-    at = run_app({"text": TEXT, "present": "1"})
+    """present=1 draws view, layer, capacity factor and policy in the page (the last two on the capacity view, the
+    one that reads them), not in the hidden sidebar."""
+    routing = run_app({"text": TEXT, "present": "1"})
+    assert "layer" in _keys(routing.main, "select_slider") and not _keys(routing.main, "slider")
+    assert "policy" not in _keys(routing.main, "radio") and not _keys(routing.sidebar, "select_slider")
+    at = run_app({"text": TEXT, "present": "1", "view": "capacity"})
     assert not at.exception and not at.error
     main = at.main
     assert "layer" in _keys(main, "select_slider") and "capacity_factor" in _keys(main, "slider")
-    assert "policy" in _keys(main, "radio") and at.segmented_control(key="view").value == "routing"
+    assert "policy" in _keys(main, "radio") and at.segmented_control(key="view").value == "capacity"
     assert not {"layer", "capacity_factor"} & (_keys(at.sidebar, "select_slider") | _keys(at.sidebar, "slider"))
     assert "policy" not in _keys(at.sidebar, "radio")
 

@@ -119,6 +119,7 @@ def test_training_series_command(checkpoints: Path, tmp_path: Path, capsys: Any)
     code, printed, err = run_cli(capsys, "trace-checkpoints", "--checkpoints", str(checkpoints), "--out", str(out),
                                  "--text", TEXTS[0], "--max-tokens", "16", "--device", "cpu")  # fmt: skip
     assert code == 0, err
+    assert "Loading weights" not in err and "\r" not in err  # captured stderr: no weight-loading bar in the log
     assert json.loads(printed)["steps"] == list(STEPS)
     code, printed, _ = run_cli(capsys, "training-series", str(out))
     data = json.loads(printed)
