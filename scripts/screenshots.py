@@ -22,6 +22,7 @@ from tests.e2e.browser import app_server, chromium, wait_for_charts  # noqa: E40
 
 OUT = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1440, "height": 1500}
+PROJECTOR_SIZES = ((1280, 720), (1920, 1080))
 LAB_VIEWPORT = {"width": 1440, "height": 6400}  # the lab is long; Streamlit scrolls inside its main pane
 LAB_SECTIONS = {  # (top, bottom) pixel rows of the lab screenshot cut into README images
     "capacity-lab-cost": (380, 2640),
@@ -108,10 +109,13 @@ def main() -> None:
     presenting = f"view=routing&present=1&text={quote(texts['Python code'])}"
     projector = {"presentation-1280": (presenting, {"width": 1280, "height": 720}),
                  "presentation-1920": (presenting, {"width": 1920, "height": 1080})}  # fmt: skip
+    for view, query in shots.items():  # every view at both projector sizes: docs/presentation.md
+        for width, height in PROJECTOR_SIZES:
+            projector[f"presentation/{view}-{width}"] = (f"{query}&present=1", {"width": width, "height": height})
     only_real_shapes = "--real-shapes" in sys.argv[1:]  # just the 256-expert shots
     only = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--only=")]  # e.g. --only=compare
     long_text = "\n".join([mixed, texts["Long text (all domains)"]])  # about 1,700 tokens: each expert has some
-    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "presentation").mkdir(parents=True, exist_ok=True)
     with app_server() as url, chromium() as browser:
         if only_real_shapes:
             real_shapes(browser, url, long_text)
