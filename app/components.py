@@ -237,10 +237,13 @@ def show_table(
 
 
 def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
-    """Draw an Altair chart with Download PNG / SVG buttons (rendered only when clicked).
+    """Draw an Altair chart with a Download menu of PNG and SVG (each file made only when clicked).
 
     theme=None: the chart looks exactly like its exported PNG/SVG, with the large projector-friendly fonts
     (larger still in presentation mode). Downloads carry the page's settings in their title and file name.
+    The two buttons sit in a popover, which the browser mounts only when opened: one row under each chart instead
+    of two buttons (room on a projected screen), and a first page that no longer loads the download widget's
+    scripts (bench_startup's ratio to Streamlit's floor did not move measurably: 1.40-1.48 against 1.43).
     """
     stamp, present = chart_settings()
     if present:
@@ -248,7 +251,7 @@ def show_chart(chart: alt.TopLevelMixin, name: str) -> None:
     height = frame_height(chart, present)
     st.altair_chart(chart, width="stretch", theme=None, **({"height": height} if height else {}))
     exports = (("PNG", chart_png, "image/png"), ("SVG", chart_svg, "image/svg+xml"))
-    with st.container(horizontal=True):  # each button as wide as its label: none is cut to "Downloa…"
+    with st.popover("Download", key=f"download-{name}"):
         for kind, render, mime in exports:
             extension = kind.lower()
             st.download_button(

@@ -169,15 +169,18 @@ def _sidebar_inputs() -> list[UploadedFile]:
     )
     if error := st.session_state.pop("continue_error", None):
         sidebar.warning(f"Cannot continue the text: {md_text(error)}")
-    uploads = sidebar.file_uploader(
-        f"…or view a saved trace or an engine's routing dump (vLLM, SGLang, Megatron-Core), up to {MAX_TRACE_MB} MB",
-        type=UPLOAD_TYPES,
-        key="upload",
-        max_upload_size=MAX_TRACE_MB,
-        accept_multiple_files=True,
-        on_change=_new_upload,
-        help="One file, or every router_trace_rank*.jsonl of one Megatron-Core run (they are merged).",
-    )
+    # In a popover, which the browser mounts when it is opened: the upload widget's scripts are no longer part of
+    # every new visitor's first page, and the sidebar is shorter (see components.show_chart).
+    with sidebar.popover("…or open a saved trace or engine dump", width="stretch"):
+        uploads = st.file_uploader(
+            f"A saved trace or an engine's routing dump (vLLM, SGLang, Megatron-Core), up to {MAX_TRACE_MB} MB",
+            type=UPLOAD_TYPES,
+            key="upload",
+            max_upload_size=MAX_TRACE_MB,
+            accept_multiple_files=True,
+            on_change=_new_upload,
+            help="One file, or every router_trace_rank*.jsonl of one Megatron-Core run (they are merged).",
+        )
     if uploads:
         sidebar.radio("Show", list(SOURCES), key="source", format_func=SOURCES.get, horizontal=True)
         if any(_is_megatron(upload.name) for upload in uploads):
@@ -376,15 +379,15 @@ TRACE_DOWNLOADS = (
 
 def _trace_downloads(routing: RoutingTrace) -> None:
     """The trace as files, made only when a button is clicked."""
-    st.sidebar.header("Trace")
-    for kind, render, file_name, mime in TRACE_DOWNLOADS:
-        st.sidebar.download_button(
-            f"Download trace ({kind})",
-            data=lambda render=render: render(routing),
-            file_name=file_name,
-            mime=mime,
-            on_click="ignore",
-        )
+    with st.sidebar.popover("Download the trace", width="stretch"):
+        for kind, render, file_name, mime in TRACE_DOWNLOADS:
+            st.download_button(
+                f"Download trace ({kind})",
+                data=lambda render=render: render(routing),
+                file_name=file_name,
+                mime=mime,
+                on_click="ignore",
+            )
 
 
 def main() -> None:

@@ -29,12 +29,12 @@ from benchmarks.bench_browser import CAPTION, WARM_UP_WAIT_S, caption, charts_dr
 from moe_core.traces.io import MAX_TRACE_MB, save_trace
 from moe_core.traces.synthetic import random_trace
 from moe_core.traces.types import RoutingTrace
-from tests.e2e.browser import IDLE, VIEWPORT, app_server, chromium, wait_for_charts
+from tests.e2e.browser import IDLE, VIEWPORT, app_server, chromium, open_upload_box, wait_for_charts
 
 TARGET_S = 3.0
 SHAPE = {"num_experts": 256, "top_k": 8, "num_layers": 61, "scoring": "sigmoid"}  # DeepSeek-V3's routing
 SCORED_TOKENS = 256  # the longest DeepSeek-V3-shaped trace with its [L, T, E] arrays under the upload limit
-UPLOAD = '[data-testid="stSidebar"] input[type="file"]'
+UPLOAD = 'input[type="file"]'  # in the sidebar's upload popover, once open_upload_box has opened it
 CHART_FRAME = '[data-testid="stVegaLiteChart"]'
 VIEW_BUTTONS = '[data-testid="stMain"] [data-testid="stButtonGroup"] button[role="radio"]'
 
@@ -68,6 +68,7 @@ class Frames:
 def upload(page: Page, path: Path) -> None:
     """Open a trace file through the sidebar's upload box, as a person would."""
     before = caption(page)
+    open_upload_box(page)
     page.locator(UPLOAD).set_input_files(str(path))
     wait_or_fail(page, f"() => {CAPTION} !== {before!r}")
 

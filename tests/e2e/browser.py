@@ -39,11 +39,13 @@ def app_server(timeout: float = 60.0) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_app(timeout: float = 60.0) -> Iterator[tuple[str, int]]:
-    """app_server, yielding (URL, the server's process id) for checks on the server process itself."""
+def running_app(timeout: float = 60.0, script: str | None = None) -> Iterator[tuple[str, int]]:
+    """app_server, yielding (URL, the server's process id) for checks on the server process itself. `script`:
+    serve that Streamlit script instead (`streamlit run`), with the same server options."""
     port = free_port()
+    launcher = ["app"] if script is None else ["streamlit", "run", script]
     command = [
-        sys.executable, "-m", "app", "--server.headless", "true",
+        sys.executable, "-m", *launcher, "--server.headless", "true",
         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
     ]  # fmt: skip
@@ -90,6 +92,22 @@ def wait_for_charts(page: Page, timeout_ms: float = 60_000) -> None:
     page.wait_for_function(IDLE, timeout=timeout_ms)
     page.wait_for_selector(CHART, timeout=timeout_ms)
     page.wait_for_function(IDLE, timeout=timeout_ms)
+
+
+UPLOAD_MENU = "…or open a saved trace or engine dump"  # the sidebar popover holding the upload box
+
+
+def click_download(page: Page, kind: str = "PNG") -> None:
+    """Open the first chart's Download menu (a popover, mounted when opened) and click its PNG or SVG button."""
+    page.locator('[data-testid="stMain"]').get_by_role("button", name="Download", exact=True).first.click()
+    page.get_by_role("button", name=f"Download {kind}").first.click()
+
+
+def open_upload_box(page: Page) -> None:
+    """Open the sidebar's upload popover, so its file input is in the page."""
+    page.locator('[data-testid="stSidebar"]').get_by_role("button", name=UPLOAD_MENU).click()
+    page.wait_for_selector('[data-testid="stSidebar"] input[type="file"], [data-testid="stPopoverBody"] '
+                           'input[type="file"]', state="attached")  # fmt: skip
 
 
 def submit_prompt(page: Page, text: str) -> None:

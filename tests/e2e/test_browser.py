@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from app.view_registry import VIEWS
-from tests.e2e.browser import PROMPT, VIEWPORT, submit_prompt, wait_for_charts
+from tests.e2e.browser import PROMPT, VIEWPORT, click_download, submit_prompt, wait_for_charts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ def test_download_png(server: str, page: Page, tmp_path: Path) -> None:
     page.goto(f"{server}/?text={quote('Download me as a picture')}")
     wait_for_charts(page)
     with page.expect_download(timeout=60_000) as download:
-        page.get_by_role("button", name="Download PNG").first.click()
+        click_download(page, "PNG")
     target = tmp_path / download.value.suggested_filename
     download.value.save_as(target)
     assert target.suffix == ".png" and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

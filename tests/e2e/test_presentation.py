@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from app.view_registry import VIEWS
-from tests.e2e.browser import wait_for_charts
+from tests.e2e.browser import click_download, wait_for_charts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -127,7 +127,7 @@ def test_downloaded_chart_is_named_after_its_settings(server: str, browser: Brow
         page.goto(f"{server}/?present=1&view=load&layer=2&cf=1.5&policy=score&text={quote(TEXT)}")
         wait_for_charts(page)
         with page.expect_download(timeout=60_000) as download:
-            page.get_by_role("button", name="Download PNG").first.click()
+            click_download(page, "PNG")
         # Which chart's button comes first in the page can vary while later charts are still drawing; every chart's
         # file name must carry the same settings stamp.
         name = download.value.suggested_filename
