@@ -20,6 +20,15 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.components import PAGE_CSS, PRESENTATION_CSS, html_block, sentence, set_chart_settings  # noqa: E402
+from app.continuation import (  # noqa: E402
+    CONTINUE_TOKENS,
+    ERROR_KEY,
+    PENDING_KEY,
+    generated_trace,
+    generation_caption,
+    request_continuation,
+    stream_if_requested,
+)
 from app.corpus import corpus_page  # noqa: E402
 from app.export import ChartStamp  # noqa: E402
 from app.loading import (  # noqa: E402
@@ -56,7 +65,6 @@ from moe_core.capacity.forward import Counterfactual  # noqa: E402
 from moe_core.capacity.simulate import GROUPS, POLICIES  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, ModelHints, Payload, read_payloads  # noqa: E402
 from moe_core.engines.megatron import MAX_PIPELINE_STAGES  # noqa: E402
-from moe_core.generate import continue_text  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
 from moe_core.traces.checks import check_vocabulary  # noqa: E402
 from moe_core.traces.io import MAX_TRACE_MB, TraceFormatError, to_json_text, to_parquet_bytes  # noqa: E402
@@ -68,7 +76,6 @@ SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the
 # The presentation bar's sliders (layer, capacity factor): with the view picker and the order, one row at 1280 px.
 BAR_SLIDER_PX = {"layer": 115, "factor": 175}
 CAPACITY_VIEWS = ("capacity",)  # the views that read the capacity factor and the slot order
-CONTINUE_TOKENS = 40  # per click of "Let the model continue": a sentence or a few lines of code
 
 
 def _seed_session_from_url() -> None:
@@ -116,22 +123,6 @@ def _shows_upload() -> bool:
     return bool(st.session_state.get("upload")) and st.session_state.get("source", "upload") == "upload"
 
 
-def _continue_prompt() -> None:
-    """The Continue button: append the model's greedy continuation to the text; the page then traces all of it."""
-    before = st.session_state.prompt
-    try:
-        loaded = get_model(model_key(st.session_state.model))
-        longer = continue_text(loaded.model, loaded.tokenizer, before, CONTINUE_TOKENS)
-    except (ModelLoadError, ValueError) as error:
-        st.session_state.continue_error = str(error)
-        return
-    _set_prompt(longer, "with its continuation")
-    # Where the model's own writing begins: continuing its own text again keeps the first start.
-    if st.session_state.get("continued_text") != before:
-        st.session_state.continued_at = len(before)
-    st.session_state.continued_text = st.session_state.prompt
-
-
 def _continued_at(model_id: str | None) -> int | None:
     """The character where the model's own writing begins in the shown text, while it is exactly what it wrote."""
     if model_id is None or st.session_state.get("continued_text") != st.session_state.prompt:
@@ -162,12 +153,12 @@ def _sidebar_inputs() -> list[UploadedFile]:
     sidebar.button(
         f"Let the model continue ({CONTINUE_TOKENS} tokens)",
         key="continue",
-        on_click=_continue_prompt,
+        on_click=request_continuation,
         disabled=_shows_upload(),
-        help="Appends what the model writes next (greedy, so the same text always gets the same continuation); "
-        "then its own writing is routed like the rest.",
+        help="Appends what the model writes next (greedy, so the same text always gets the same continuation), each "
+        "token shown as it is written; the views then show the routing the model used while writing.",
     )
-    if error := st.session_state.pop("continue_error", None):
+    if error := st.session_state.pop(ERROR_KEY, None):
         sidebar.warning(f"Cannot continue the text: {md_text(error)}")
     # In a popover, which the browser mounts when it is opened: the upload widget's scripts are no longer part of
     # every new visitor's first page, and the sidebar is shorter (see components.show_chart).
@@ -320,7 +311,7 @@ def _routing(uploads: list[UploadedFile]) -> tuple[RoutingTrace, str | None]:
     try:
         model_id = model_key(st.session_state.model)  # one key per model, whatever the spelling of its folder
         loaded = get_model(model_id)
-        routing = get_trace(loaded, model_id, (prompt,))
+        routing = generated_trace(model_id, prompt) or get_trace(loaded, model_id, (prompt,))
         warm_up(loaded, model_id)  # the built-in batches, in the background, once per process
         return routing, model_id
     except ModelLoadError as error:
@@ -395,6 +386,9 @@ def main() -> None:
     html_block(PAGE_CSS)
     _seed_session_from_url()
     keep_settings()  # a view's own widgets (token, side B) keep their values while other views are shown
+    if (longer := st.session_state.pop(PENDING_KEY, None)) is not None:  # the model's continuation, last run
+        _set_prompt(longer, "with its continuation")
+        st.session_state.source = "text"
     present = st.session_state.present
     if not present:  # presentation mode: the name goes into the one-line header below, to leave room for the chart
         st.title(APP_TITLE)  # at once, before any model work: a first visit never sees a blank page
@@ -434,6 +428,9 @@ def main() -> None:
     stamp = ChartStamp(info.name, settings.layer, settings.capacity_factor, settings.policy)  # on downloads
     set_chart_settings(stamp, settings.present)
     layer_row = routing.layer_index(settings.layer)
+    if model_id is not None:
+        stream_if_requested(get_model(model_id), model_id, settings.layer, layer_row, info.num_experts)
+        generation_caption(routing)
     context = ViewContext(
         trace=routing,
         settings=settings,

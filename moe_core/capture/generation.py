@@ -9,6 +9,7 @@ sharing one model never see each other's routing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,18 @@ from moe_core.defaults import MAX_NEW_TOKENS
 from moe_core.traces.types import RoutingTrace, Tokens, rank_slots
 
 
-def _token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
     """Each generated token's text, as engine dumps show theirs (engines.common.decoded_pieces)."""
     from moe_core.engines.common import decoded_pieces
 
     return decoded_pieces(
         lambda part: tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False), ids
     )
+
+
+def supports_generation_capture(model: nn.Module) -> bool:
+    """Whether generate_trace can record this model's writing: a decoder-only family of the adapter table."""
+    return not getattr(model.config, "is_encoder_decoder", False) and not is_generic(model)
 
 
 def _check(model: nn.Module, text: str, max_new_tokens: int) -> None:
@@ -55,6 +61,39 @@ def _sampling(temperature: float | None, top_p: float | None, seed: int | None) 
     return {"do_sample": True, "temperature": temperature or 1.0, "top_p": top_p or 1.0}
 
 
+Watcher = Callable[[list[int], np.ndarray], None]  # (written ids routed so far, their first choices [n, L])
+
+
+class _RoutedSoFar:
+    """generate()'s streamer: after each decode step, the tokens the model has written whose routing is recorded
+    (the token a step feeds back is the one written a step earlier) and their first-choice expert at every MoE
+    layer, read from the same records the trace is built from. An exception from `watch` (a visitor who left)
+    ends the generation."""
+
+    def __init__(self, records: list[Any], watch: Watcher) -> None:
+        self.records, self.watch = records, watch
+        self.written: list[int] = []
+        self.first: list[list[int]] = []
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() hands the streamer the prompt's ids first
+            self.prompt_seen = True
+            return
+        if self.written:  # this step fed back the previous written token: its routing is the last call's
+            self.first.append([self._first_choice(record) for record in self.records])
+            self.watch(self.written[: len(self.first)], np.asarray(self.first, dtype=np.int64))
+        self.written.append(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+    @staticmethod
+    def _first_choice(record: Any) -> int:
+        experts, weights = record.experts[-1].reshape(-1), record.weights[-1].reshape(-1)
+        return int(experts[int(torch.argmax(weights))])
+
+
 def _stitched(calls: list[torch.Tensor]) -> torch.Tensor:
     """One layer's calls (prefill [P, ...], then a row per decode step) as [P + steps, ...] on the CPU."""
     return torch.cat([call.reshape(-1, call.shape[-1]).cpu() for call in calls])
@@ -63,9 +102,13 @@ def _stitched(calls: list[torch.Tensor]) -> torch.Tensor:
 @torch.inference_mode()
 def generate_trace(
     model: nn.Module, tokenizer: Any, text: str, max_new_tokens: int = 40, *, temperature: float | None = None,
-    top_p: float | None = None, seed: int | None = None, name: str | None = None,
+    top_p: float | None = None, seed: int | None = None, name: str | None = None, watch: Watcher | None = None,
+    max_time: float | None = None,
 ) -> RoutingTrace:  # fmt: skip
-    """The prompt and the model's continuation of it, each token routed as the model routed it while writing."""
+    """The prompt and the model's continuation of it, each token routed as the model routed it while writing.
+
+    `watch(ids, first_choices)` is called after every decode step with the tokens written so far whose routing is
+    known and their first-choice experts [n, L] (the app streams them); `max_time` bounds the seconds spent."""
     _check(model, text, max_new_tokens)
     tokenized = tokenize_texts(model, tokenizer, [text])
     prompt = tokenized.tokens
@@ -81,8 +124,9 @@ def generate_trace(
     # generate() never feeds back the last token it writes: ask for one more and keep the tokens it routed
     # (every family's own cache, hybrid ones included, does the work; the extra token costs one LM head)
     with forward_lock(model), recording(blocks, logits_index, adapter.choice) as records:
+        streamer = None if watch is None else _RoutedSoFar(records, watch)
         out = model.generate(**inputs, max_new_tokens=min(max_new_tokens, room) + 1, pad_token_id=pad,
-                             use_cache=True, return_dict_in_generate=True,
+                             use_cache=True, return_dict_in_generate=True, streamer=streamer, max_time=max_time,
                              **_sampling(temperature, top_p, seed))  # fmt: skip
     logits = torch.stack([_stitched(r.logits) for r in records]).float()
     experts = torch.stack([_stitched(r.experts) for r in records]).long()
@@ -93,7 +137,7 @@ def generate_trace(
         raise RuntimeError(f"recorded {total} routed tokens for a {len(prompt)}-token prompt and "
                            f"{out.sequences.shape[1] - len(prompt)} written (a family that routes more than once "
                            "per step?)")  # fmt: skip
-    pieces = _token_pieces(tokenizer, new_ids)
+    pieces = token_pieces(tokenizer, new_ids)
     full_text = "".join(prompt.text) + "".join(pieces)
     ends = len("".join(prompt.text)) + np.cumsum([len(p) for p in pieces], dtype=np.int64)
     offsets = np.concatenate([prompt.offsets, np.stack([ends - [len(p) for p in pieces], ends], axis=1)]) if pieces \

@@ -154,9 +154,10 @@ def test_operator_allow_list_locks_the_model_choice(monkeypatch: pytest.MonkeyPa
     assert locked.selectbox(key="model").value == "demo-mixtral" and not locked.error
 
 
-def test_continue_appends_the_models_own_writing_and_traces_it() -> None:
-    """The Continue button appends continue_text's greedy continuation to the text, and the page routes it all."""
-    from moe_core.generate import continue_text
+def test_continue_appends_the_models_own_writing_and_shows_its_routing() -> None:
+    """The Continue button appends the model's greedy continuation (generate_trace, the routing it used while
+    writing) to the text; the page shows that routing, says so, and marks the model's own tokens."""
+    from moe_core.capture.generation import generate_trace
     from moe_core.models import load_model
 
     at = run_app({"text": "def fibonacci(n):\n"})
@@ -164,12 +165,14 @@ def test_continue_appends_the_models_own_writing_and_traces_it() -> None:
     at.button(key="continue").click().run()
     _assert_clean(at)
     loaded = load_model()
-    expected = continue_text(loaded.model, loaded.tokenizer, "def fibonacci(n):\n", 40)
+    written = generate_trace(loaded.model, loaded.tokenizer, "def fibonacci(n):\n", 40)
+    expected = written.texts[0]
     assert at.text_area(key="prompt").value == expected
-    tokens = len(loaded.tokenizer(expected)["input_ids"])
-    assert f"· {tokens} tokens ·" in at.caption[0].value
+    assert f"· {len(written.tokens)} tokens ·" in at.caption[0].value
+    start = written.generated_from[0]
+    assert any(f"Routing recorded while the model wrote: tokens {start}–" in c.value for c in at.caption)
     # The model's own writing is marked: exactly the tokens that start at or after the typed text's end.
-    routing = trace(loaded.model, loaded.tokenizer, expected)
+    routing = written
     starts = routing.tokens.offsets[:, 0]
     expected_own = [unescape(t) for t, start in zip(routing.tokens.text, starts, strict=True)
                     if t and start >= len("def fibonacci(n):\n")]  # fmt: skip
@@ -177,6 +180,9 @@ def test_continue_appends_the_models_own_writing_and_traces_it() -> None:
     tokens_only = [(classes.split(), text) for classes, text in spans if re.search(r"\bx(\d+|-)\b", classes)]
     own = [unescape(text) for classes, text in tokens_only if "own" in classes]  # the legend chip is no token
     assert len(own) == len(expected_own) > 0
+    # the text is coloured by the generation's own first choices at layer 0, not by a re-trace's
+    colours = [int(re.search(r"\bx(\d+)\b", " ".join(classes)).group(1)) for classes, _ in tokens_only]
+    assert colours == [int(e) for e, t in zip(written.experts[0, :, 0], written.tokens.text, strict=True) if t]
     assert not any("fibonacci" in text for text in own)
     at.text_area(key="prompt").set_value(expected + " edited").run()  # an edited text is no longer the model's
     assert not any("own" in classes.split() for classes in re.findall(r'<span class="tok ([^"]*)"', page_html(at)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -73,3 +74,32 @@ def test_every_view_draws(server: str, page: Page, view: str, tmp_path: Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=folder / f"{view}.png", full_page=True)
     assert (folder / f"{view}.png").stat().st_size > 10_000
+
+
+# The stream's tokens while the model writes: null before the stream's heading appears.
+STREAMED = """() => {
+  const heading = [...document.querySelectorAll('h3')].find(e => e.innerText.startsWith('The model is writing'));
+  return heading ? document.querySelectorAll('[data-testid="stMain"] .tok').length : null;
+}"""
+
+
+def test_continue_streams_the_models_tokens_then_shows_their_routing(server: str, page: Page) -> None:
+    """Let the model continue: tokens appear a few at a time under "The model is writing" (the count grows in
+    several steps, never all at once), then the page shows the generation's routing, says which tokens are the
+    model's own and marks exactly those in the routed text."""
+    page.goto(f"{server}/?text={quote('def fibonacci(n):')}")
+    wait_for_charts(page)
+    page.get_by_role("button", name="Let the model continue").click()
+    counts: list[int] = []
+    done = page.get_by_text("Routing recorded while the model wrote")
+    deadline = time.monotonic() + 60
+    while not done.count() and time.monotonic() < deadline:
+        count = page.evaluate(STREAMED)
+        if count is not None and (not counts or counts[-1] != count):
+            counts.append(count)
+    assert len(counts) >= 3 and counts == sorted(counts), counts
+    wait_for_charts(page)
+    caption = done.first.inner_text()
+    first, last = (int(n) for n in re.search(r"tokens (\d+)–(\d+) are its own", caption).groups())
+    own = page.locator('[data-testid="stMain"] .routed-box .tok.own').count()
+    assert 0 < own <= last - first + 1  # every own token with text is marked (a piece of a character has none)

@@ -105,3 +105,38 @@ def test_generate_command(capsys: Any, tiny_model_dir: Path, tmp_path: Path) -> 
     assert code == 0 and from_parquet_bytes((tmp_path / "g.parquet").read_bytes()).generated().sum() == 3
     code, _, err = run_cli(capsys, "generate", "--model", str(tiny_model_dir), "--text", "  ")
     assert code == 2 and "empty text" in err
+
+
+def test_watching_the_model_write_sees_each_tokens_own_routing() -> None:
+    """The watcher is called after every decode step with the tokens written so far whose routing is known, and
+    their first choices at every layer: at the end they are the trace's generated tokens and the trace's own
+    slot-0 experts (ranked by weight), so what the app streams is what the views then show."""
+    from moe_core.models import load_model
+
+    loaded = load_model()
+    seen: list[tuple[list[int], np.ndarray]] = []
+    written = generate_trace(loaded.model, loaded.tokenizer, PROMPT, 12,
+                             watch=lambda ids, first: seen.append((list(ids), first.copy())))  # fmt: skip
+    start = written.generated_from[0]
+    generated = written.tokens.ids[start:].tolist()
+    assert len(seen) == len(generated) and [len(ids) for ids, _ in seen] == list(range(1, len(generated) + 1))
+    ids, first = seen[-1]
+    assert ids == generated
+    np.testing.assert_array_equal(first, written.experts[:, start:, 0].T)
+    assert all(np.array_equal(f, first[: len(f)]) for _, f in seen)  # earlier steps are prefixes, never revised
+
+
+def test_a_watcher_that_raises_stops_the_generation() -> None:
+    """A visitor who leaves mid-stream: the exception ends generate() and reaches the caller; the model's lock is
+    free again (the next generation runs)."""
+    from moe_core.models import load_model
+
+    loaded = load_model()
+
+    def leave(ids: list[int], _first: np.ndarray) -> None:
+        if len(ids) == 3:
+            raise KeyboardInterrupt("the visitor left")
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_trace(loaded.model, loaded.tokenizer, PROMPT, 20, watch=leave)
+    assert len(generate_trace(loaded.model, loaded.tokenizer, PROMPT, 2).tokens) > 2
