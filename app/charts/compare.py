@@ -40,14 +40,24 @@ def load_pair_chart(frame: pd.DataFrame, names: tuple[str, str], num_experts: in
     """One layer's slots per expert for A and for B, as bars side by side (xOffset by side)."""
     long = frame.melt(id_vars="expert", value_vars=["load_a", "load_b"], var_name="side", value_name="slots")
     long["side"] = long["side"].map({"load_a": f"A: {names[0]}", "load_b": f"B: {names[1]}"})
+    return paired_bars_chart(long, "slots", "slots (all top-k)", num_experts, title)
+
+
+def paired_bars_chart(
+    long: pd.DataFrame, value: str, value_title: str, num_experts: int, title: str, percent: bool = False
+) -> alt.TopLevelMixin:
+    """Two sides' values per expert (columns expert, side, `value`) as bars side by side, sides in order of
+    appearance: two runs in the Compare view, prompt and generated tokens in the load view."""
     sides = list(dict.fromkeys(long["side"]))
+    number = ".1%" if percent else ","
+    y = alt.Y(f"{value}:Q", title=value_title, axis=alt.Axis(format="%" if percent else ","))
     chart = (
         alt.Chart(long)
         .mark_bar()
         .encode(
             x=alt.X("expert:O", axis=expert_axis(num_experts)),
             xOffset=alt.XOffset("side:N", sort=sides),
-            y=alt.Y("slots:Q", title="slots (all top-k)"),
+            y=y,
             color=alt.Color(
                 "side:N",
                 title=None,
@@ -55,7 +65,7 @@ def load_pair_chart(frame: pd.DataFrame, names: tuple[str, str], num_experts: in
                 scale=alt.Scale(domain=sides, range=SIDE_COLORS),
                 legend=alt.Legend(orient="top", labelLimit=400),
             ),
-            tooltip=["expert:O", "side:N", "slots:Q"],
+            tooltip=["expert:O", "side:N", alt.Tooltip(f"{value}:Q", format=number)],
         )
         .properties(height=CHART_HEIGHT * 3 // 4, title=title)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.charts.compare import paired_bars_chart
 from app.charts.load import balance_chart, coactivation_chart, domain_chart, load_chart
 from app.charts.matrix import MATRIX_EXPERTS
 from app.components import explainer, research_section, sentence, show_chart, show_table, unranked_caption
@@ -15,10 +16,11 @@ from moe_core.analyses.load import (
     coactivation_frame,
     domain_share_frame,
     load_frame,
+    phase_load_frame,
     pooled_transformers_aux_loss,
 )
 from moe_core.batches import held_out_texts
-from moe_core.traces.types import needs_sentence
+from moe_core.traces.types import RoutingTrace, needs_sentence
 
 TITLE = "Expert load"
 SHORT_TITLE = "Load"  # its button in the presentation bar, where six must fit one row
@@ -65,6 +67,19 @@ def _count_label(count: str, top_k: int) -> str:
     return "first choice only" if count == "top1" else f"all top-{top_k}"
 
 
+def _phase_load(routing: RoutingTrace, row: int, layer: int) -> None:
+    """Where the model wrote part of the text: the prompt's load against its own writing's, side by side."""
+    phases = per_trace(phase_load_frame, routing, row)
+    if phases.empty:
+        return
+    long = phases.rename(columns={"phase": "side"})
+    counts = long.groupby("side", sort=False)["slots"].sum()
+    long["side"] = [f"{side} ({counts[side]:,} slots)" for side in long["side"]]
+    title = f"The prompt against the model's own writing at layer {layer}"
+    chart = paired_bars_chart(long, "share", "share of the phase's slots", routing.model.num_experts, title, True)
+    show_chart(chart, "expert-load-phases")
+
+
 def draw(context: ViewContext) -> None:
     routing = context.trace
     explainer(NOTICE, EXPLAINER)
@@ -75,6 +90,7 @@ def draw(context: ViewContext) -> None:
         count = st.radio("Count", LOAD_COUNTS, horizontal=True, key="load_count",
                          format_func=lambda c: _count_label(c, top_k))  # fmt: skip
     show_chart(load_chart(per_trace(load_frame, routing), count, routing.model.num_experts), f"expert-load-{count}")
+    _phase_load(routing, context.layer_row, context.layer)
     balance = per_trace(balance_frame, routing).dropna(
         axis="columns", how="all"
     )  # a compact trace lacks the score-based ones

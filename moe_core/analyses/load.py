@@ -41,6 +41,26 @@ def load_frame(trace: RoutingTrace) -> pd.DataFrame:
     return frame
 
 
+PHASES = ("prompt", "generated")  # RoutingTrace.generated(): False, True
+
+
+def phase_load_frame(trace: RoutingTrace, layer_row: int) -> pd.DataFrame:
+    """One layer's load for the prompt's tokens and for the tokens the model wrote (issue 17): per phase and
+    expert, its slots (all top-k, the one counting rule) and their share of the phase's slots, so a 9-token
+    prompt and 40 written tokens compare as distributions. Empty when the trace marks no generated tokens."""
+    generated = trace.generated()
+    if not generated.any():
+        return pd.DataFrame(columns=["phase", "expert", "slots", "share"])
+    experts = trace.experts[layer_row]
+    frames = []
+    for phase, mask in zip(PHASES, (~generated, generated), strict=True):
+        counts = expert_counts(experts[mask], trace.model.num_experts)
+        total = counts.sum()
+        frames.append(pd.DataFrame({"phase": phase, "expert": np.arange(trace.model.num_experts), "slots": counts,
+                                    "share": counts / total if total else 0.0}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
 def coefficient_of_variation(counts: np.ndarray) -> float:
     """Standard deviation over mean of the per-expert counts (0 = perfectly even)."""
     mean = counts.mean()

@@ -188,6 +188,27 @@ def test_continue_appends_the_models_own_writing_and_shows_its_routing() -> None
     assert not any("own" in classes.split() for classes in re.findall(r'<span class="tok ([^"]*)"', page_html(at)))
 
 
+def test_the_load_view_puts_the_prompt_beside_the_models_writing() -> None:
+    """After Let the model continue, the load view adds the prompt's and the generated tokens' load side by side
+    (phase_load_frame of the generation's trace: each phase's shares sum to 1); a typed text has no such chart."""
+    import json
+
+    import pyarrow.ipc
+
+    def phase_charts(at):
+        return [c for c in at.get("vega_lite_chart") if "the model's own writing" in json.dumps(
+                json.loads(c.proto.spec).get("title", ""))]  # fmt: skip
+
+    typed = run_app({"text": "def fibonacci(n):\n", "view": "load"})
+    assert not phase_charts(typed)
+    typed.button(key="continue").click().run()
+    _assert_clean(typed)
+    (chart,) = phase_charts(typed)
+    rows = pyarrow.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    assert rows.groupby("side")["share"].sum().tolist() == pytest.approx([1.0, 1.0])
+    assert sorted(side.split(" (")[0] for side in set(rows["side"])) == ["generated", "prompt"]
+
+
 def test_continue_on_an_empty_text_explains_itself() -> None:
     """Nothing to continue: a warning in the sidebar, the text stays empty, no traceback."""
     at = run_app({"text": " "})

@@ -193,3 +193,19 @@ def test_domain_share_is_each_experts_share_of_the_domains_slots() -> None:
     assert set(frame["uniform"]) == {0.25}
     with pytest.raises(ValueError, match="2 texts"):
         domain_share_frame(routing, 0, ["code"])
+
+
+def test_phase_load_splits_the_prompt_from_the_models_writing() -> None:
+    """Tokens 0-2 are the prompt (experts 0/1, 0/1, 2/1), tokens 3-4 the model's (3/0, 3/2): per phase, slots per
+    expert and their share of the phase's slots, counted by hand; a trace without phases gives an empty frame."""
+    from dataclasses import replace
+
+    from moe_core.analyses.load import phase_load_frame
+
+    routing = trace_from_choices([[0, 1], [0, 1], [2, 1], [3, 0], [3, 2]], num_experts=4)
+    assert phase_load_frame(routing, 0).empty
+    frame = phase_load_frame(replace(routing, generated_from=(3,)), 0)
+    prompt, written = (frame[frame["phase"] == p].set_index("expert") for p in ("prompt", "generated"))
+    assert prompt["slots"].tolist() == [2, 3, 1, 0] and written["slots"].tolist() == [1, 0, 1, 2]
+    assert prompt["share"].tolist() == pytest.approx([2 / 6, 3 / 6, 1 / 6, 0])
+    assert written["share"].tolist() == pytest.approx([1 / 4, 0, 1 / 4, 2 / 4])
