@@ -249,7 +249,14 @@ def _sidebar_settings(layers: list[int]) -> None:
         sidebar.header("Capacity")
         _capacity_factor_slider(sidebar)
         _policy_radio(sidebar)
-    sidebar.radio("Capacity group", GROUPS, key="group", horizontal=True)
+    sidebar.radio(
+        "Capacity group",
+        GROUPS,
+        key="group",
+        horizontal=True,
+        help="sequence: each text has its own C. batch: all texts share one. steps: as a model serves while it "
+        "writes, the prompt in one prefill group and each token the model wrote in its own decode step.",
+    )
     sidebar.toggle("Presentation mode", key="present", help="Hide the chrome, large type: for projectors.")
 
 

@@ -104,6 +104,7 @@ def draw(context: ViewContext) -> None:
     explainer(NOTICE, EXPLAINER)
     unranked_caption(routing, "each token's experts are served together, tokens in the policy's order "
                      "(Megatron-Core's own position policy), not every first choice before every second")  # fmt: skip
+    _decode_note(routing, settings.group)
     result = simulate_capacity(routing, settings.capacity_factor, policy=settings.policy, group=settings.group)
     capped = _capped_run(context)
     _capacity_line(routing, result, row, context.layer)
@@ -131,6 +132,21 @@ def draw(context: ViewContext) -> None:
     _your_text_curves(routing, row, slots[row], capped, source)
     _honest_batch(context, capped is not None)
     _step_through(context, result)
+
+
+def _decode_note(routing: RoutingTrace, group: str) -> None:
+    """Where the model wrote part of the text: each of its tokens was one decode step, whose capacity is that of
+    one token, never the prompt's (OpenMoE's point about chat use); the `steps` group simulates exactly that."""
+    written = int(routing.generated().sum())
+    if not written:
+        return
+    if group == "steps":
+        st.caption(f"Capacity group steps: the prompt is one prefill group; each of the {written} tokens the model "
+                   "wrote is its own decode step, with the capacity of a single token.")  # fmt: skip
+    else:
+        st.caption(f"The last {written} tokens were written by the model, one decode step each: choose the capacity "
+                   "group steps (sidebar) to give each step its own capacity, as a capacity-bound model serves "
+                   "them; here they queue with the prompt.")  # fmt: skip
 
 
 def _capped_run(context: ViewContext) -> Counterfactual | None:

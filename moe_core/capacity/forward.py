@@ -27,6 +27,7 @@ from torch import nn
 
 from moe_core.capacity.simulate import (
     EXPERT_CHOICE,
+    FORWARD_GROUPS,
     FORWARD_POLICIES,
     SERVING_ORDERS,
     _check_min_capacity,
@@ -403,7 +404,10 @@ def check_settings(capacity_factor: float, policy: str, group: str, min_capacity
     _check_min_capacity(min_capacity)
     if policy not in FORWARD_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(FORWARD_POLICIES)}; got {policy!r}")
-    check_group(group)
+    if group == "steps":
+        raise ValueError("the capacity-bound forward runs the text as one prompt, with no decode steps to group "
+                         "by: choose the capacity group sequence or batch")  # fmt: skip
+    check_group(group, FORWARD_GROUPS)
 
 
 @torch.inference_mode()

@@ -33,14 +33,19 @@ from moe_core.traces.types import DROPPED, RoutingTrace
 CAPACITY_FACTOR_MIN = 0.0  # exclusive: the factor must be > 0
 CAPACITY_FACTOR_MAX = 64.0  # inclusive: larger values are almost surely typos (125 for 1.25)
 MIN_CAPACITY_MIN = 1  # inclusive
-GROUPS = ("sequence", "batch")
+# Capacity groups: each text; the whole batch; or as a model serves while it writes, each text's prompt in one
+# prefill group and each generated token alone (a decode step holds one token per sequence, so its C is that of
+# one token). The capacity-bound forward re-runs the text as one prompt: it takes the first two.
+GROUPS = ("sequence", "batch", "steps")
+FORWARD_GROUPS = ("sequence", "batch")
 
 
 @dataclass(frozen=True, eq=False)
 class CapacityResult:
     """What a capacity limit does to one trace. Pure numpy; shapes use the trace's L, T, k, E.
 
-    G is the number of groups (sequences for group="sequence", 1 for "batch"), P the longest sequence
+    G is the number of groups (sequences for group="sequence", 1 for "batch", each sequence's prompt plus each
+    generated token for "steps"), P the longest sequence
     (max position + 1). Slots the model itself dropped (DROPPED) are not assignments: they are never kept,
     never counted in `demand` or `fill`, and left out of both drop rates.
     """
@@ -391,6 +396,11 @@ def _groups(trace: RoutingTrace, group: str) -> tuple[np.ndarray, np.ndarray]:
     if group == "batch":
         return np.zeros(num_tokens, dtype=np.int64), np.array([num_tokens], dtype=np.int64)
     sequence = np.asarray(trace.tokens.sequence)
+    if group == "steps":  # (sequence, -1) for a prompt's tokens, (sequence, position) for each generated one
+        step = np.where(trace.generated(), np.asarray(trace.tokens.position), -1)
+        _, group_index = np.unique(np.stack([sequence, step], axis=1), axis=0, return_inverse=True)
+        group_index = group_index.astype(np.int64).reshape(num_tokens)
+        return group_index, np.bincount(group_index).astype(np.int64)
     if np.all(sequence[1:] >= sequence[:-1]):  # the usual layout, sequence by sequence: no sort needed
         group_index = np.zeros(num_tokens, dtype=np.int64)
         np.cumsum(sequence[1:] != sequence[:-1], out=group_index[1:])
@@ -511,10 +521,11 @@ def _check_min_capacity(min_capacity: int) -> None:
         raise ValueError(f"min_capacity must be an integer >= {MIN_CAPACITY_MIN}, got {min_capacity!r}")
 
 
-def check_group(group: str) -> None:
-    """The one check of a capacity group name, for the simulation and the capacity-bound forward."""
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {', '.join(GROUPS)}; got {group!r}")
+def check_group(group: str, groups: tuple[str, ...] = GROUPS) -> None:
+    """The one check of a capacity group name, for the simulation (GROUPS) and the capacity-bound forward
+    (FORWARD_GROUPS: it runs the text as one prompt, with no decode steps to group by)."""
+    if group not in groups:
+        raise ValueError(f"group must be one of {', '.join(groups)}; got {group!r}")
 
 
 def _validate(trace: RoutingTrace, capacity_factor: float, policy: str, group: str, min_capacity: int) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from moe_core.capacity.simulate import (
     EXPERT_CHOICE,
+    FORWARD_GROUPS,
     FORWARD_POLICIES,
     GROUPS,
     POLICIES,
@@ -102,7 +103,7 @@ def _counterfactual_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0)
     parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
-    parser.add_argument("--group", choices=GROUPS, default="sequence")
+    parser.add_argument("--group", choices=FORWARD_GROUPS, default="sequence")
     parser.add_argument("--top-k", type=positive_int, default=None, help="what-if: k experts per token")
 
 

@@ -209,6 +209,25 @@ def test_the_load_view_puts_the_prompt_beside_the_models_writing() -> None:
     assert sorted(side.split(" (")[0] for side in set(rows["side"])) == ["generated", "prompt"]
 
 
+def test_the_capacity_view_gives_decode_steps_their_own_capacity() -> None:
+    """After Let the model continue, the capacity view says the last tokens were decode steps; with the group
+    steps none of the model's own tokens loses its first choice (each step's C is one token's), at a capacity
+    factor where the prompt's tokens do."""
+    at = run_app({"text": "def fibonacci(n):\n    return fibonacci(n - 1) + fibonacci(n - 2)", "view": "capacity",
+                  "cf": "0.25"})  # fmt: skip
+    at.button(key="continue").click().run()
+    _assert_clean(at)
+    assert any("one decode step each: choose the capacity group steps" in c.value for c in at.caption)
+    at.sidebar.radio(key="group").set_value("steps").run()
+    _assert_clean(at)
+    assert any("Capacity group steps: the prompt is one prefill group" in c.value for c in at.caption)
+    box = next(m.value for m in at.markdown if 'class="routed-box' in str(m.value))
+    marks = re.findall(r'class="tok x\d+ ?([^"]*)"', box)
+    start = len(marks) - next(int(n) for n in re.findall(r"each of the (\d+) tokens", " ".join(c.value for c in
+                                                                                             at.caption)))  # fmt: skip
+    assert "drop1" in marks[:start] and "drop1" not in marks[start:]
+
+
 def test_continue_on_an_empty_text_explains_itself() -> None:
     """Nothing to continue: a warning in the sidebar, the text stays empty, no traceback."""
     at = run_app({"text": " "})

@@ -334,3 +334,25 @@ def test_interleaved_sequence_ids_are_grouped_like_the_reference():
     assert result.group_sizes.tolist() == [6, 6]
     assert result.group_index.tolist() == [1, 0] * 6
     assert_same_result(result, simulate_capacity_reference(trace, 0.5, group="sequence"))
+
+
+def test_steps_group_gives_each_generated_token_its_own_decode_capacity() -> None:
+    """Prompt tokens 0-3 and generated tokens 4-5, all routed to expert 0 of 2, k = 1, CF 0.5. As one group per
+    text: C = ceil(0.5 * 1 * 6 / 2) = 2, so tokens 2-5 are dropped. With steps: the prompt's C = ceil(0.5 * 4 / 2) =
+    1 keeps token 0 only, and each written token, a decode step alone, has C = max(1, ceil(0.25)) = 1: both kept.
+    The capacity-bound forward refuses steps (it has no decode steps), in one sentence."""
+    from dataclasses import replace
+
+    from moe_core.capacity.forward import check_settings
+    from moe_core.traces.synthetic import trace_from_choices
+
+    routing = replace(trace_from_choices([[0]] * 6, num_experts=2), generated_from=(4,))
+    together = simulate_capacity(routing, 0.5, group="sequence")
+    steps = simulate_capacity(routing, 0.5, group="steps")
+    assert together.kept[0, :, 0].tolist() == [True, True, False, False, False, False]
+    assert steps.kept[0, :, 0].tolist() == [True, False, False, False, True, True]
+    assert steps.group_sizes.tolist() == [4, 1, 1] and steps.capacity[0].tolist() == [1, 1, 1]
+    plain = simulate_capacity(replace(routing, generated_from=()), 0.5, group="steps")  # no phases: one prompt
+    assert plain.group_sizes.tolist() == [6]
+    with pytest.raises(ValueError, match="no decode steps"):
+        check_settings(0.5, "position", "steps", 1)
