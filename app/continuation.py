@@ -47,7 +47,7 @@ def generated_trace(model_id: str, prompt: str) -> RoutingTrace | None:
 
 def _written_html(tail: str, pieces: list[str], first: list[int], num_experts: int, layer: int) -> str:
     titles = [f"written token {n}: E{e} at layer {layer}" for n, e in enumerate(first)]
-    before = f'<p class="box-note">… {visible_text(tail)}</p>' if tail else ""
+    before = f'<p class="box-note">{visible_text(tail)}</p>' if tail else ""
     return before + token_spans(pieces, first, titles, num_experts)
 
 
@@ -74,7 +74,7 @@ def stream_if_requested(loaded: LoadedModel, model_id: str, layer: int, layer_ro
                 _finish(before, continue_text(loaded.model, loaded.tokenizer, before, CONTINUE_TOKENS), None, model_id)
         st.subheader(f"The model is writing (up to {CONTINUE_TOKENS} tokens), coloured by expert at layer {layer}")
         box = st.empty()
-        tail = before[-TAIL_CHARS:]
+        tail = before if len(before) <= TAIL_CHARS else "… " + before[-TAIL_CHARS:]
 
         def watch(ids: list[int], first: object) -> None:
             pieces = token_pieces(loaded.tokenizer, ids)
