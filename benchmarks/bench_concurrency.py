@@ -10,6 +10,10 @@ different texts at the same moment, `--rounds` times:
   model and caches as a server's sessions do); a visit ends when the script has run and its page holds its own
   marker word in the routed text. This is the server's share of the work and carries the target:
   no failures, p95 at most 8× the single visitor's time.
+- same link: `--same-link` sessions (12) opening one teacher's link at once, a new text each round, against a
+  lone visitor of a new link in the same run (target: p95 at most 3× it; issue 20). Same-link visitors ask the
+  server for the same work; today they share the trace (computed once, app.memo.BytesLRU) and the per-trace
+  frames, and each session still runs the page script and builds its charts.
 - browser: the app server and Debian's chromium (playwright, async), one browser context per visitor; a visit ends
   when the page shows charts and its own marker word. Also prints the server's memory after each round. On a
   2-core machine the 8 headless renderers share the cores with the server, so this measures the client as much
@@ -33,6 +37,8 @@ from tests.e2e.browser import running_app
 from tests.e2e.crowd import crowd, server_memory_mb, visitor_text
 
 TARGET_P95_RATIO = 8.0
+TARGET_SAME_LINK_RATIO = 3.0
+SAME_LINK_VISITORS = 12
 ALONE_PER_ROUND = 3  # visits of the lone visitor before each concurrent round
 
 
@@ -55,6 +61,25 @@ def server_visit(visitor: int, round_: int) -> tuple[float | None, str]:
     start = time.perf_counter()
     page.run()
     seconds = time.perf_counter() - start
+    return _checked(page, seconds, visitor, round_)
+
+
+def link_visit(visitor: int, round_: int) -> tuple[float | None, str]:
+    """One session opening a link that carries visitor `visitor`'s text of `round_` (as a class opens the
+    teacher's link): from the first request to the drawn page; (seconds, error)."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.state import encode_prompt
+
+    page = AppTest.from_file(APP, default_timeout=300)
+    page.query_params["view"] = "routing"
+    page.query_params["text"] = encode_prompt(visitor_text(visitor, round_))
+    start = time.perf_counter()
+    page.run()
+    return _checked(page, time.perf_counter() - start, visitor, round_)
+
+
+def _checked(page: Any, seconds: float, visitor: int, round_: int) -> tuple[float | None, str]:
     shown = " ".join(re.sub("<[^>]+>", "", str(block.value)) for block in page.markdown)
     if page.exception:
         return None, str(page.exception[0].value)[:200]
@@ -100,6 +125,28 @@ def server_only(visitors: int, rounds: int) -> bool:
     return ok
 
 
+def same_link(visitors: int, rounds: int) -> bool:
+    """`visitors` sessions open one new link at once, each round, against a lone visitor of a new link."""
+    _serialise_compile()
+    link_visit(98, 0)  # load the model and warm the caches once
+    single, times, failures = [], [], []
+    for round_ in range(rounds):
+        single += [s for s, _ in (link_visit(1, 1000 + ALONE_PER_ROUND * round_ + i) for i in range(ALONE_PER_ROUND))
+                   if s is not None]  # fmt: skip
+        with ThreadPoolExecutor(visitors) as pool:
+            visits = list(pool.map(lambda _v, r=round_: link_visit(0, 2000 + r), range(visitors)))
+        times += [s for s, _ in visits if s is not None]
+        failures += [e for s, e in visits if s is None]
+    alone = statistics.median(single)
+    p50, p95 = percentile(times, 0.5), percentile(times, 0.95)
+    ratio = p95 / alone
+    ok = not failures and ratio <= TARGET_SAME_LINK_RATIO
+    print(f"same link: a lone visitor of a new link {alone:.3f} s; {visitors} visitors of one new link × {rounds} "
+          f"rounds: p50 {p50:.3f} s, p95 {p95:.3f} s, {len(failures)} failed; p95 / single = {ratio:.2f} "
+          f"(target <= {TARGET_SAME_LINK_RATIO:g}) {'PASS' if ok else 'FAIL'}")  # fmt: skip
+    return ok
+
+
 def browser(visitors: int, rounds: int) -> None:
     with running_app() as (url, pid):
         crowd(url, 1, 1)  # warm the server: the model and the first page once
@@ -126,12 +173,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visitors", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("server", "browser"), help="run one of the two measurements")
+    parser.add_argument("--same-link", type=int, default=SAME_LINK_VISITORS, help="visitors of one link")
+    parser.add_argument("--only", choices=("server", "same-link", "browser"), help="run one of the measurements")
     args = parser.parse_args()
     ok = True
-    if args.only != "browser":
+    if args.only in (None, "server"):
         ok = server_only(args.visitors, args.rounds)
-    if args.only != "server":
+    if args.only in (None, "same-link"):
+        ok = same_link(args.same_link, args.rounds) and ok
+    if args.only in (None, "browser"):
         browser(args.visitors, args.rounds)
     return 0 if ok else 1
 
