@@ -32,6 +32,32 @@ def expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
     return np.bincount(experts[routed(experts, num_experts)].reshape(-1), minlength=num_experts)
 
 
+def layer_expert_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, T, m] expert indices -> [L, E] routed slots per expert at each layer, in one bincount. The load of a
+    trace (analyses.load) and of a corpus (corpus.summary) are both this count."""
+    num_layers = experts.shape[0]
+    valid = routed(experts, num_experts)
+    flat = (np.arange(num_layers)[:, None, None] * num_experts + experts)[valid]
+    return np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+
+
+def pair_counts(source: np.ndarray, target: np.ndarray, num_experts: int) -> np.ndarray:
+    """[E, E] how many (source, target) expert pairs there are of each (both already `routed`): one bincount
+    (np.add.at was 10x slower). Layer flow's transitions, per trace and per corpus."""
+    flat = np.bincount(source * num_experts + target, minlength=num_experts * num_experts)
+    return flat.reshape(num_experts, num_experts).astype(np.int64)
+
+
+def coactivation_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """[T, k] expert indices at one layer -> [E, E] tokens routed to both experts (diagonal: to each), by one
+    matrix product of the token × expert indicator (float64: exact below 2**53 tokens). OLMoE's co-activation,
+    per trace and per corpus."""
+    chosen = np.zeros((len(experts), num_experts), dtype=np.float64)
+    tokens, ranks = np.nonzero(routed(experts, num_experts))
+    chosen[tokens, experts[tokens, ranks]] = 1
+    return np.rint(chosen.T @ chosen).astype(np.int64)
+
+
 def max_over_mean(counts: np.ndarray) -> float:
     """Load imbalance: the busiest expert's load over the mean load (1.0 is perfect balance)."""
     mean = counts.mean()

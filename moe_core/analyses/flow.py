@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from moe_core.analyses.matrix import grouped_matrix_frame
-from moe_core.metrics import routed
+from moe_core.metrics import pair_counts, routed
 from moe_core.traces.types import RoutingTrace
 
 
@@ -32,12 +32,6 @@ def transition_counts(trace: RoutingTrace, from_row: int) -> np.ndarray:
     num_experts = trace.model.num_experts
     source, target = transition_pairs(experts[from_row], experts[from_row + 1], trace.slots_ranked, num_experts)
     return pair_counts(source, target, num_experts)
-
-
-def pair_counts(source: np.ndarray, target: np.ndarray, num_experts: int) -> np.ndarray:
-    """[E, E] how many (source, target) pairs there are of each: one bincount (np.add.at was 10x slower)."""
-    flat = np.bincount(source * num_experts + target, minlength=num_experts * num_experts)
-    return flat.reshape(num_experts, num_experts).astype(np.int64)
 
 
 def transition_frame(trace: RoutingTrace, from_row: int, keep: int | None = None) -> pd.DataFrame:

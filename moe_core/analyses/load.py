@@ -10,10 +10,11 @@ import pandas as pd
 
 from moe_core.analyses.matrix import grouped_matrix_frame
 from moe_core.metrics import (
+    coactivation_counts,
     expert_counts,
+    layer_expert_counts,
     max_over_mean,
     max_violation,
-    routed,
     router_first_choice,
     router_z_loss,
     switch_balance_loss,
@@ -30,9 +31,10 @@ def load_frame(trace: RoutingTrace) -> pd.DataFrame:
     num_experts, top_k = trace.model.num_experts, trace.model.top_k
     num_tokens = len(trace.tokens)
     rows = []
+    top1_all = layer_expert_counts(trace.experts[:, :, :1], num_experts)
+    topk_all = layer_expert_counts(trace.experts, num_experts)
     for row, layer in enumerate(trace.model.moe_layers):
-        top1 = expert_counts(trace.experts[row, :, :1], num_experts)
-        topk = expert_counts(trace.experts[row], num_experts)
+        top1, topk = top1_all[row], topk_all[row]
         for expert in range(num_experts):
             rows.append((layer, expert, int(top1[expert]), int(topk[expert])))
     frame = pd.DataFrame(rows, columns=["layer", "expert", "top1", "topk"])
@@ -121,12 +123,8 @@ def coactivation_frame(trace: RoutingTrace, layer_row: int, keep: int | None = N
     The diagonal is left out. Slots the model dropped count for no expert. With `keep`, only the `keep`
     experts that take the most tokens, both ways (a pooled "other" would count pairs, not tokens).
     """
-    experts = trace.experts[layer_row]
     num_experts = trace.model.num_experts
-    chosen = np.zeros((len(experts), num_experts), dtype=np.float32)  # BLAS: exact below 2**24 tokens
-    rows, ranks = np.nonzero(routed(experts, num_experts))
-    chosen[rows, experts[rows, ranks]] = 1
-    together = np.rint(chosen.T @ chosen).astype(np.int64)  # [E, E]: tokens routed to both; diagonal: to each
+    together = coactivation_counts(trace.experts[layer_row], num_experts)  # [E, E]; diagonal: tokens of each
     keep = keep if keep is not None else num_experts
     return grouped_matrix_frame(together, np.diag(together), keep, keep_diagonal=False, pool=False)
 

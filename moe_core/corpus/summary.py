@@ -16,13 +16,14 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import reduce
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moe_core.capacity.simulate import check_capacity_factor, expert_capacity, kept_slots, position_order
-from moe_core.metrics import routed
+from moe_core.metrics import coactivation_counts, layer_expert_counts, pair_counts, routed
 from moe_core.traces.checks import check_limits
 from moe_core.traces.types import DROPPED
 
@@ -75,35 +76,20 @@ class CorpusSummary:
         )
 
 
-def _per_layer_counts(experts: np.ndarray, num_experts: int) -> np.ndarray:
-    """[L, E] routed slots per expert in an [L, T, m] array."""
-    num_layers = experts.shape[0]
-    valid = routed(experts, num_experts)
-    flat = (np.arange(num_layers)[:, None, None] * num_experts + experts)[valid]
-    return np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
-
-
 def _transitions(top1: np.ndarray, num_experts: int) -> np.ndarray:
-    """[L-1, E, E] first-choice transitions between consecutive MoE layers (as moe_core.analyses.flow)."""
-    pairs = max(top1.shape[0] - 1, 0)
-    counts = np.zeros((pairs, num_experts * num_experts), dtype=np.int64)
-    for row in range(pairs):
-        source, target = top1[row], top1[row + 1]
+    """[L-1, E, E] first-choice transitions between consecutive MoE layers (metrics.pair_counts, as a trace's)."""
+    pairs = []
+    for source, target in pairwise(top1):
         valid = routed(source, num_experts) & routed(target, num_experts)
-        counts[row] = np.bincount(source[valid] * num_experts + target[valid], minlength=num_experts**2)
-    return counts.reshape(pairs, num_experts, num_experts)
+        pairs.append(pair_counts(source[valid], target[valid], num_experts))
+    return np.stack(pairs) if pairs else np.zeros((0, num_experts, num_experts), dtype=np.int64)
 
 
 def _coactivation(experts: np.ndarray, num_experts: int) -> np.ndarray:
-    """[L, E, E] tokens routed to both experts (as moe_core.analyses.load.coactivation_frame)."""
-    num_layers, num_tokens, _ = experts.shape
-    out = np.zeros((num_layers, num_experts, num_experts), dtype=np.int64)
-    for row in range(num_layers):
-        chosen = np.zeros((num_tokens, num_experts), dtype=np.float64)  # float: BLAS; exact below 2**53
-        tokens, ranks = np.nonzero(routed(experts[row], num_experts))
-        chosen[tokens, experts[row, tokens, ranks]] = 1
-        out[row] = np.rint(chosen.T @ chosen).astype(np.int64)
-    return out
+    """[L, E, E] tokens routed to both experts at each layer (metrics.coactivation_counts, as a trace's)."""
+    if not len(experts):
+        return np.zeros((0, num_experts, num_experts), dtype=np.int64)
+    return np.stack([coactivation_counts(layer, num_experts) for layer in experts])
 
 
 TokenTable = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # layer row, token id, expert, count
@@ -178,7 +164,7 @@ def summarize_documents(
     layer_rows = np.broadcast_to(np.arange(num_layers)[:, None], top1.shape)
     tables = _token_table(layer_rows[first], np.broadcast_to(ids, top1.shape)[first], top1[first],
                           np.ones(int(first.sum())), num_experts)  # fmt: skip
-    domain_topk = np.stack([_per_layer_counts(every[:, domain_of == d], num_experts) for d in range(len(names))])
+    domain_topk = np.stack([layer_expert_counts(every[:, domain_of == d], num_experts) for d in range(len(names))])
     drops = _drops_by_position(every, document_of, position, num_experts, capacity_factor)
     return CorpusSummary(
         moe_layers=tuple(int(layer) for layer in moe_layers),
@@ -188,8 +174,8 @@ def summarize_documents(
         documents=len(lengths),
         tokens=int(lengths.sum()),
         truncated=int(truncated),
-        top1=_per_layer_counts(every[:, :, :1], num_experts),
-        topk=_per_layer_counts(every, num_experts),
+        top1=layer_expert_counts(every[:, :, :1], num_experts),
+        topk=layer_expert_counts(every, num_experts),
         domains=names,
         domain_documents=np.bincount(domain_index, minlength=len(names)).astype(np.int64),
         domain_tokens=np.bincount(domain_index, weights=lengths, minlength=len(names)).astype(np.int64),
