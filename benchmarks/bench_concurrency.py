@@ -29,6 +29,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,21 +101,28 @@ def _serialise_compile() -> None:
     builtins.compile = compile_one_at_a_time
 
 
+Visit = Callable[[int, int], tuple[float | None, str]]  # (visitor, round) -> (seconds or None, error)
+
+
+def _measure(alone: Visit, together: Visit, visitors: int, rounds: int) -> tuple[float, float, float, list[str]]:
+    """(median alone, p50, p95 together, failures): the lone visitor is measured between the rounds
+    (ALONE_PER_ROUND visits each), so a change of the machine's load during the run moves both sides of the
+    ratio (5 visits in a row varied 0.24-0.37 s); `together(v, r)` is visitor v of round r, all at once."""
+    single, times, failures = [], [], []
+    for round_ in range(rounds):
+        single += [s for s, _ in (alone(round_, i) for i in range(ALONE_PER_ROUND)) if s is not None]
+        with ThreadPoolExecutor(visitors) as pool:
+            visits = list(pool.map(lambda v, r=round_: together(v, r), range(visitors)))
+        times += [s for s, _ in visits if s is not None]
+        failures += [e for s, e in visits if s is None]
+    return statistics.median(single), percentile(times, 0.5), percentile(times, 0.95), failures
+
+
 def server_only(visitors: int, rounds: int) -> bool:
     _serialise_compile()
     server_visit(99, 0)  # load the model and warm the caches once
-    single, times, failures = [], [], []
-    for round_ in range(rounds):
-        # the visitor alone is measured between the rounds (ALONE_PER_ROUND visits each), so a change of the
-        # machine's load during the run moves both sides of the ratio: 5 visits in a row varied 0.24-0.37 s
-        single += [s for s, _ in (server_visit(0, ALONE_PER_ROUND * round_ + i) for i in range(ALONE_PER_ROUND))
-                   if s is not None]  # fmt: skip
-        with ThreadPoolExecutor(visitors) as pool:
-            visits = list(pool.map(lambda v, r=round_: server_visit(v, 100 + r), range(visitors)))
-        times += [s for s, _ in visits if s is not None]
-        failures += [e for s, e in visits if s is None]
-    alone = statistics.median(single)
-    p50, p95 = percentile(times, 0.5), percentile(times, 0.95)
+    alone, p50, p95, failures = _measure(lambda r, i: server_visit(0, ALONE_PER_ROUND * r + i),
+                                         lambda v, r: server_visit(v, 100 + r), visitors, rounds)  # fmt: skip
     ratio = p95 / alone
     ok = not failures and ratio <= TARGET_P95_RATIO
     print(f"server: one visitor alone {alone:.3f} s; {visitors} concurrent × {rounds} rounds: p50 {p50:.3f} s, "
@@ -129,16 +137,8 @@ def same_link(visitors: int, rounds: int) -> bool:
     """`visitors` sessions open one new link at once, each round, against a lone visitor of a new link."""
     _serialise_compile()
     link_visit(98, 0)  # load the model and warm the caches once
-    single, times, failures = [], [], []
-    for round_ in range(rounds):
-        single += [s for s, _ in (link_visit(1, 1000 + ALONE_PER_ROUND * round_ + i) for i in range(ALONE_PER_ROUND))
-                   if s is not None]  # fmt: skip
-        with ThreadPoolExecutor(visitors) as pool:
-            visits = list(pool.map(lambda _v, r=round_: link_visit(0, 2000 + r), range(visitors)))
-        times += [s for s, _ in visits if s is not None]
-        failures += [e for s, e in visits if s is None]
-    alone = statistics.median(single)
-    p50, p95 = percentile(times, 0.5), percentile(times, 0.95)
+    alone, p50, p95, failures = _measure(lambda r, i: link_visit(1, 1000 + ALONE_PER_ROUND * r + i),
+                                         lambda _v, r: link_visit(0, 2000 + r), visitors, rounds)  # fmt: skip
     ratio = p95 / alone
     ok = not failures and ratio <= TARGET_SAME_LINK_RATIO
     print(f"same link: a lone visitor of a new link {alone:.3f} s; {visitors} visitors of one new link × {rounds} "
