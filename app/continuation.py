@@ -10,6 +10,7 @@ A click elsewhere, or the visitor leaving, stops the script at its next page upd
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from app.components import html_block, token_spans, visible_text
@@ -76,9 +77,9 @@ def stream_if_requested(loaded: LoadedModel, model_id: str, layer: int, layer_ro
         box = st.empty()
         tail = before if len(before) <= TAIL_CHARS else "… " + before[-TAIL_CHARS:]
 
-        def watch(ids: list[int], first: object) -> None:
+        def watch(ids: list[int], first: np.ndarray) -> None:
             pieces = token_pieces(loaded.tokenizer, ids)
-            shown = [int(e) for e in first[:, layer_row]]  # type: ignore[index]
+            shown = first[:, layer_row].tolist()
             with box.container():
                 html_block(_written_html(tail, pieces, shown, num_experts, layer))
 
