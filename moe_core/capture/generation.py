@@ -32,17 +32,25 @@ def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
     )
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """Why generate_trace cannot record this model's writing, or None: it reads a decoder-only family of the
+    adapter table."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "generation capture reads a decoder-only model's own continuation; encoder-decoders (Switch) are not " \
+            "covered yet"  # fmt: skip
+    if is_generic(model):
+        return "generation capture needs a family in the adapter table (remote code is traced whole)"
+    return None
+
+
 def supports_generation_capture(model: nn.Module) -> bool:
-    """Whether generate_trace can record this model's writing: a decoder-only family of the adapter table."""
-    return not getattr(model.config, "is_encoder_decoder", False) and not is_generic(model)
+    """Whether generate_trace can record this model's writing (the app otherwise writes, then re-traces)."""
+    return _unsupported(model) is None
 
 
 def _check(model: nn.Module, text: str, max_new_tokens: int) -> None:
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError("generation capture reads a decoder-only model's own continuation; encoder-decoders "
-                         "(Switch) are not covered yet")  # fmt: skip
-    if is_generic(model):
-        raise ValueError("generation capture needs a family in the adapter table (remote code is traced whole)")
+    if (reason := _unsupported(model)) is not None:
+        raise ValueError(reason)
     if not text.strip():
         raise ValueError("empty text: give the model something to continue")
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
