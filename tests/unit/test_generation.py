@@ -140,3 +140,15 @@ def test_a_watcher_that_raises_stops_the_generation() -> None:
     with pytest.raises(KeyboardInterrupt):
         generate_trace(loaded.model, loaded.tokenizer, PROMPT, 20, watch=leave)
     assert len(generate_trace(loaded.model, loaded.tokenizer, PROMPT, 2).tokens) > 2
+
+
+def test_encoder_decoders_are_refused_in_one_sentence(demo_tokenizer: Any) -> None:
+    """Switch writes a separate output, not a continuation: generate_trace refuses it with the reason the app
+    also reads (supports_generation_capture false: the app writes, then re-traces), and the demo model passes."""
+    from moe_core.capture.generation import supports_generation_capture
+    from moe_core.models import load_model
+
+    switch = build_tiny_model("switch_transformers")
+    assert not supports_generation_capture(switch) and supports_generation_capture(load_model().model)
+    with pytest.raises(ValueError, match="encoder-decoders \\(Switch\\) are not covered yet"):
+        generate_trace(switch, demo_tokenizer, "hello", 3)
