@@ -227,10 +227,26 @@ def _policy_radio(where: DeltaGenerator) -> None:
     )
 
 
-def _view_selector(where: DeltaGenerator, short: bool = False) -> None:
+def offered_views(model_id: str | None) -> tuple[str, ...]:
+    """The views this page offers: every view, less those whose module says the model lacks what they need
+    (the Training view without a training series)."""
+    return tuple(v for v in VIEWS if getattr(VIEW_MODULES[v], "offered", lambda _: True)(model_id))
+
+
+def _settle_view(views: tuple[str, ...]) -> None:
+    """A view this page does not offer (a link's view=training for a model without a series) falls back to the
+    first, and the page says so."""
+    if st.session_state.view not in views:
+        missing = VIEW_MODULES[st.session_state.view].TITLE
+        st.session_state.notices.append(f"This model has no {md_text(missing)} view: showing "
+                                        f"{md_text(VIEW_MODULES[views[0]].TITLE)}.")  # fmt: skip
+        st.session_state.view = views[0]
+
+
+def _view_selector(where: DeltaGenerator, views: tuple[str, ...], short: bool = False) -> None:
     where.segmented_control(
         "View",
-        VIEWS,
+        views,
         key="view",
         format_func=lambda v: VIEW_MODULES[v].SHORT_TITLE if short else VIEW_MODULES[v].TITLE,
         required=True,
@@ -264,14 +280,14 @@ def _leave_presentation() -> None:
     st.session_state.present = False
 
 
-def _view_controls(layers: list[int]) -> None:
+def _view_controls(layers: list[int], views: tuple[str, ...]) -> None:
     """The view picker; in presentation mode a compact bar that also holds layer, capacity factor and policy,
     so a teacher can drive the page without leaving the mode."""
     if not st.session_state.present:
-        _view_selector(st.container())
+        _view_selector(st.container(), views)
         return
     with st.container(border=True, key="control-bar", horizontal=True, vertical_alignment="bottom", gap="xsmall"):
-        _view_selector(st, short=True)
+        _view_selector(st, views, short=True)
         with st.container(key="bar-layer", width=BAR_SLIDER_PX["layer"]):
             _layer_slider(st, layers)
         if st.session_state.view in CAPACITY_VIEWS:  # the capacity factor and the order matter to this view alone
@@ -424,13 +440,15 @@ def main() -> None:
     _source_note(uploads, model_id)
     if model_id is not None:
         draw_badge(get_model(model_id), model_id)
+    views = offered_views(model_id)
+    _settle_view(views)
     for notice in st.session_state.notices:  # escaped where they were written (app/state.py)
         st.warning(notice)
     if any(routing.truncated):
         st.warning(
             f"The text is longer than the model's context: only the first {info.context_length} tokens are shown."
         )
-    _view_controls(layers)
+    _view_controls(layers, views)
     settings = _current_settings()
     stamp = ChartStamp(info.name, settings.layer, settings.capacity_factor, settings.policy)  # on downloads
     set_chart_settings(stamp, settings.present)
@@ -455,7 +473,9 @@ def main() -> None:
     except MissingRouting as error:  # a compact trace (an engine dump) lacks what the rest of this view reads
         st.info(sentence(str(error)))
     _trace_downloads(routing)
-    st.query_params.from_dict(to_query(settings, with_input=has_model))  # no text or model for an upload
+    # the settings as the view left them (a link's step between checkpoints moved to one): no text or model
+    # for an upload
+    st.query_params.from_dict(to_query(_current_settings(), with_input=has_model))
 
 
 main()

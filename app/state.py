@@ -45,6 +45,8 @@ class Settings:
     capped_run: bool = False  # the capacity view also runs the model capacity-bound
     load_count: str = "top1"  # the load view counts first choices ("top1") or every top-k slot ("topk")
     grid_start: int = 0  # the first token of the token × layer grid's window
+    series_step: int = 0  # the Training view's checkpoint (a step of the series; the nearest one is shown)
+    series_text: int = 0  # the Training view's text (its index in the series' text set)
 
 
 COMPARE_SIDES = {  # the Compare view's second side -> how the page names it
@@ -54,7 +56,7 @@ COMPARE_SIDES = {  # the Compare view's second side -> how the page names it
 }
 COMPARE_DTYPES = ("float32", "bfloat16", "float16")  # moe_core.models.DTYPES' names
 LOAD_COUNTS = ("top1", "topk")  # the load view's Count: first choices, or every top-k slot
-INDEX_FIELDS = ("layer", "token", "grid_start")  # whole numbers from 0
+INDEX_FIELDS = ("layer", "token", "grid_start", "series_step", "series_text")  # whole numbers from 0
 FLAG_FIELDS = ("present", "capped_run")  # 1 or 0 in a link
 
 
@@ -76,6 +78,8 @@ URL_KEYS = {  # field -> short URL key
     "capped_run": "capped",
     "load_count": "count",
     "grid_start": "grid",
+    "series_step": "step",
+    "series_text": "stext",
 }
 
 

@@ -16,10 +16,12 @@ VIEW_MODULE_NAMES: dict[str, str] = {
     "capacity": "capacity",
     "flow": "layer_flow",
     "compare": "compare",
+    "training": "training",
 }
 VIEWS = tuple(VIEW_MODULE_NAMES)
 
 
 def view_module(view: str) -> ModuleType:
-    """The module that draws `view` (TITLE, SHORT_TITLE, NOTICE, EXPLAINER, draw(context))."""
+    """The module that draws `view` (TITLE, SHORT_TITLE, NOTICE, EXPLAINER, draw(context); optionally
+    offered(model_id), where the view needs something only some models have)."""
     return importlib.import_module(f"app.views.{VIEW_MODULE_NAMES[view]}")

@@ -105,6 +105,7 @@ def main() -> None:
         "capacity": "view=capacity&cf=0.75",
         "flow": f"view=flow&text={quote(mixed)}",
         "compare": f"view=compare&layer=2&text={quote(texts['Long text (all domains)'])}",  # fp32 against bf16
+        "training": f"view=training&layer=1&stext=2&step=400&text={quote(texts['Prose'])}",  # German, early on
     }
     presenting = f"view=routing&present=1&text={quote(texts['Python code'])}"
     projector = {"presentation-1280": (presenting, {"width": 1280, "height": 720}),

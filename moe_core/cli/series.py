@@ -46,7 +46,8 @@ def run_trace_checkpoints(args: argparse.Namespace) -> None:
 
 
 def training_series_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("series", type=Path, help="a folder written by trace-checkpoints")
+    parser.add_argument("series", help="a folder written by trace-checkpoints, a model folder with a series/ "
+                        "inside, or demo-mixtral (the bundled model's own training)")
     parser.add_argument("--min-count", type=positive_int, default=None, help="token ids seen this often (5)")
     parser.add_argument("--step", type=int, help="with --out: export this step's trace")
     parser.add_argument("--out", type=Path, help="write the --step snapshot to FILE.json or FILE.parquet")
@@ -57,10 +58,10 @@ def run_training_series(args: argparse.Namespace) -> None:
     """Numpy only: reading a series imports neither torch nor transformers."""
     from moe_core.analyses.series import MIN_ID_COUNT, series_json
     from moe_core.cli.main import print_json
-    from moe_core.series.store import load_series
+    from moe_core.series.store import load_series, series_folder
     from moe_core.traces.io import save_trace
 
-    series = load_series(args.series)
+    series = load_series(series_folder(args.series))
     if (args.step is None) != (args.out is None):
         raise ValueError("--step and --out go together: the step to export and where")
     if args.step is not None:

@@ -20,11 +20,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("build/demo-train"), help="cache, checkpoints")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the finished model is saved")
     parser.add_argument("--card", action="store_true", help="after training, evaluate and write README.md")
+    parser.add_argument("--tokenizer", type=Path, help="reuse this tokenizer folder instead of training one")
     for field in fields(TrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args()
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train(config, args.work, args.out)
+    train(config, args.work, args.out, args.tokenizer)
     if args.card:
         from moe_core.train.card import write_card
 

@@ -236,7 +236,9 @@ and chance (the top-1 labels shuffled across tokens: same load, no token-expert 
 ## Files
 `config.json`, `model.safetensors`, `tokenizer.json`: load with `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained`. `card.json` holds every figure above. `held_out/<domain>.txt` are short held-out
-excerpts (never trained on) that the app's presets and the tests use.
+excerpts (never trained on) that the app's presets and the tests use. `series/` is the routing of those
+excerpts (256 tokens each) every {t["snapshot_every"]} steps of training, step 0 to the last: the app's Training
+view and `python -m moe_core training-series demo-mixtral` read it.
 """
 
 

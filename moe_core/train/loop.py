@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 20
     checkpoint_every: int = 100
+    snapshot_every: int = 20  # record the held-out texts' routing this often: the shipped training series
     threads: int = 2
 
 
@@ -64,17 +66,25 @@ def _tokenize_domain(tokenizer: PreTrainedTokenizerFast, text: str) -> np.ndarra
     return np.concatenate([np.asarray(e.ids, dtype=np.uint16) for e in encodings])
 
 
-def prepare_data(config: TrainConfig, work: Path) -> tuple[PreTrainedTokenizerFast, dict[str, dict[str, np.ndarray]]]:
-    """Build (or reuse from `work/`) the tokenizer and each domain's train / held-out token ids."""
+def prepare_data(
+    config: TrainConfig, work: Path, tokenizer_from: Path | None = None
+) -> tuple[PreTrainedTokenizerFast, dict[str, dict[str, np.ndarray]]]:
+    """Build (or reuse from `work/`) the tokenizer and each domain's train / held-out token ids.
+
+    `tokenizer_from` (a folder with tokenizer.json) skips training one: BPE training breaks ties between equally
+    frequent merges differently from run to run, so reproducing a model needs its own tokenizer."""
     data_dir = work / "data"
     tokenizer_dir = work / "tokenizer"
     if not (data_dir / "done").exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         print("assembling corpus ...", flush=True)
         texts = {name: corpus.split_domain(source()) for name, source in corpus.DOMAINS.items()}
-        tokenizer = train_tokenizer(
-            {n: t[0] for n, t in texts.items()}, config.vocab_size, config.tokenizer_sample_chars
-        )
+        if tokenizer_from is None:
+            tokenizer = train_tokenizer(
+                {n: t[0] for n, t in texts.items()}, config.vocab_size, config.tokenizer_sample_chars
+            )
+        else:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_from)
         save_tokenizer(tokenizer, tokenizer_dir)
         for name, (train_text, held_out_text) in texts.items():
             np.save(data_dir / f"{name}.train.npy", _tokenize_domain(tokenizer, train_text))
@@ -155,10 +165,36 @@ def _save_checkpoint(
     partial.replace(path)
 
 
-def train(config: TrainConfig, work: Path, out: Path) -> None:
+class Snapshots:
+    """The training series: the bundled held-out texts traced every `snapshot_every` steps into `work/series`,
+    in eval mode, between optimiser steps (tracing reads the weights and draws no random numbers, so the run
+    trains exactly as it would without it)."""
+
+    def __init__(self, folder: Path, tokenizer: PreTrainedTokenizerFast, every: int, last: int) -> None:
+        from moe_core.series.runner import SERIES_TOKENS, default_texts
+        from moe_core.series.store import open_series, recorded_steps
+
+        self.folder, self.tokenizer, self.every, self.last = folder, tokenizer, every, last
+        self.manifest = open_series(folder, "demo-mixtral", default_texts(), SERIES_TOKENS)
+        self.done = recorded_steps(folder, self.manifest)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == self.last) and step not in self.done
+
+    def take(self, model: torch.nn.Module, step: int) -> None:
+        from moe_core.series.runner import snapshot
+
+        model.eval()
+        with torch.no_grad():
+            snapshot(model, self.tokenizer, self.folder, self.manifest, step, f"step {step}")
+        model.train()
+        self.done.add(step)
+
+
+def train(config: TrainConfig, work: Path, out: Path, tokenizer_from: Path | None = None) -> None:
     torch.set_num_threads(config.threads)
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer, data = prepare_data(config, work)
+    tokenizer, data = prepare_data(config, work, tokenizer_from)
     streams = {name: splits["train"] for name, splits in data.items()}
     print({name: len(s) for name, s in streams.items()}, "train tokens per domain", flush=True)
     model = build_model(config, tokenizer)
@@ -180,6 +216,9 @@ def train(config: TrainConfig, work: Path, out: Path) -> None:
         print(f"resumed at step {step}", flush=True)
     (work / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     model.train()
+    snapshots = Snapshots(work / "series", tokenizer, config.snapshot_every, config.steps)
+    if snapshots.due(step):
+        snapshots.take(model, step)
     started, tokens_per_step = time.time(), config.seq_len * config.rows_per_domain * len(streams)
     start_step = step
     while step < config.steps:
@@ -200,18 +239,24 @@ def train(config: TrainConfig, work: Path, out: Path) -> None:
                 f"{rate:,.0f} tok/s eta {eta / 60:.1f} min",
                 flush=True,
             )
+        if snapshots.due(step):
+            snapshots.take(model, step)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save_checkpoint(checkpoint, model, optimizer, step, seconds_before + time.time() - started)
     seconds = round(seconds_before + time.time() - started)
     record = {**asdict(config), "tokens_seen": step * tokens_per_step, "train_seconds": seconds}
     (work / "train_record.json").write_text(json.dumps(record, indent=2))
-    export(model, tokenizer, out)
+    export(model, tokenizer, out, work / "series")
 
 
-def export(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
-    """save_pretrained (safetensors) + tokenizer: what AutoModelForCausalLM / AutoTokenizer load."""
+def export(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path, series: Path) -> None:
+    """save_pretrained (safetensors) + tokenizer: what AutoModelForCausalLM / AutoTokenizer load; and the
+    training series beside them (out/series), which the Training view and `training-series demo-mixtral` read."""
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
+    if series.is_dir():
+        shutil.rmtree(out / "series", ignore_errors=True)
+        shutil.copytree(series, out / "series")
     print(f"saved to {out}", flush=True)

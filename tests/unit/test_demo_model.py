@@ -75,3 +75,35 @@ def test_card_states_what_was_measured() -> None:
     card = json.loads((FOLDER / "card.json").read_text(encoding="utf-8"))
     assert set(card["domains"]) == set(DOMAINS)
     assert "NOT met" not in (FOLDER / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_shipped_series_ends_at_the_shipped_model() -> None:
+    """The training series ships beside the weights: recorded every card snapshot_every steps from 0 to the
+    last step, and its last snapshot is the shipped model's own routing of the same texts, traced here afresh
+    (experts exactly; weights to float16's precision, as stored)."""
+    from moe_core.series.runner import SERIES_TOKENS, default_texts
+    from moe_core.series.store import load_series, series_folder
+
+    card = json.loads((BUNDLED_MODELS[DEMO_MODEL] / "card.json").read_text())["training"]
+    series = load_series(series_folder(DEMO_MODEL))
+    assert series.steps == tuple(range(0, card["steps"] + 1, card["snapshot_every"]))
+    loaded = load_model()
+    fresh = trace(loaded.model, loaded.tokenizer, default_texts(), max_tokens=SERIES_TOKENS)
+    np.testing.assert_array_equal(series.traces[-1].experts, fresh.experts)
+    np.testing.assert_allclose(series.traces[-1].weights, fresh.weights, atol=5e-4)
+    assert series.traces[-1].tokens.text == fresh.tokens.text
+
+
+def test_training_series_reads_the_bundled_model_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    """`training-series demo-mixtral` from the shipped files alone: every curve ends at 1 (the final step against
+    itself) and starts below it (the random initialisation routes otherwise)."""
+    from tests.cli_runner import run_cli
+
+    code, printed, err = run_cli(capsys, "training-series", DEMO_MODEL)
+    assert code == 0, err
+    data = json.loads(printed)
+    assert data["steps"][0] == 0 and len(data["layers"]) == 4
+    for layer in data["layers"]:
+        assert layer["top1_match_final"][-1] == layer["set_match_final"][-1] == 1.0
+        assert layer["top1_match_final"][0] < 0.5
+    assert data["token_id_match_final"][-1] == 1.0
