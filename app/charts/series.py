@@ -33,6 +33,10 @@ def layer_lines_chart(
     return styled(chart)
 
 
+ID_TITLE = "ids on their final expert"
+PERCENT = alt.Axis(format="%")
+
+
 def token_id_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
     """token_id_frame: the share of frequent token ids whose usual expert is already the final one, per step."""
     chart = (
@@ -40,9 +44,8 @@ def token_id_chart(frame: pd.DataFrame, title: str) -> alt.TopLevelMixin:
         .mark_line(strokeWidth=3, point=True, color=LAYER_COLORS[0])
         .encode(
             x=alt.X("step:Q", title="training step"),
-            y=alt.Y("token_id_match_final:Q", title="ids on their final expert", scale=alt.Scale(domain=[0, 1]),
-                    axis=alt.Axis(format="%")),  # fmt: skip
-            tooltip=["step:Q", alt.Tooltip("token_id_match_final:Q", format=".1%", title="ids on their final expert")],
+            y=alt.Y("token_id_match_final:Q", title=ID_TITLE, scale=alt.Scale(domain=[0, 1]), axis=PERCENT),
+            tooltip=["step:Q", alt.Tooltip("token_id_match_final:Q", format=".1%", title=ID_TITLE)],
         )
         .properties(height=CHART_HEIGHT * 3 // 4, title=title)
     )

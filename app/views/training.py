@@ -40,6 +40,12 @@ PLAY_FRAMES = 40  # Play shows this many steps, evenly spaced, from the first to
 PLAY_SECONDS = 0.15  # per frame
 
 
+def page_notice(model_id: str | None) -> str:
+    """The sentence this view opens with: worded from the model's own series, NOTICE where it has none."""
+    data = _data(model_id) if model_id else None
+    return NOTICE if data is None else what_training_shows(data.curves)
+
+
 def offered(model_id: str | None) -> bool:
     """Whether the page's model has a training series: the view is offered only then (main reads this)."""
     return model_id is not None and _folder(model_id) is not None
@@ -126,7 +132,7 @@ def draw(context: ViewContext) -> None:
                 "trace-checkpoints --out MODEL_FOLDER/series`, or open the demo model.")  # fmt: skip
         return
     curves = data.curves
-    explainer(what_training_shows(curves), EXPLAINER)
+    explainer(page_notice(context.model_id), EXPLAINER)
     final = data.series.traces[-1]
     if context.layer not in final.model.moe_layers:
         st.info("The series was traced from another model's layers: pick one of its layers.")

@@ -106,8 +106,8 @@ def series_json(series: Series, min_count: int = MIN_ID_COUNT) -> dict:
 def token_id_frame(series: Series, min_count: int = MIN_ID_COUNT) -> pd.DataFrame:
     """Per step: token_id_match_final (early routing learning), pooled over the layers."""
     final = series.traces[-1]
-    return pd.DataFrame({"step": list(series.steps),
-                         "token_id_match_final": [token_id_match(t, final, min_count) for t in series.traces]})  # fmt: skip
+    matches = [token_id_match(routing, final, min_count) for routing in series.traces]
+    return pd.DataFrame({"step": list(series.steps), "token_id_match_final": matches})
 
 
 def balance_series_frame(series: Series) -> pd.DataFrame:
@@ -181,10 +181,10 @@ def what_training_shows(curves: TrainingCurves) -> str:
     last = int(saturation["step"].max())
     settled = first_step_reaching(saturation, "top1_match_final", SETTLED)
     step, share = value_at_fraction(saturation, "top1_match_final", 0.1)
-    early = f"at step {step:,} ({step / last:.0%} of training) {share:.0%} of tokens already have their final first choice"
+    early = f"{share:.0%} of tokens have their final first choice by step {step:,} ({step / last:.0%} of training)"
     if settled is not None and settled <= 0.25 * last:
-        return (f"Routing is fixed early, as OpenMoE found: {early}, and from step {settled:,} on at least "
-                f"{SETTLED:.0%} do.")  # fmt: skip
-    when = f"only from step {settled:,} ({settled / last:.0%})" if settled is not None else "only at the very end"
-    return (f"In this short run routing keeps changing, unlike OpenMoE's finding: {early}; at least {SETTLED:.0%} "
-            f"keep it {when}.")  # fmt: skip
+        return f"Routing is fixed early, as OpenMoE found: {early}, {SETTLED:.0%} from step {settled:,} on."
+    when = f"from step {settled:,} ({settled / last:.0%})" if settled is not None else "at the very end"
+    if settled is not None and settled <= 0.5 * last:
+        return f"Most routing is fixed early, as OpenMoE found: {early}, {SETTLED:.0%} only {when}."
+    return f"This run's routing keeps changing, unlike OpenMoE's finding: {early}, {SETTLED:.0%} only {when}."

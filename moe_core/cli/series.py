@@ -46,8 +46,11 @@ def run_trace_checkpoints(args: argparse.Namespace) -> None:
 
 
 def training_series_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("series", help="a folder written by trace-checkpoints, a model folder with a series/ "
-                        "inside, or demo-mixtral (the bundled model's own training)")
+    parser.add_argument(
+        "series",
+        help="a folder written by trace-checkpoints, a model folder with a series/ "
+        "inside, or demo-mixtral (the bundled model's own training)",
+    )
     parser.add_argument("--min-count", type=positive_int, default=None, help="token ids seen this often (5)")
     parser.add_argument("--step", type=int, help="with --out: export this step's trace")
     parser.add_argument("--out", type=Path, help="write the --step snapshot to FILE.json or FILE.parquet")

@@ -33,7 +33,7 @@ def test_saturation_curves_are_the_share_of_tokens_on_their_final_first_choice(s
         shown = curve[curve["layer"] == layer].sort_values("step")
         assert shown["step"].tolist() == list(series.steps)
         np.testing.assert_allclose(shown["top1_match_final"], expected, atol=1e-9)
-    notice = at.markdown[[i for i, m in enumerate(at.markdown) if 'class="notice"' in m.value][0]].value
+    notice = next(m.value for m in at.markdown if 'class="notice"' in m.value)
     assert "OpenMoE" in notice and "%" in notice  # the sentence is worded from the series' numbers
 
 

@@ -175,8 +175,16 @@ def test_a_step_with_other_tokens_is_kept_whole_and_moe_series_1_still_reads(tmp
     old.mkdir()
     for step, routing in ((0, a), (10, b)):
         save_trace(routing, old / step_file(step, whole=True))
-    write_manifest(old, {"format": "moe-series/1", "model": "m", "texts": ["t"], "max_tokens": 8,
-                         "steps": [{"step": s, "source": str(s), "file": step_file(s, whole=True)} for s in (0, 10)]})
+    write_manifest(
+        old,
+        {
+            "format": "moe-series/1",
+            "model": "m",
+            "texts": ["t"],
+            "max_tokens": 8,
+            "steps": [{"step": s, "source": str(s), "file": step_file(s, whole=True)} for s in (0, 10)],
+        },
+    )
     assert [t.experts.tolist() for t in load_series(old).traces] == [a.experts.tolist(), b.experts.tolist()]
 
 
@@ -231,7 +239,7 @@ def test_domain_distance_hand_case() -> None:
 def test_settling_step_and_the_sentence_follow_the_numbers() -> None:
     """first_step_reaching: the step from which the mean over layers stays at or above the level (a dip after
     reaching it resets it); the teacher's sentence says 'fixed early' only where that step is within the first
-    quarter of the run."""
+    quarter of the run, 'most … early' within the first half, 'keeps changing' past it."""
     from moe_core.analyses.series import TrainingCurves, first_step_reaching, what_training_shows
 
     def curves(values: list[float]) -> TrainingCurves:
@@ -243,7 +251,14 @@ def test_settling_step_and_the_sentence_follow_the_numbers() -> None:
     late = curves([0.1, 0.85, 0.7, 0.9, 1.0])
     assert first_step_reaching(late.saturation, "top1_match_final", 0.8) == 300
     assert "keeps changing" in what_training_shows(late) and "step 300 (75%)" in what_training_shows(late)
+    halfway = curves([0.1, 0.7, 0.85, 0.9, 1.0])
+    assert first_step_reaching(halfway.saturation, "top1_match_final", 0.8) == 200
+    assert what_training_shows(halfway).startswith("Most routing is fixed early") and "(50%)" in what_training_shows(
+        halfway
+    )
     early = curves([0.1, 0.85, 0.9, 0.95, 1.0])
     assert first_step_reaching(early.saturation, "top1_match_final", 0.8) == 100
-    assert what_training_shows(early).startswith("Routing is fixed early") and "85%" in what_training_shows(early)
+    assert what_training_shows(early).startswith("Routing is fixed early") and "85% of tokens" in what_training_shows(
+        early
+    )
     assert first_step_reaching(curves([0.1, 0.2, 0.3, 0.4, 0.5]).saturation, "top1_match_final", 0.8) is None
