@@ -107,7 +107,8 @@ def _stepper(data: TrainingData, layer: int, layer_row: int) -> None:
     _settle_choices(steps, data.names)
     st.subheader(f"First choice of each token at layer {layer}, step by step")
     picker, slider, play = st.columns([2, 4, 1], vertical_alignment="bottom")
-    picker.selectbox("Text", range(len(data.names)), key="series_text", format_func=data.names.__getitem__)
+    label = [name.capitalize() for name in data.names]
+    picker.selectbox("Text", range(len(data.names)), key="series_text", format_func=label.__getitem__)
     slider.select_slider("Training step", options=list(steps), key="series_step")
     playing = play.button("▶ Play", help="Step through training, from the first checkpoint to the last")
     html_block(legend(data.series.traces[-1].model.num_experts))

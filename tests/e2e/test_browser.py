@@ -103,3 +103,24 @@ def test_continue_streams_the_models_tokens_then_shows_their_routing(server: str
     first, last = (int(n) for n in re.search(r"tokens (\d+)–(\d+) are its own", caption).groups())
     own = page.locator('[data-testid="stMain"] .routed-box .tok.own').count()
     assert 0 < own <= last - first + 1  # every own token with text is marked (a piece of a character has none)
+
+
+def test_training_play_steps_through_the_checkpoints(server: str, page: Page) -> None:
+    """The Training view in the browser: Play shows several checkpoints in turn (the step caption changes while
+    the script runs, with no reload) and ends on the last one, whose text is coloured like any routed text."""
+    from moe_core.series.store import load_series, series_folder
+
+    last = load_series(series_folder("demo-mixtral")).steps[-1]
+    page.goto(f"{server}/?view=training&step=0")
+    wait_for_charts(page)
+    caption = page.get_by_text(re.compile(r"^step [\d,]+ of [\d,]+$"))
+    assert caption.inner_text() == f"step 0 of {last:,}"
+    page.get_by_role("button", name="▶ Play").click()
+    seen = set()
+    deadline = time.time() + 60
+    while time.time() < deadline and f"step {last:,} of" not in (text := caption.inner_text()):
+        seen.add(text)
+        time.sleep(0.05)
+    assert caption.inner_text() == f"step {last:,} of {last:,}"
+    assert len(seen - {f"step 0 of {last:,}"}) >= 3, seen  # frames in between were drawn, not just the end
+    assert page.locator(".routed-box .tokens .tok").count() > 100
