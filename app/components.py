@@ -288,7 +288,7 @@ PRESENTATION_CSS = """
 <style>
 header, [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stToolbar"],
 footer {display: none !important;}
-.block-container {padding: 1rem 2.5rem 2rem 2.5rem; max-width: none;}
+.block-container {padding: 1rem 1.5rem 2rem 1.5rem; max-width: none;}
 html, body, [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {font-size: 1.3rem;}
 [data-testid="stCaptionContainer"] p {font-size: 1.1rem;}
 .tokens {font-size: 1.6rem; line-height: 2.3;}
@@ -298,7 +298,7 @@ h2, h3 {font-size: 1.8rem !important;}
 [data-testid="stTable"] th, [data-testid="stTable"] td {font-size: 1.3rem; padding: 0.35rem 0.9rem;}
 .block-container {padding-top: 0.6rem !important;}
 .st-key-control-bar {padding: 0.4rem 1rem; row-gap: 0.3rem;}
-.st-key-control-bar [data-testid="stButtonGroup"] button {padding: 0 0.55rem;}
+.st-key-control-bar [data-testid="stButtonGroup"] button {padding: 0 0.4rem;}
 .st-key-control-bar [data-testid="stButtonGroup"] button p {font-size: 1.05rem;}
 .st-key-control-bar [data-testid="stRadio"] label p {font-size: 1.05rem;}
 .st-key-control-bar [role="radiogroup"] {column-gap: 0.4rem;}

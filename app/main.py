@@ -74,7 +74,7 @@ VIEW_MODULES = {view: view_module(view) for view in VIEWS}  # imported once, in 
 APP_TITLE = "MoE Routing Explorer"
 SOURCES = {"upload": "the uploaded trace", "text": "the text above"}  # what the page shows when a file is uploaded
 # The presentation bar's sliders (layer, capacity factor): with the view picker and the order, one row at 1280 px.
-BAR_SLIDER_PX = {"layer": 115, "factor": 175}
+BAR_SLIDER_PX = {"layer": 100, "factor": 168}  # seven view buttons, both sliders and the order fit 1280 px
 CAPACITY_VIEWS = ("capacity",)  # the views that read the capacity factor and the slot order
 
 
