@@ -62,7 +62,7 @@ from app.verify_badge import draw_badge  # noqa: E402
 from app.view_registry import VIEWS, view_module  # noqa: E402
 from app.views import ViewContext  # noqa: E402
 from moe_core.capacity.forward import Counterfactual  # noqa: E402
-from moe_core.capacity.simulate import GROUPS, POLICIES  # noqa: E402
+from moe_core.capacity.simulate import GROUPS, POLICIES, policy_help  # noqa: E402
 from moe_core.engines import UPLOAD_TYPES, ModelHints, Payload, read_payloads  # noqa: E402
 from moe_core.engines.megatron import MAX_PIPELINE_STAGES  # noqa: E402
 from moe_core.models import ModelLoadError, allowed_models, bundled_vocabulary_size, model_key  # noqa: E402
@@ -223,7 +223,7 @@ def _policy_radio(where: DeltaGenerator) -> None:
         key="policy",
         horizontal=True,
         width="content",
-        help="position: first come, first served (GShard, OpenMoE). score: most confident first.",
+        help=policy_help(POLICIES),
     )
 
 

@@ -459,16 +459,38 @@ def reversed_order(priority: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.arange(priority.shape[1] - 1, -1, -1, dtype=np.int64), priority.shape)
 
 
-# Slot policies: name -> the serving order within each rank, from each token's raw top-1 probability [L, T].
-SERVING_ORDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "position": position_order,  # GShard, Switch, OpenMoE
-    "score": score_order,  # batch-prioritized routing (V-MoE, Riquelme et al. 2021)
-    "reversed": reversed_order,  # control curve
-}
-POLICY_NEEDS_SCORES = frozenset({"score"})  # the orders that read the router's scores (a compact trace may lack them)
-POLICIES = ("position", "score")  # the real policies a visitor picks; "reversed" is a control
+@dataclass(frozen=True)
+class Policy:
+    """One rule for which slots an expert keeps when more than C tokens choose it: the one table that the
+    simulation, the capacity-bound forward, the command line, links and the app read."""
+
+    name: str
+    meaning: str  # one line, for --help and the app's tooltip
+    order: Callable[[np.ndarray], np.ndarray] | None  # serving order from raw top-1 probabilities [L, T] -> [L, T];
+    # None: the experts choose their tokens (expert-choice), which only the capacity-bound forward can run
+    reads_scores: bool  # needs the router's scores (a compact trace may lack them)
+    offered: bool  # a visitor picks it; False: a control curve the analyses draw
+
+
 EXPERT_CHOICE = "expert-choice"
-FORWARD_POLICIES = (*POLICIES, EXPERT_CHOICE)  # the capacity-bound forward also runs expert-choice routing
+SCORE_MEANING = "most confident first: batch-prioritized routing (V-MoE, Riquelme et al. 2021)"
+REVERSED_MEANING = "the last token first: a control, drops then pile up at the start"
+POLICY_TABLE = (
+    Policy("position", "first come, first served (GShard, Switch, OpenMoE)", position_order, False, True),
+    Policy("score", SCORE_MEANING, score_order, True, True),
+    Policy("reversed", REVERSED_MEANING, reversed_order, False, False),
+    Policy(EXPERT_CHOICE, "each expert takes its C highest-scoring tokens (Zhou et al. 2022)", None, True, True),
+)
+POLICY = {policy.name: policy for policy in POLICY_TABLE}
+SERVING_ORDERS = {p.name: p.order for p in POLICY_TABLE if p.order is not None}  # what the simulation can run
+POLICY_NEEDS_SCORES = frozenset(p.name for p in POLICY_TABLE if p.reads_scores)
+POLICIES = tuple(p.name for p in POLICY_TABLE if p.offered and p.order is not None)  # a visitor's simulation
+FORWARD_POLICIES = tuple(p.name for p in POLICY_TABLE if p.offered)  # the capacity-bound forward: expert-choice too
+
+
+def policy_help(names: tuple[str, ...]) -> str:
+    """`names` with their meanings, one sentence each: the --policy help and the app's slot-order tooltip."""
+    return " ".join(f"{name}: {POLICY[name].meaning}." for name in names)
 
 
 def _descending_key(values: np.ndarray) -> np.ndarray:

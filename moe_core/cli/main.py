@@ -23,6 +23,7 @@ from moe_core.capacity.simulate import (
     FORWARD_POLICIES,
     GROUPS,
     POLICIES,
+    policy_help,
     simulate_capacity,
 )
 from moe_core.cli import corpus as corpus_cli
@@ -95,14 +96,14 @@ def _trace_arguments(parser: argparse.ArgumentParser) -> None:
 def _capacity_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0)
-    parser.add_argument("--policy", choices=POLICIES, default="position")
+    parser.add_argument("--policy", choices=POLICIES, default="position", help=policy_help(POLICIES))
     parser.add_argument("--group", choices=GROUPS, default="sequence")
 
 
 def _counterfactual_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--capacity-factor", type=capacity_factor, default=1.0)
-    parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position")
+    parser.add_argument("--policy", choices=FORWARD_POLICIES, default="position", help=policy_help(FORWARD_POLICIES))
     parser.add_argument("--group", choices=FORWARD_GROUPS, default="sequence")
     parser.add_argument("--top-k", type=positive_int, default=None, help="what-if: k experts per token")
 

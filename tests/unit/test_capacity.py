@@ -356,3 +356,22 @@ def test_steps_group_gives_each_generated_token_its_own_decode_capacity() -> Non
     assert plain.group_sizes.tolist() == [6]
     with pytest.raises(ValueError, match="no decode steps"):
         check_settings(0.5, "position", "steps", 1)
+
+
+def test_one_policy_table_feeds_the_simulation_the_forward_links_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Visitors pick position or score (and, capacity-bound, expert-choice); "reversed" is a control the drop
+    analysis draws but no link or flag accepts; expert-choice cannot be simulated; --help says what each means."""
+    from app.state import from_query
+    from moe_core.capacity.simulate import FORWARD_POLICIES, POLICIES, POLICY, SERVING_ORDERS
+    from tests.cli_runner import run_cli
+
+    assert POLICIES == ("position", "score") and FORWARD_POLICIES == ("position", "score", "expert-choice")
+    assert "reversed" in SERVING_ORDERS and "expert-choice" not in SERVING_ORDERS
+    priority = np.array([[0.2, 0.9, 0.5]])
+    assert SERVING_ORDERS["score"](priority).tolist() == [[1, 2, 0]]  # most confident first
+    assert SERVING_ORDERS["reversed"](priority).tolist() == [[2, 1, 0]]
+    settings, notices = from_query({"policy": "reversed"})
+    assert settings.policy == "position" and "policy=reversed" in notices[0]
+    code, printed, _ = run_cli(capsys, "counterfactual", "--help")
+    flat = " ".join(printed.split()).replace("- ", "-")  # argparse wraps after hyphens
+    assert code == 0 and all(POLICY[name].meaning in flat for name in FORWARD_POLICIES)
