@@ -41,13 +41,26 @@ def token_label(text: str) -> str:
     return shown if len(shown) <= TOKEN_LABEL_CHARS else shown[: TOKEN_LABEL_CHARS - 1] + "…"
 
 
+LABEL_SEPARATOR = "\0"  # between the labels in token_axis_expr's one string (a NUL in a token is shown as ␀)
+
+
 def token_axis_expr(texts: Sequence[str], start: int) -> str:
     """Vega label expression for an ordinal axis of token indices start, start+1, …: each index's text.
 
-    The labels sit in a JSON array literal (json.dumps escapes quotes, backslashes and all non-ASCII), so no
-    token can end the string and become part of the expression.
+    The labels travel as one JSON string literal split at NULs (json.dumps escapes quotes, backslashes and all
+    non-ASCII, so no token can end the string and become part of the expression). Not an array of strings: Vega
+    reads a string literal "if" as a signal name and the whole chart fails to draw ("Unrecognized signal name"),
+    so the token `if` blanked the grid; the joined string ends with a separator and is never a bare word.
     """
-    return f"{json.dumps([token_label(t) for t in texts])}[datum.value - {int(start)}]"
+    labels = [token_label(t).replace(LABEL_SEPARATOR, "␀") for t in texts]
+    joined = json.dumps(LABEL_SEPARATOR.join(labels) + LABEL_SEPARATOR)
+    return f"split({joined}, {json.dumps(LABEL_SEPARATOR)})[datum.value - {int(start)}]"
+
+
+def labels_of_expr(expr: str) -> list[str]:
+    """The labels a token_axis_expr holds (tests and readers of a saved spec)."""
+    joined = json.loads(expr[len("split(") : expr.index(f", {json.dumps(LABEL_SEPARATOR)})")])
+    return joined.split(LABEL_SEPARATOR)[:-1]
 
 
 def token_axis(texts: Sequence[str], start: int, title: str) -> alt.Axis:

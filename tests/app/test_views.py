@@ -55,7 +55,7 @@ def _clean(at) -> None:
 def test_token_routing_grid_is_the_top1_of_every_layer(routing) -> None:
     """The grid gets one row per (token, layer) of its first 64-token window with that token's top-1 expert;
     colour = expert at full strength (no opacity), the weight a separate dot; the tokens' text on the x axis."""
-    from app.charts.labels import token_label
+    from app.charts.labels import labels_of_expr, token_label
 
     at = run_app({"view": "routing"})
     _clean(at)
@@ -68,7 +68,7 @@ def test_token_routing_grid_is_the_top1_of_every_layer(routing) -> None:
     cells, dots = spec["layer"]
     assert cells["encoding"]["color"]["field"] == "top1" and "opacity" not in json.dumps(cells)
     assert dots["encoding"]["size"]["field"] == "top1_weight"
-    labels = json.loads(cells["encoding"]["x"]["axis"]["labelExpr"].split("[datum.value")[0])
+    labels = labels_of_expr(cells["encoding"]["x"]["axis"]["labelExpr"])
     assert labels == [token_label(text) for text in routing.tokens.text[:64]]
     assert f"tokens 0–63 of {len(routing.tokens)}" in spec["title"]["subtitle"]
 

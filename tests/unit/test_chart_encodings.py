@@ -14,7 +14,7 @@ import pytest
 import vl_convert as vlc
 
 from app.charts.gates import ENTROPY_POINTS, entropy_chart, gate_heatmap_chart, heat_frame
-from app.charts.labels import token_axis_expr, token_label
+from app.charts.labels import labels_of_expr, token_axis_expr, token_label
 from app.charts.load import load_chart
 from app.charts.matrix import MIN_ROW_TOKENS, matrix_cells, row_label_expr
 from app.charts.routing import grid_frame, token_layer_grid_chart
@@ -66,13 +66,16 @@ def test_token_label_is_one_visible_line() -> None:
 
 def test_token_axis_labels_render_as_text_whatever_they_contain() -> None:
     """Quotes, backslashes, brackets and CJK reach the axis as the tokens' own text: Vega evaluates the label
-    expression and draws exactly those strings (no token can end the JSON string and inject code)."""
-    texts = ['a"b', "x\\", "]+'q'+[", "猫", "<b>"]
-    routing = _with_texts(trace_from_choices([[0], [1], [0], [1], [0]], num_experts=2), texts)
+    expression and draws exactly those strings (no token can end the JSON string and inject code). `if` is one:
+    Vega once read the string literal "if" as a signal name and drew no chart at all."""
+    texts = ['a"b', "x\\", "]+'q'+[", "猫", "<b>", "if"]
+    routing = _with_texts(trace_from_choices([[0], [1], [0], [1], [0], [1]], num_experts=2), texts)
     drawn = _svg_texts(token_layer_grid_chart(token_layer_grid(routing), 2))
     for text in texts:
         assert text in drawn
-    assert json.loads(token_axis_expr(texts, 3).split("[datum.value - 3]")[0]) == texts
+    assert labels_of_expr(token_axis_expr(texts, 3)) == texts and token_axis_expr(texts, 3).endswith(
+        "[datum.value - 3]"
+    )
 
 
 # ---- token × layer grid ------------------------------------------------------------------------------------
