@@ -11,6 +11,7 @@ import streamlit as st
 
 from app.charts.series import layer_lines_chart, token_id_chart
 from app.components import explainer, html_block, legend, routed_text, show_chart, text_box
+from app.safe_text import md_text
 from app.views import ViewContext
 from moe_core.analyses.routing import token_frame
 from moe_core.analyses.series import Series, TrainingCurves, training_curves, what_training_shows
@@ -76,10 +77,15 @@ def _training_data(folder: str, stamp: int) -> TrainingData:
 
 
 def _data(model_id: str) -> TrainingData | None:
+    """The model's series, analysed; None (and one sentence on the page) where it has none or it is damaged."""
     folder = _folder(model_id)
     if folder is None:
         return None
-    return _training_data(str(folder), (folder / "series.json").stat().st_mtime_ns)
+    try:
+        return _training_data(str(folder), (folder / "series.json").stat().st_mtime_ns)
+    except (OSError, ValueError) as error:
+        st.warning(f"The training series cannot be read: {md_text(str(error).splitlines()[0])}")
+        return None
 
 
 def _snapshot_text(data: TrainingData, step: int, layer_row: int, text: int) -> str:
@@ -129,11 +135,13 @@ def _stepper(data: TrainingData, layer: int, layer_row: int) -> None:
 def draw(context: ViewContext) -> None:
     data = _data(context.model_id) if context.model_id else None
     if data is None:
+        if context.model_id and _folder(context.model_id) is not None:
+            return  # damaged: _data said why
         st.info("This model has no training series: trace its checkpoints with `python -m moe_core "
                 "trace-checkpoints --out MODEL_FOLDER/series`, or open the demo model.")  # fmt: skip
         return
     curves = data.curves
-    explainer(page_notice(context.model_id), EXPLAINER)
+    explainer(what_training_shows(curves), EXPLAINER)  # = page_notice, from the data already read
     final = data.series.traces[-1]
     if context.layer not in final.model.moe_layers:
         st.info("The series was traced from another model's layers: pick one of its layers.")

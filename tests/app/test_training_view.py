@@ -61,3 +61,16 @@ def test_a_model_without_a_series_is_not_offered_the_view(tiny_model_dir: Path) 
     assert any("no Training view" in w.value for w in at.warning)
     assert at.session_state["view"] == "routing"
     assert "training" not in at.get("button_group")[0].proto.options.__repr__().lower()
+
+
+def test_a_damaged_series_is_said_in_one_sentence(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model folder whose series.json is not a manifest: the view is offered, says so, and raises nothing."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "series").mkdir()
+    (model / "series" / "series.json").write_text("{not json")
+    at = run_app({"model": str(model), "view": "training", "text": "the cat sat"})
+    _clean(at)
+    assert any("training series cannot be read" in w.value for w in at.warning)
